@@ -1,0 +1,27 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   — runs the main job on the embedded default (creates .venv if missing)
+#   make test   — runs the test suite (creates .venv if missing)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: venv demo test bench
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m pan_repair.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/scan_speed.py
