@@ -1,0 +1,135 @@
+"""Padding knowledge of every supported layer type, in one place.
+
+A convolution's border behaviour is fully described by :class:`Padding`: how many
+rows/columns are added on each side (``pads`` in :func:`torch.nn.functional.pad`
+order ``(left, right, top, bottom)``), with which ``mode`` and constant ``value``.
+Some layers pad statically (``nn.Conv2d``), some dynamically from the input size
+(timm's TF-style "same" layers). :func:`conv_padding` answers for all of them, and
+:func:`effective_weight` gives the kernel a layer really applies (timm's
+weight-standardised convs rescale theirs in ``forward``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.layers import (
+    Conv2dSame,
+    CondConv2d,
+    ScaledStdConv2d,
+    ScaledStdConv2dSame,
+    StdConv2d,
+    StdConv2dSame,
+)
+from timm.layers.conv2d_same import Conv2dSameExport
+
+__all__ = [
+    "Padding",
+    "conv_layers",
+    "conv_padding",
+    "effective_weight",
+    "pad_module_padding",
+    "unsupported_layers",
+    "BORDER_MODES",
+]
+
+#: Padding modes that put a border the content does not have (a frame of constants).
+BORDER_MODES = ("zeros", "constant")
+
+_DYNAMIC_SAME = (Conv2dSame, Conv2dSameExport)
+_STD_SAME = (StdConv2dSame, ScaledStdConv2dSame)
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How a layer pads its input.
+
+    Attributes:
+        pads: ``(left, right, top, bottom)`` in input pixels.
+        mode: ``"zeros"``, ``"constant"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        value: fill value for ``"constant"`` (0 for ``"zeros"``).
+    """
+
+    pads: tuple[int, int, int, int]
+    mode: str = "zeros"
+    value: float = 0.0
+
+    @property
+    def is_padded(self) -> bool:
+        return any(p > 0 for p in self.pads)
+
+    @property
+    def makes_border(self) -> bool:
+        """True when the padding is a constant frame, i.e. can create border detectors."""
+        return self.is_padded and self.mode in BORDER_MODES
+
+
+def _same_pads(hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+               dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """TF "SAME": total = max((ceil(n/s)-1)*s + (k-1)*d + 1 - n, 0); the extra pixel goes right/bottom."""
+    totals = [
+        max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        for n, k, s, d in zip(hw, kernel, stride, dilation)
+    ]
+    ph, pw = totals
+    return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+
+
+def conv_padding(conv: nn.Conv2d, input_hw: tuple[int, int]) -> Padding:
+    """The padding ``conv`` applies to an input of spatial size ``input_hw`` (H, W)."""
+    if isinstance(conv, _DYNAMIC_SAME) or (isinstance(conv, _STD_SAME) and conv.same_pad):
+        pads = _same_pads(input_hw, conv.kernel_size, conv.stride, conv.dilation)
+        static = tuple(conv._reversed_padding_repeated_twice)
+        pads = tuple(a + b for a, b in zip(pads, static))
+        return Padding(pads, "zeros")
+    pads = tuple(int(p) for p in conv._reversed_padding_repeated_twice)
+    return Padding(pads, conv.padding_mode)
+
+
+def pad_module_padding(module: nn.Module) -> Padding | None:
+    """Padding of an explicit padding module (``nn.ZeroPad2d``, ``nn.ConstantPad2d``,
+    ``nn.ReflectionPad2d``, ``nn.ReplicationPad2d``, ``nn.CircularPad2d``), else None."""
+    kinds = {
+        nn.ZeroPad2d: "zeros",
+        nn.ConstantPad2d: "constant",
+        nn.ReflectionPad2d: "reflect",
+        nn.ReplicationPad2d: "replicate",
+        nn.CircularPad2d: "circular",
+    }
+    for cls, mode in kinds.items():
+        if type(module) is cls:
+            pads = tuple(int(p) for p in module.padding)
+            value = float(getattr(module, "value", 0.0))
+            if mode == "constant" and value == 0.0:
+                mode = "zeros"
+            return Padding(pads, mode, value)
+    return None
+
+
+def effective_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The kernel ``conv`` really applies: W, or for weight-standardised convs
+    ``gain * scale * (W - mean(W)) / sqrt(var(W) + eps)`` per output channel."""
+    if isinstance(conv, (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)):
+        scaled = isinstance(conv, (ScaledStdConv2d, ScaledStdConv2dSame))
+        gain = (conv.gain * conv.scale).view(-1) if scaled else None
+        w = F.batch_norm(conv.weight.reshape(1, conv.out_channels, -1), None, None,
+                         weight=gain, training=True, momentum=0.0, eps=conv.eps)
+        return w.reshape_as(conv.weight)
+    return conv.weight
+
+
+def conv_layers(model: nn.Module) -> Iterator[tuple[str, nn.Conv2d]]:
+    """All 2-D convolutions of ``model`` (every ``nn.Conv2d`` subclass), by qualified name."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            yield name, module
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Names of convolution-like layers pan_repair cannot analyse (e.g. timm's ``CondConv2d``)."""
+    return [name for name, m in model.named_modules() if isinstance(m, CondConv2d)]
