@@ -1,0 +1,417 @@
+"""The PAN detector: :func:`find_pans`. The definition of a PAN lives here, in one place.
+
+**Definition.** One forward pass of the synthetic probe batch (:mod:`pan_repair.probes`)
+in eval mode; for every output channel ``c`` of every 2-D convolution:
+
+* *border score* ``b_c`` (only for layers whose own padding is a constant frame:
+  zeros or ``ConstantPad2d``). On the layer's real input ``x``, the padding's own
+  effect is ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias cancels); it lives
+  on the border only. For each padded side ``s`` take ``D`` on the outermost output
+  row/column, ``rms_s = sqrt(mean over probes and positions of D^2)``, and
+  ``b_c = max_s rms_s / sigma_c``, where ``sigma_c`` is the channel's scale: the running
+  std of the BatchNorm the conv feeds (its std on training data), else its std over the
+  probe batch; floored at 5% of the layer's median. First layer, constant input ``v``:
+  ``D_top = -sum_{taps on the top padding} w * v``, so ``b_c`` is checkable by hand.
+* *position score* ``p_c`` in [0, 1] (every conv): the share of the variance of the
+  channel's globally pooled response, over ``n_patterns`` textures x ``n_positions``
+  circular rolls along one axis, explained by the roll (eta squared:
+  ``sum_q P (mean_p r_pq - mean r)^2 / sum_pq (r_pq - mean r)^2``), max over the two axes.
+  A circular network is invariant to the rolls (``p_c`` ~ 0); content that matters more or
+  less near the border makes ``p_c`` large.
+
+**Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold``, else of kind
+``"position"`` if ``p_c >= position_threshold``; each channel is counted once. ``sides``:
+the sides with ``rms_s / sigma_c >= border_threshold`` (border), or the axis with
+``p >= position_threshold`` (top+bottom for rolls along rows, left+right along columns).
+``sign``: +1 if the BatchNorm-scaled response is higher at the border (border kind: mean of
+``D`` on the strongest side; position kind: pattern nearest the edge vs centred), else -1.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Padding, conv_layers, conv_padding, effective_weight, pad_module_padding, \
+    unsupported_layers
+from .probes import ProbeBatch, make_probes
+from .report import SIDES, LayerInfo, Pan, PanReport
+
+__all__ = ["find_pans", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
+
+#: Default threshold on the border score (channel-std units); see README "Choosing the threshold".
+DEFAULT_BORDER_THRESHOLD = 1.0
+#: Default threshold on the position score (share of variance).
+DEFAULT_POSITION_THRESHOLD = 0.5
+_SIGMA_FLOOR = 0.05
+
+
+@dataclass
+class _LayerStats:
+    name: str
+    conv: nn.Conv2d
+    padding: Padding | None = None
+    border_rms: torch.Tensor | None = None   # (4, C): top, bottom, left, right
+    border_mean: torch.Tensor | None = None  # (4, C)
+    pooled: list[torch.Tensor] = field(default_factory=list)  # (N, C) per forward
+    sq_sum: torch.Tensor | None = None
+    sum: torch.Tensor | None = None
+    count: int = 0
+    bn: nn.modules.batchnorm._BatchNorm | None = None
+    border_ratio: torch.Tensor | None = None
+
+
+def _strip(x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], padding: Padding) -> torch.Tensor:
+    """``pad_constant(x) - pad_replicate(x)`` over the window ``rows x cols`` (unpadded coordinates)."""
+    h, w = x.shape[-2:]
+    (r0, r1), (c0, c1) = rows, cols
+    part = x[..., max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+    pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
+    return F.pad(part, pads, value=padding.value) - F.pad(part, pads, mode="replicate")
+
+
+def _side_windows(size: int, kernel: int, stride: int, dilation: int, before: int, after: int
+                  ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """Input windows (unpadded coordinates) of the first and last output line, along one axis;
+    None where that line does not reach the padding. A window lying wholly in the padding is
+    widened into the input by whole strides, so the wanted line stays the first/last output."""
+    span = dilation * (kernel - 1) + 1
+    n_out = (size + before + after - span) // stride + 1
+    first = last = None
+    if before > 0:
+        end = span - before
+        if end <= 0:
+            end += stride * math.ceil((1 - end) / stride)
+        first = (-before, end)
+    start = (n_out - 1) * stride - before
+    if after > 0 and start + span > size:
+        end = start + span
+        if start >= size:
+            start -= stride * math.ceil((start - size + 1) / stride)
+        last = (start, end)
+    return first, last
+
+
+@torch.no_grad()
+def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per side and channel: rms and mean of the padding's own effect ``D`` on the outermost line."""
+    weight = effective_weight(conv)
+    left, right, top, bottom = padding.pads
+    h, w = x.shape[-2:]
+    top_w, bottom_w = _side_windows(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0], top, bottom)
+    left_w, right_w = _side_windows(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1], left, right)
+    full_rows, full_cols = (-top, h + bottom), (-left, w + right)
+    windows = [  # (rows, cols, which output line)
+        (top_w, full_cols, (0, None)), (bottom_w, full_cols, (-1, None)),
+        (full_rows, left_w, (None, 0)), (full_rows, right_w, (None, -1)),
+    ]
+    c = conv.out_channels
+    rms = torch.zeros(4, c, device=x.device, dtype=torch.float32)
+    mean = torch.zeros_like(rms)
+    for i, (rows, cols, (row, col)) in enumerate(windows):
+        if rows is None or cols is None:
+            continue
+        d = F.conv2d(_strip(x, rows, cols, padding), weight, None, conv.stride, 0, conv.dilation, conv.groups)
+        d = d[:, :, row, :] if row is not None else d[:, :, :, col]
+        d = d.float()
+        rms[i] = d.pow(2).mean(dim=(0, 2)).sqrt()
+        mean[i] = d.mean(dim=(0, 2))
+    return rms, mean
+
+
+class _Recorder:
+    """Forward hooks that collect per-layer statistics during probe forwards."""
+
+    def __init__(self, model: nn.Module):
+        self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
+        self._last_conv: tuple[weakref.ref, str] | None = None
+        self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
+        self._handles: list = []
+        self.measure_ratio: set[str] = set()
+        for name, stat in self.stats.items():
+            self._handles.append(stat.conv.register_forward_hook(self._conv_hook(name)))
+        for module in model.modules():
+            if pad_module_padding(module) is not None:
+                self._handles.append(module.register_forward_hook(self._pad_hook))
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                self._handles.append(module.register_forward_pre_hook(self._bn_hook))
+
+    def _pad_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
+
+    def _bn_hook(self, module: nn.Module, inputs: tuple) -> None:
+        if self._last_conv is not None:
+            ref, name = self._last_conv
+            if ref() is inputs[0]:
+                self.stats[name].bn = module
+
+    def _conv_hook(self, name: str):
+        def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
+            stat = self.stats[name]
+            x = inputs[0]
+            padding = conv_padding(conv, tuple(x.shape[-2:]))
+            source = self._pad_outputs.pop(id(x), None)
+            if source is not None and source[0]() is x and not padding.is_padded:
+                _, padding, x = source
+            stat.padding = padding
+            self._last_conv = (weakref.ref(output), name)
+            if self.measure_ratio:
+                if name in self.measure_ratio:
+                    stat.border_ratio = output.detach()
+                return
+            if padding.makes_border:
+                stat.border_rms, stat.border_mean = _border_deviation(x, conv, padding)
+            y = output.detach().float()
+            stat.pooled.append(y.mean(dim=(2, 3)))
+            stat.sum = y.sum(dim=(0, 2, 3)) + (0 if stat.sum is None else stat.sum)
+            stat.sq_sum = y.pow(2).sum(dim=(0, 2, 3)) + (0 if stat.sq_sum is None else stat.sq_sum)
+            stat.count += y.numel() // y.shape[1]
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._pad_outputs.clear()
+        self._last_conv = None
+
+
+@contextlib.contextmanager
+def _inspection(model: nn.Module) -> Iterator[_Recorder]:
+    """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
+    modes = [(m, m.training) for m in model.modules()]
+    recorder = _Recorder(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield recorder
+    finally:
+        recorder.remove()
+        for module, mode in modes:
+            module.training = mode
+
+
+def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> None:
+    try:
+        model(images)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
+
+
+def _total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                  dtype: torch.dtype) -> tuple[int, int]:
+    """Largest input/output size ratio over all convs (rows, columns), from one blank forward."""
+    sizes: list[tuple[int, int]] = []
+    handles = [conv.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
+               for _, conv in conv_layers(model)]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes:
+            module.training = mode
+    h, w = input_size[1:]
+    return (max(1, max(round(h / s[0]) for s in sizes)), max(1, max(round(w / s[1]) for s in sizes)))
+
+
+def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
+    if len(input_size) != 3 or any(int(v) <= 0 for v in input_size):
+        raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
+    convs = list(conv_layers(model))
+    if not convs:
+        raise ValueError("the model has no 2-D convolution (nn.Conv2d) to analyse")
+    name, first = convs[0]
+    if first.in_channels != input_size[0]:
+        raise ValueError(f"input_size has {input_size[0]} channels but the first convolution "
+                         f"'{name}' expects {first.in_channels}")
+
+
+def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
+    bn = stat.bn
+    if bn is not None and bn.running_var is not None:
+        sigma = (bn.running_var.float() + bn.eps).sqrt()
+    else:
+        mean = stat.sum / stat.count
+        sigma = (stat.sq_sum / stat.count - mean.pow(2)).clamp_min(0).sqrt()
+    floor = _SIGMA_FLOOR * sigma.median().clamp_min(1e-12)
+    return sigma.clamp_min(floor)
+
+
+def _bn_sign(stat: _LayerStats) -> torch.Tensor:
+    bn = stat.bn
+    if bn is not None and bn.weight is not None:
+        return torch.where(bn.weight.detach().float() < 0, -1.0, 1.0)
+    return torch.ones(stat.conv.out_channels)
+
+
+def _position_scores(pooled: torch.Tensor, probes: ProbeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """eta^2 per axis (2, C) and near-edge minus centred mean response per axis (2, C)."""
+    grid = probes.grid(pooled).double()              # (P, 2, Q, C)
+    grand = grid.mean(dim=(0, 2), keepdim=True)
+    total = (grid - grand).pow(2).sum(dim=(0, 2))     # (2, C)
+    by_position = grid.mean(dim=0)                    # (2, Q, C)
+    between = probes.n_patterns * (by_position - grand[0]).pow(2).sum(dim=1)
+    scale = grid.abs().amax(dim=(0, 2)).pow(2) * grid.shape[0] * grid.shape[2]
+    eta2 = torch.where(total > 1e-10 * scale.clamp_min(1e-30), between / total.clamp_min(1e-300), 0.0)
+    d = probes.distances
+    near, far = d == d.min(), d == d.max()
+    edge_minus_centre = by_position[:, near].mean(1) - by_position[:, far].mean(1)
+    return eta2.float().clamp(0, 1), edge_minus_centre.float()
+
+
+def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
+              ) -> tuple[list[Pan], dict[str, list[float]]]:
+    c = stat.conv.out_channels
+    eta2, edge = _position_scores(torch.cat(stat.pooled), probes)
+    position = eta2.max(dim=0).values
+    bn_sign = _bn_sign(stat)
+    if stat.border_rms is not None:
+        per_side = stat.border_rms / _channel_sigma(stat)  # (4, C)
+        border = per_side.max(dim=0).values
+    else:
+        per_side, border = torch.zeros(4, c), torch.zeros(c)
+    pans = []
+    for ch in range(c):
+        b, p = float(border[ch]), float(position[ch])
+        if b >= tb:
+            sides = tuple(s for s, v in zip(SIDES, per_side[:, ch]) if v >= tb)
+            strongest = int(per_side[:, ch].argmax())
+            raw = float(stat.border_mean[strongest, ch])
+            kind, score = "border", b
+        elif p >= tp:
+            axes = [a for a in range(2) if eta2[a, ch] >= tp]
+            sides = tuple(s for a in axes for s in (("top", "bottom"), ("left", "right"))[a])
+            raw = float(edge[int(eta2[:, ch].argmax()), ch])
+            kind, score = "position", p
+        else:
+            continue
+        sign = 1 if raw * float(bn_sign[ch]) >= 0 else -1
+        pans.append(Pan(stat.name, ch, sides, sign, score, kind, b, p))
+    return pans, {"border": [round(float(v), 5) for v in border],
+                  "position": [round(float(v), 5) for v in position]}
+
+
+def _border_ratio(output: torch.Tensor, stat: _LayerStats, band: int = 1) -> torch.Tensor:
+    """mean |a| over the ``band``-pixel border / mean |a| inside, per channel (BatchNorm applied if fed)."""
+    y = output.float()
+    bn = stat.bn
+    if bn is not None and bn.running_var is not None:
+        y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    a = y.abs()
+    inner = a[:, :, band:-band, band:-band]
+    total = a.sum(dim=(0, 2, 3))
+    inner_sum = inner.sum(dim=(0, 2, 3))
+    n_inner = inner[0, 0].numel()
+    n_border = a[0, 0].numel() - n_inner
+    return ((total - inner_sum) / n_border) / (inner_sum / n_inner).clamp_min(1e-12)
+
+
+def find_pans(
+    model: nn.Module,
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    *,
+    border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+    position_threshold: float = DEFAULT_POSITION_THRESHOLD,
+    n_patterns: int = 8,
+    n_positions: int = 8,
+    batch: torch.Tensor | None = None,
+    seed: int = 0,
+) -> PanReport:
+    """Find the Padding Aware Neurons of ``model`` without data (see the module docstring).
+
+    Args:
+        model: any ``nn.Module`` with 2-D convolutions; left exactly as found (parameters,
+            buffers, train/eval mode of every submodule; no hooks remain), also on error.
+        input_size: ``(C, H, W)`` of the probe images, in the model's normalised input space.
+        border_threshold: minimum border score (channel-std units) of a border PAN.
+        position_threshold: minimum position score (share of variance, [0, 1]).
+        n_patterns, n_positions: probe textures and roll positions per axis; the probe batch
+            holds ``4 + 2 * n_patterns * n_positions`` images.
+        batch: optional real images (N, C, H, W); each PAN then gets ``border_ratio`` (mean
+            |BatchNorm-scaled activation| on the 1-pixel border / interior) as confirmation.
+        seed: probe seed; the global RNG is not touched.
+
+    Example:
+        >>> import timm
+        >>> from pan_repair import find_pans
+        >>> report = find_pans(timm.create_model("resnet18"), input_size=(3, 128, 128), n_patterns=4)
+        >>> report.total_filters
+        4800
+    """
+    input_size = tuple(int(v) for v in input_size)
+    _check_input(model, input_size)
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    stride = _total_stride(model, input_size, device, dtype)
+    probes = make_probes(input_size, n_patterns, n_positions, stride, seed=seed)
+    if probes.n_positions < 4:
+        warnings.warn(f"input size {input_size[1:]} holds only {probes.n_positions} roll positions at "
+                      f"the network's total stride {stride}: position scores are unreliable; use a "
+                      f"side >= {5 * max(stride)}", stacklevel=2)
+    with _inspection(model) as rec:
+        _run(model, probes.images.to(device, dtype), input_size)
+        pans, scores = [], {}
+        for name, stat in rec.stats.items():
+            if not stat.pooled:
+                continue  # never executed in forward
+            layer_pans, scores[name] = _classify(stat, probes, border_threshold, position_threshold)
+            pans += layer_pans
+        if batch is not None and pans:
+            ratios = _measure_border_ratios(model, rec, {p.layer for p in pans}, batch, device, dtype)
+            pans = [Pan(**{**p.__dict__, "border_ratio": float(ratios[p.layer][p.channel])}) for p in pans]
+    layers = [
+        LayerInfo(name, type(stat.conv).__name__, stat.conv.out_channels, stat.padding.mode,
+                  stat.padding.pads, stat.padding.makes_border)
+        for name, stat in rec.stats.items() if stat.pooled
+    ]
+    return PanReport(pans, layers, input_size, border_threshold, position_threshold, scores,
+                     _notes(layers), unsupported_layers(model))
+
+
+def _measure_border_ratios(model: nn.Module, rec: _Recorder, names: set[str], batch: torch.Tensor,
+                           device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if batch.ndim != 4:
+        raise ValueError(f"batch must be (N, C, H, W), got shape {tuple(batch.shape)}")
+    rec.measure_ratio = names
+    _run(model, batch.to(device, dtype), tuple(batch.shape[1:]))
+    out = {}
+    for name in names:
+        stat = rec.stats[name]
+        if stat.border_ratio is None or min(stat.border_ratio.shape[-2:]) < 3:
+            out[name] = torch.full((stat.conv.out_channels,), float("nan"))
+        else:
+            out[name] = _border_ratio(stat.border_ratio, stat)
+        stat.border_ratio = None
+    return out
+
+
+def _notes(layers: list[LayerInfo]) -> list[str]:
+    modes = {}
+    for layer in layers:
+        if any(layer.pads) and not layer.makes_border:
+            modes.setdefault(layer.padding_mode, []).append(layer.name)
+    notes = []
+    for mode, names in sorted(modes.items()):
+        if mode == "circular":
+            notes.append(f"{len(names)} layer(s) use circular padding: no border, no border detectors.")
+        else:
+            notes.append(f"{len(names)} layer(s) use {mode} padding: no border detectors of their own, "
+                         "but content-preserving padding can still leak absolute position "
+                         "(see position PANs).")
+    unpadded = sum(1 for layer in layers if not any(layer.pads))
+    if unpadded:
+        notes.append(f"{unpadded} layer(s) have no padding (e.g. 1x1): they can only inherit position, "
+                     "which the position score measures.")
+    return notes

@@ -1,0 +1,170 @@
+"""Result types of the detector: :class:`Pan` and :class:`PanReport` (JSON round trip)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Pan", "PanReport", "LayerInfo", "SIDES", "KINDS"]
+
+SIDES = ("top", "bottom", "left", "right")
+#: ``border``: the filter's own padding makes it respond at the border (a border detector).
+#: ``position``: its pooled response encodes where content lies (often inherited from upstream).
+KINDS = ("border", "position")
+
+
+@dataclass(frozen=True)
+class Pan:
+    """One Padding Aware Neuron: output ``channel`` of convolution ``layer``.
+
+    Attributes:
+        layer: qualified module name (``model.get_submodule(layer)``).
+        channel: output channel index.
+        sides: borders it responds to, a subset of ``("top", "bottom", "left", "right")``.
+        sign: +1 if it fires at the border (or for content near it), -1 if silenced there.
+        score: the score of its ``kind`` (see :func:`pan_repair.find_pans`).
+        kind: ``"border"`` or ``"position"``.
+        border_score: border deviation in channel std units (0 when the layer makes no border).
+        position_score: share of pooled-response variance explained by placement, in [0, 1].
+        border_ratio: on a real batch, mean |activation| in the border band / interior, if measured.
+    """
+
+    layer: str
+    channel: int
+    sides: tuple[str, ...]
+    sign: int
+    score: float
+    kind: str
+    border_score: float = 0.0
+    position_score: float = 0.0
+    border_ratio: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Pan":
+        return cls(**{**d, "sides": tuple(d["sides"])})
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One analysed convolution: its type, filters and padding."""
+
+    name: str
+    type: str
+    out_channels: int
+    padding_mode: str
+    pads: tuple[int, int, int, int]
+    makes_border: bool
+
+
+@dataclass
+class PanReport:
+    """What :func:`pan_repair.find_pans` found in a model.
+
+    ``scores`` holds every channel's scores, ``{layer: {"border": [...], "position": [...]}}``,
+    for score distributions and threshold studies.
+    """
+
+    pans: list[Pan]
+    layers: list[LayerInfo]
+    input_size: tuple[int, int, int]
+    border_threshold: float
+    position_threshold: float
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.pans)
+
+    @property
+    def total_filters(self) -> int:
+        return sum(layer.out_channels for layer in self.layers)
+
+    @property
+    def fraction(self) -> float:
+        """PANs / filters, in [0, 1]."""
+        return self.count / self.total_filters if self.total_filters else 0.0
+
+    def by_layer(self) -> dict[str, list[Pan]]:
+        """PANs grouped by layer, in network order (layers without PANs omitted)."""
+        out: dict[str, list[Pan]] = {}
+        order = {layer.name: i for i, layer in enumerate(self.layers)}
+        for pan in sorted(self.pans, key=lambda p: (order.get(p.layer, 0), p.channel)):
+            out.setdefault(pan.layer, []).append(pan)
+        return out
+
+    def of_kind(self, kind: str) -> list[Pan]:
+        if kind not in KINDS:
+            raise ValueError(f"unknown PAN kind {kind!r}; expected one of {KINDS}")
+        return [p for p in self.pans if p.kind == kind]
+
+    def side_counts(self) -> dict[str, int]:
+        """How many PANs respond to each side."""
+        counts = Counter(side for p in self.pans for side in p.sides)
+        return {side: counts.get(side, 0) for side in SIDES}
+
+    def strongest(self, n: int = 8, kind: str | None = None) -> list[Pan]:
+        pans = self.pans if kind is None else self.of_kind(kind)
+        return sorted(pans, key=lambda p: p.score, reverse=True)[:n]
+
+    def confirmed(self, min_ratio: float = 1.5) -> list[Pan]:
+        """PANs whose real-batch border ratio agrees with their sign by at least ``min_ratio``x."""
+        return [
+            p for p in self.pans if p.border_ratio is not None
+            and (p.border_ratio >= min_ratio if p.sign > 0 else p.border_ratio <= 1 / min_ratio)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pans": [asdict(p) for p in self.pans],
+            "layers": [asdict(layer) for layer in self.layers],
+            "input_size": list(self.input_size),
+            "border_threshold": self.border_threshold,
+            "position_threshold": self.position_threshold,
+            "scores": self.scores,
+            "notes": list(self.notes),
+            "skipped": list(self.skipped),
+            "count": self.count,
+            "total_filters": self.total_filters,
+            "fraction": self.fraction,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PanReport":
+        try:
+            return cls(
+                pans=[Pan.from_dict(p) for p in d["pans"]],
+                layers=[LayerInfo(**{**l, "pads": tuple(l["pads"])}) for l in d["layers"]],
+                input_size=tuple(d["input_size"]),
+                border_threshold=float(d["border_threshold"]),
+                position_threshold=float(d["position_threshold"]),
+                scores=d.get("scores", {}),
+                notes=list(d.get("notes", [])),
+                skipped=list(d.get("skipped", [])),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a PanReport dictionary: {err}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the report as JSON (atomically: a temporary file renamed into place)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PanReport":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read PanReport from {path}: {err}") from None
+
+    def __repr__(self) -> str:
+        kinds = Counter(p.kind for p in self.pans)
+        return (f"PanReport({self.count} PANs in {self.total_filters} filters "
+                f"({100 * self.fraction:.2f}%): {kinds.get('border', 0)} border, "
+                f"{kinds.get('position', 0)} position; {len(self.by_layer())} layers)")
