@@ -4,10 +4,11 @@
 in eval mode; for every output channel ``c`` of every 2-D convolution:
 
 * *border score* ``b_c`` (only for layers whose own padding is a constant frame:
-  zeros or ``ConstantPad2d``). On the layer's real input ``x``, the padding's own
-  effect is ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias cancels); it lives
-  on the border only. For each padded side ``s`` take ``D`` on the outermost output
-  row/column, ``rms_s = sqrt(mean over probes and positions of D^2)``, and
+  zeros or ``ConstantPad2d``). On the layer's input ``x`` under the *constant* probes,
+  the padding's own effect is ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias
+  cancels); it lives on the border only. For each padded side ``s`` take ``D`` on the
+  outermost output row/column, corners excluded, ``rms_s = sqrt(mean over constant probes and positions of D^2)``,
+  and
   ``b_c = max_s rms_s / sigma_c``, where ``sigma_c`` is the channel's scale: the running
   std of the BatchNorm the conv feeds (its std on training data), else its std over the
   probe batch; floored at 5% of the layer's median. First layer, constant input ``v``:
@@ -21,10 +22,12 @@ in eval mode; for every output channel ``c`` of every 2-D convolution:
 
 **Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold``, else of kind
 ``"position"`` if ``p_c >= position_threshold``; each channel is counted once. ``sides``:
-the sides with ``rms_s / sigma_c >= border_threshold`` (border), or the axis with
-``p >= position_threshold`` (top+bottom for rolls along rows, left+right along columns).
-``sign``: +1 if the BatchNorm-scaled response is higher at the border (border kind: mean of
-``D`` on the strongest side; position kind: pattern nearest the edge vs centred), else -1.
+the sides with ``rms_s / sigma_c >= border_threshold`` (border), or the axes with
+``p >= position_threshold`` (top+bottom for rolls along rows, left+right along columns);
+for border PANs only sides scoring at least half the strongest side's count.
+``sign``: +1 if the BatchNorm-scaled response is higher at the border (border kind: ``D`` on
+the strongest side for the bright constant probes, those with a positive mean level;
+position kind: pattern nearest the edge vs centred), else -1.
 """
 from __future__ import annotations
 
@@ -77,6 +80,14 @@ def _strip(x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], paddin
     return F.pad(part, pads, value=padding.value) - F.pad(part, pads, mode="replicate")
 
 
+def _clean_range(size: int, kernel: int, stride: int, dilation: int, before: int, after: int) -> slice:
+    """Output indices along one axis whose windows touch no padding (all of them if none do)."""
+    span = dilation * (kernel - 1) + 1
+    n_out = (size + before + after - span) // stride + 1
+    first, last = -(-before // stride), (size + before - span) // stride
+    return slice(first, last + 1) if first <= last else slice(0, n_out)
+
+
 def _side_windows(size: int, kernel: int, stride: int, dilation: int, before: int, after: int
                   ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
     """Input windows (unpadded coordinates) of the first and last output line, along one axis;
@@ -101,16 +112,21 @@ def _side_windows(size: int, kernel: int, stride: int, dilation: int, before: in
 
 @torch.no_grad()
 def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per side and channel: rms and mean of the padding's own effect ``D`` on the outermost line."""
+    """Per side and channel: rms of the padding's own effect ``D`` on the outermost line (corners
+    excluded), and its
+    mean over the images flagged ``bright`` (first half of the batch)."""
     weight = effective_weight(conv)
     left, right, top, bottom = padding.pads
     h, w = x.shape[-2:]
     top_w, bottom_w = _side_windows(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0], top, bottom)
     left_w, right_w = _side_windows(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1], left, right)
     full_rows, full_cols = (-top, h + bottom), (-left, w + right)
+    # the line along a side, without the corners (which belong to two sides at once)
+    inner_cols = _clean_range(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1], left, right)
+    inner_rows = _clean_range(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0], top, bottom)
     windows = [  # (rows, cols, which output line)
-        (top_w, full_cols, (0, None)), (bottom_w, full_cols, (-1, None)),
-        (full_rows, left_w, (None, 0)), (full_rows, right_w, (None, -1)),
+        (top_w, full_cols, (0, inner_cols)), (bottom_w, full_cols, (-1, inner_cols)),
+        (full_rows, left_w, (inner_rows, 0)), (full_rows, right_w, (inner_rows, -1)),
     ]
     c = conv.out_channels
     rms = torch.zeros(4, c, device=x.device, dtype=torch.float32)
@@ -119,17 +135,18 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
         if rows is None or cols is None:
             continue
         d = F.conv2d(_strip(x, rows, cols, padding), weight, None, conv.stride, 0, conv.dilation, conv.groups)
-        d = d[:, :, row, :] if row is not None else d[:, :, :, col]
+        d = d[:, :, row, col]
         d = d.float()
         rms[i] = d.pow(2).mean(dim=(0, 2)).sqrt()
-        mean[i] = d.mean(dim=(0, 2))
+        mean[i] = d[: len(d) // 2].mean(dim=(0, 2))
     return rms, mean
 
 
 class _Recorder:
     """Forward hooks that collect per-layer statistics during probe forwards."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, n_constants: int = 0):
+        self.n_constants = n_constants
         self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
         self._last_conv: tuple[weakref.ref, str] | None = None
         self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
@@ -167,7 +184,7 @@ class _Recorder:
                     stat.border_ratio = output.detach()
                 return
             if padding.makes_border:
-                stat.border_rms, stat.border_mean = _border_deviation(x, conv, padding)
+                stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
             y = output.detach().float()
             stat.pooled.append(y.mean(dim=(2, 3)))
             stat.sum = y.sum(dim=(0, 2, 3)) + (0 if stat.sum is None else stat.sum)
@@ -183,10 +200,10 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def _inspection(model: nn.Module) -> Iterator[_Recorder]:
+def _inspection(model: nn.Module, n_constants: int) -> Iterator[_Recorder]:
     """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
     modes = [(m, m.training) for m in model.modules()]
-    recorder = _Recorder(model)
+    recorder = _Recorder(model, n_constants)
     model.eval()
     try:
         with torch.no_grad():
@@ -222,7 +239,8 @@ def _total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.d
         for module, mode in modes:
             module.training = mode
     h, w = input_size[1:]
-    return (max(1, max(round(h / s[0]) for s in sizes)), max(1, max(round(w / s[1]) for s in sizes)))
+    spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
+    return (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
 
 
 def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
@@ -285,7 +303,7 @@ def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
     for ch in range(c):
         b, p = float(border[ch]), float(position[ch])
         if b >= tb:
-            sides = tuple(s for s, v in zip(SIDES, per_side[:, ch]) if v >= tb)
+            sides = tuple(s for s, v in zip(SIDES, per_side[:, ch]) if v >= max(tb, b / 2))
             strongest = int(per_side[:, ch].argmax())
             raw = float(stat.border_mean[strongest, ch])
             kind, score = "border", b
@@ -360,7 +378,7 @@ def find_pans(
         warnings.warn(f"input size {input_size[1:]} holds only {probes.n_positions} roll positions at "
                       f"the network's total stride {stride}: position scores are unreliable; use a "
                       f"side >= {5 * max(stride)}", stacklevel=2)
-    with _inspection(model) as rec:
+    with _inspection(model, probes.n_constants) as rec:
         _run(model, probes.images.to(device, dtype), input_size)
         pans, scores = [], {}
         for name, stat in rec.stats.items():

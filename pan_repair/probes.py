@@ -2,8 +2,8 @@
 
 The probe batch has two parts (in this order):
 
-* ``n_constants`` spatially constant images with random per-channel levels, in
-  ``+c/-c`` pairs. On a constant input every interior activation is spatially
+* ``n_constants`` spatially constant images with random per-channel levels: first the
+  bright ones (positive mean level ``c``), then their negatives ``-c``. On a constant input every interior activation is spatially
   constant, so any border response comes from padding.
 * ``n_patterns x 2 axes x n_positions`` *placement* images: a random smooth texture
   (side/8, unit std) centred on a flat canvas with faint noise (std 0.1), the whole
@@ -76,6 +76,7 @@ def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positio
     n_positions = len(shifts)
     gen = torch.Generator().manual_seed(seed)
     levels = torch.randn(n_constants // 2, c, 1, 1, generator=gen)
+    levels = levels * torch.where(levels.mean(dim=1, keepdim=True) < 0, -1.0, 1.0)  # bright first
     constants = torch.cat([levels, -levels]).expand(n_constants, c, h, w)
 
     placements = []

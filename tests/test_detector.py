@@ -1,0 +1,194 @@
+"""The detector on networks whose PANs are known by construction, and its contract."""
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from pan_repair import Pan, PanReport, find_pans
+from pan_repair.layers import conv_padding
+
+
+def _double_centred(k: torch.Tensor) -> torch.Tensor:
+    """A kernel whose every row and column sums to zero: blind to a constant border frame."""
+    k = k - k.mean(dim=-1, keepdim=True)
+    return k - k.mean(dim=-2, keepdim=True)
+
+
+def planted_net(padding_mode: str = "zeros") -> tuple[nn.Module, set[tuple[int, str]]]:
+    """16 filters; channels 2, 5 (top), 9 (left) and 13 (bottom + right) are border detectors."""
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 16, 3, padding=1, bias=True, padding_mode=padding_mode)
+    with torch.no_grad():
+        conv.weight.copy_(_double_centred(torch.randn(16, 3, 3, 3, generator=gen)))
+        conv.bias.zero_()
+        conv.weight[2, :, 0, :] += 1.0   # top row: fires for the top border
+        conv.weight[5, :, 0, :] -= 1.0
+        conv.weight[9, :, :, 0] += 1.0   # left column
+        conv.weight[13, :, 2, :] += 1.0  # bottom row and right column
+        conv.weight[13, :, :, 2] += 1.0
+    net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    truth = {(2, "top"), (5, "top"), (9, "left"), (13, "bottom"), (13, "right")}
+    return net, truth
+
+
+def test_planted_border_detectors_precision_and_recall():
+    net, truth = planted_net()
+    report = find_pans(net, (3, 32, 32))
+    found = {(p.channel, side) for p in report.of_kind("border") for side in p.sides}
+    assert found == truth, f"precision/recall failure: found {found - truth}, missed {truth - found}"
+    assert {p.channel for p in report.of_kind("border")} == {2, 5, 9, 13}
+
+
+def test_planted_scores_are_well_separated():
+    net, truth = planted_net()
+    report = find_pans(net, (3, 32, 32))
+    scores = report.scores["0"]["border"]
+    planted = [scores[c] for c in (2, 5, 9, 13)]
+    ordinary = [s for c, s in enumerate(scores) if c not in (2, 5, 9, 13)]
+    assert min(planted) > 3 * max(ordinary)
+
+
+def test_sign_says_fires_or_silenced():
+    net, _ = planted_net()
+    # a bright constant input through a kernel whose top row sums to +3 (per input channel) loses
+    # 3*c at the top border under zero padding: D = -sum(top taps) * c < 0, so it is silenced there.
+    signs = {p.channel: p.sign for p in find_pans(net, (3, 32, 32)).of_kind("border")}
+    assert signs[2] == -1 and signs[5] == +1
+
+
+def test_first_layer_border_score_matches_hand_computation():
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 1] = 2.0  # only the top-centre tap: D_top = -2 * x[row 0]
+    net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    report = find_pans(net, (1, 24, 24))
+    from pan_repair.probes import make_probes
+    from pan_repair.detector import _total_stride
+    probes = make_probes((1, 24, 24), 8, 8, _total_stride(net, (1, 24, 24), torch.device("cpu"), torch.float32))
+    x = probes.images
+    constants = x[: probes.n_constants]
+    rms_top = (2 * constants[:, 0, 0, :]).pow(2).mean().sqrt()  # D on the top row, constant probes
+    y = conv(x).detach()
+    sigma = y.std(unbiased=False)
+    assert report.scores["0"]["border"][0] == pytest.approx(float(rms_top / sigma), rel=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["circular", "reflect", "replicate"])
+def test_content_preserving_padding_has_no_border_detectors(mode):
+    net, _ = planted_net(mode)
+    report = find_pans(net, (3, 32, 32))
+    assert report.of_kind("border") == []
+    assert all(s == 0 for s in report.scores["0"]["border"])
+    if mode != "circular":
+        assert any("leak absolute position" in note for note in report.notes)
+
+
+def test_circular_network_reports_no_pans_at_all():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular"), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="circular"), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), nn.AdaptiveAvgPool2d(1))
+    report = find_pans(net, (3, 32, 32))
+    assert report.count == 0
+    assert max(max(v["position"]) for v in report.scores.values()) < 1e-3
+
+
+def test_zero_pad_module_counts_as_the_next_conv_padding():
+    net, truth = planted_net()
+    conv = net[0]
+    unpadded = nn.Conv2d(3, 16, 3, padding=0)
+    unpadded.load_state_dict(conv.state_dict())
+    padded = nn.Sequential(nn.ZeroPad2d(1), unpadded, *list(net)[1:])
+    found = {(p.channel, s) for p in find_pans(padded, (3, 32, 32)).of_kind("border") for s in p.sides}
+    assert found == truth
+
+
+def test_timm_same_padding_is_asymmetric():
+    conv = timm.layers.Conv2dSame(3, 4, 3, stride=2)
+    pad = conv_padding(conv, (224, 224))
+    assert pad.pads == (0, 1, 0, 1)  # TF "SAME": the extra pixel goes right and bottom
+    net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1))
+    with torch.no_grad():
+        conv.weight.copy_(_double_centred(conv.weight))
+        conv.weight[0, :, 2, :] += 1.0  # bottom row
+        conv.weight[1, :, 0, :] += 1.0  # top row: never meets padding on the top
+    pans = {p.channel: p.sides for p in find_pans(net, (3, 64, 64)).of_kind("border")}
+    assert pans.get(0) == ("bottom",)
+    assert "top" not in pans.get(1, ()) and "left" not in pans.get(1, ())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "tf_efficientnet_lite0", "mobilenetv3_small_050"])
+def test_timm_models_scan_and_are_left_untouched(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    model.train()
+    model.blocks.apply(lambda m: m.eval()) if hasattr(model, "blocks") else None
+    modes = {n: m.training for n, m in model.named_modules()}
+    state = copy.deepcopy(model.state_dict())
+    rng = torch.get_rng_state()
+    report = find_pans(model, (3, 96, 96), n_patterns=3, n_positions=5)
+    assert report.total_filters == sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert 0 <= report.fraction <= 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_model_left_untouched_when_forward_raises():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls > 1:  # the stride pre-pass works, the probe forward fails
+                raise RuntimeError("boom")
+            return self.bn(self.conv(x))
+
+    model = Broken().train()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="boom"):
+        find_pans(model, (3, 32, 32))
+    assert model.training and model.bn.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("model, size, message", [
+    (nn.Sequential(nn.Linear(4, 2)), (3, 32, 32), "no 2-D convolution"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3)), (1, 32, 32), "expects 3"),
+    (nn.Sequential(nn.Conv2d(3, 4, 7), nn.Conv2d(4, 4, 7)), (3, 8, 8), "cannot run on input size"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3)), (3, 32), "channels, height, width"),
+])
+def test_bad_input_gets_a_clear_error(model, size, message):
+    with pytest.raises(ValueError, match=message):
+        find_pans(model, size)
+
+
+def test_report_json_round_trip(tmp_path):
+    net, _ = planted_net()
+    report = find_pans(net, (3, 32, 32))
+    again = PanReport.load(report.save(tmp_path / "r.json"))
+    assert again.to_dict() == report.to_dict()
+    assert isinstance(again.pans[0], Pan) and again.pans[0].sides == report.pans[0].sides
+    assert again.count == report.count and again.by_layer().keys() == report.by_layer().keys()
+    with pytest.raises(ValueError, match="not a PanReport"):
+        PanReport.from_dict({"pans": []})
+
+
+def test_real_batch_confirmation_sets_border_ratio():
+    net, _ = planted_net()
+    batch = torch.rand(8, 3, 32, 32) + 0.5  # bright images: top-row detectors lose response at the top
+    report = find_pans(net, (3, 32, 32), batch=batch)
+    ratios = {p.channel: p.border_ratio for p in report.of_kind("border")}
+    assert all(r is not None and r > 0 for r in ratios.values())
+    assert ratios[2] != pytest.approx(1.0, abs=0.05)
