@@ -50,9 +50,9 @@ from .report import SIDES, LayerInfo, Pan, PanReport
 __all__ = ["find_pans", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
 
 #: Default threshold on the border score (channel-std units); see README "Choosing the threshold".
-DEFAULT_BORDER_THRESHOLD = 1.0
+DEFAULT_BORDER_THRESHOLD = 2.7
 #: Default threshold on the position score (share of variance).
-DEFAULT_POSITION_THRESHOLD = 0.5
+DEFAULT_POSITION_THRESHOLD = 0.95
 _SIGMA_FLOOR = 0.05
 
 

@@ -1,0 +1,72 @@
+"""``pan-repair`` command line. Errors print one line to stderr and exit with status 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
+from .model_spec import BUNDLED, load_model
+from .report import PanReport
+
+__all__ = ["main"]
+
+
+def _table(report: PanReport) -> str:
+    rows = [f"{'layer':40s} {'filters':>7s} {'border':>6s} {'position':>8s}  sides (t/b/l/r)"]
+    filters = {layer.name: layer.out_channels for layer in report.layers}
+    for name, pans in report.by_layer().items():
+        sides = [sum(s in p.sides for p in pans) for s in ("top", "bottom", "left", "right")]
+        rows.append(f"{name:40s} {filters[name]:7d} {sum(p.kind == 'border' for p in pans):6d} "
+                    f"{sum(p.kind == 'position' for p in pans):8d}  {'/'.join(map(str, sides))}")
+    rows.append(f"{'total':40s} {report.total_filters:7d} {len(report.of_kind('border')):6d} "
+                f"{len(report.of_kind('position')):8d}  {report.count} PANs = {100 * report.fraction:.2f}% of filters")
+    return "\n".join(rows + [f"note: {n}" for n in report.notes])
+
+
+def _scan(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.weights)
+    size = (args.channels, args.size, args.size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if args.quiet else "default")
+        report = find_pans(model, size, border_threshold=args.border_threshold,
+                           position_threshold=args.position_threshold, n_patterns=args.patterns)
+    print(_table(report))
+    if args.json:
+        print(f"report: {report.save(args.json)}")
+    if args.plot:
+        from .plotting import plot_report
+        print(f"plot: {plot_report(report, args.plot, model)}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pan-repair", description="Find and repair Padding Aware Neurons.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    scan = sub.add_parser("scan", help="find the PANs of a model (no data needed)")
+    scan.add_argument("model", help=f"timm model name, 'module:factory', or {BUNDLED!r} (bundled ImageNet weights)")
+    scan.add_argument("--weights", help="state dict file to load into the model")
+    scan.add_argument("--size", type=int, default=224, help="probe image side in pixels (default 224)")
+    scan.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
+    scan.add_argument("--border-threshold", type=float, default=DEFAULT_BORDER_THRESHOLD)
+    scan.add_argument("--position-threshold", type=float, default=DEFAULT_POSITION_THRESHOLD)
+    scan.add_argument("--patterns", type=int, default=8, help="probe textures (default 8)")
+    scan.add_argument("--json", help="write the PanReport as JSON to this path")
+    scan.add_argument("--plot", help="write a PNG: PANs per layer and border-response maps")
+    scan.add_argument("--quiet", action="store_true", help="hide warnings")
+    scan.set_defaults(run=_scan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as err:
+        print(f"pan-repair {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
