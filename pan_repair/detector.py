@@ -35,7 +35,7 @@ import contextlib
 import math
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -63,9 +63,9 @@ class _LayerStats:
     padding: Padding | None = None
     border_rms: torch.Tensor | None = None   # (4, C): top, bottom, left, right
     border_mean: torch.Tensor | None = None  # (4, C)
-    pooled: list[torch.Tensor] = field(default_factory=list)  # (N, C) per forward
-    sq_sum: torch.Tensor | None = None
-    sum: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None  # (N, C) globally pooled conv output
+    sq_sum: torch.Tensor | None = None  # sum over probes of the per-image spatial mean of y^2
+    sum: torch.Tensor | None = None     # sum over probes of the per-image spatial mean of y
     count: int = 0
     bn: nn.modules.batchnorm._BatchNorm | None = None
     border_ratio: torch.Tensor | None = None
@@ -172,6 +172,8 @@ class _Recorder:
     def _conv_hook(self, name: str):
         def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
             stat = self.stats[name]
+            if stat.pooled is not None and not self.measure_ratio:
+                return  # a conv called several times per forward is measured on its first call
             x = inputs[0]
             padding = conv_padding(conv, tuple(x.shape[-2:]))
             source = self._pad_outputs.pop(id(x), None)
@@ -185,11 +187,11 @@ class _Recorder:
                 return
             if padding.makes_border:
                 stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
-            y = output.detach().float()
-            stat.pooled.append(y.mean(dim=(2, 3)))
-            stat.sum = y.sum(dim=(0, 2, 3)) + (0 if stat.sum is None else stat.sum)
-            stat.sq_sum = y.pow(2).sum(dim=(0, 2, 3)) + (0 if stat.sq_sum is None else stat.sq_sum)
-            stat.count += y.numel() // y.shape[1]
+            var, mean = torch.var_mean(output.detach().float(), dim=(2, 3), correction=0)  # (N, C)
+            stat.pooled = mean
+            stat.sum = mean.sum(dim=0)
+            stat.sq_sum = (var + mean.pow(2)).sum(dim=0)
+            stat.count = mean.shape[0]
         return hook
 
     def remove(self) -> None:
@@ -291,7 +293,7 @@ def _position_scores(pooled: torch.Tensor, probes: ProbeBatch) -> tuple[torch.Te
 def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
               ) -> tuple[list[Pan], dict[str, list[float]]]:
     c = stat.conv.out_channels
-    eta2, edge = _position_scores(torch.cat(stat.pooled), probes)
+    eta2, edge = _position_scores(stat.pooled, probes)
     position = eta2.max(dim=0).values
     bn_sign = _bn_sign(stat)
     if stat.border_rms is not None:
@@ -382,7 +384,7 @@ def find_pans(
         _run(model, probes.images.to(device, dtype), input_size)
         pans, scores = [], {}
         for name, stat in rec.stats.items():
-            if not stat.pooled:
+            if stat.pooled is None:
                 continue  # never executed in forward
             layer_pans, scores[name] = _classify(stat, probes, border_threshold, position_threshold)
             pans += layer_pans
@@ -392,7 +394,7 @@ def find_pans(
     layers = [
         LayerInfo(name, type(stat.conv).__name__, stat.conv.out_channels, stat.padding.mode,
                   stat.padding.pads, stat.padding.makes_border)
-        for name, stat in rec.stats.items() if stat.pooled
+        for name, stat in rec.stats.items() if stat.pooled is not None
     ]
     return PanReport(pans, layers, input_size, border_threshold, position_threshold, scores,
                      _notes(layers), unsupported_layers(model))
