@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from timm.layers import (
     Conv2dSame,
@@ -27,13 +28,16 @@ from timm.layers import (
     StdConv2dSame,
 )
 from timm.layers.conv2d_same import Conv2dSameExport
+from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
 __all__ = [
     "Padding",
     "conv_layers",
     "conv_padding",
     "effective_weight",
+    "layer_padding",
     "pad_module_padding",
+    "pool_padding",
     "unsupported_layers",
     "BORDER_MODES",
 ]
@@ -133,3 +137,40 @@ def conv_layers(model: nn.Module) -> Iterator[tuple[str, nn.Conv2d]]:
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Names of convolution-like layers pan_repair cannot analyse (e.g. timm's ``CondConv2d``)."""
     return [name for name, m in model.named_modules() if isinstance(m, CondConv2d)]
+
+
+def pool_padding(pool: nn.Module, input_hw: tuple[int, int]) -> Padding | None:
+    """The padding a pooling layer applies to an input of size ``input_hw``, else None.
+
+    ``nn.AvgPool2d`` pads zeros that count in the mean (mode ``"zeros"``; also with
+    ``divisor_override``, whose fixed divisor counts them) or, with
+    ``count_include_pad=False``, are left out of it (mode ``"partial"``: the mean of
+    the valid pixels). timm's ``AvgPool2dSame`` pads zeros explicitly (``"zeros"``).
+    ``nn.MaxPool2d`` and timm's ``MaxPool2dSame`` pad ``-inf`` (``"constant"``), which
+    never wins a max: a harmless frame.
+    """
+    if isinstance(pool, (AvgPool2dSame, MaxPool2dSame)):
+        dilation = _pair(pool.dilation) if isinstance(pool, MaxPool2dSame) else (1, 1)
+        pads = _same_pads(input_hw, _pair(pool.kernel_size), _pair(pool.stride), dilation)
+    elif isinstance(pool, (nn.AvgPool2d, nn.MaxPool2d)):
+        ph, pw = _pair(pool.padding)
+        pads = (pw, pw, ph, ph)
+    else:
+        return None
+    if isinstance(pool, nn.MaxPool2d):
+        return Padding(pads, "constant", -math.inf)
+    counted = (isinstance(pool, AvgPool2dSame) or pool.count_include_pad
+               or pool.divisor_override is not None)
+    return Padding(pads, "zeros" if counted else "partial")
+
+
+def layer_padding(module: nn.Module, input_hw: tuple[int, int]) -> Padding | None:
+    """The padding any layer applies to an input of size ``input_hw``: a module that
+    declares it with an ``input_padding(input_hw)`` method (pan_repair's converted
+    layers, see :mod:`pan_repair.padding_switch`), a conv, a pad module or a pool.
+    None for modules that do not pad by themselves."""
+    if hasattr(module, "input_padding"):
+        return module.input_padding(input_hw)
+    if isinstance(module, nn.Conv2d):
+        return conv_padding(module, input_hw)
+    return pad_module_padding(module) or pool_padding(module, input_hw)
