@@ -7,12 +7,12 @@ in eval mode; for every output channel ``c`` of every 2-D convolution:
   zeros or ``ConstantPad2d``). On the layer's input ``x`` under the *constant* probes,
   the padding's own effect is ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias
   cancels); it lives on the border only. For each padded side ``s`` take ``D`` on the
-  outermost output row/column, corners excluded, ``rms_s = sqrt(mean over constant probes and positions of D^2)``,
-  and
-  ``b_c = max_s rms_s / sigma_c``, where ``sigma_c`` is the channel's scale: the running
-  std of the BatchNorm the conv feeds (its std on training data), else its std over the
-  probe batch; floored at 5% of the layer's median. First layer, constant input ``v``:
-  ``D_top = -sum_{taps on the top padding} w * v``, so ``b_c`` is checkable by hand.
+  outermost output row/column, corners excluded, ``rms_s = sqrt(mean of D^2)`` over the
+  constant probes and that line, and ``b_c = max_s rms_s / sigma_c``. ``sigma_c`` is the
+  channel's scale: the running std of the BatchNorm the conv feeds (its std on training
+  data), else (BatchNorm absent or untrained) its std over the constant probes and the
+  first texture's placements; floored at 5% of the layer's median. First layer, constant
+  input ``v``: ``D_top = -sum_{taps on the top padding} w * v``, checkable by hand.
 * *position score* ``p_c`` in [0, 1] (every conv): the share of the variance of the
   channel's globally pooled response, over ``n_patterns`` textures x ``n_positions``
   circular rolls along one axis, explained by the roll (eta squared:
@@ -145,8 +145,8 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
 class _Recorder:
     """Forward hooks that collect per-layer statistics during probe forwards."""
 
-    def __init__(self, model: nn.Module, n_constants: int = 0):
-        self.n_constants = n_constants
+    def __init__(self, model: nn.Module, n_constants: int = 0, n_scale: int = 0):
+        self.n_constants, self.n_scale = n_constants, n_scale
         self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
         self._last_conv: tuple[weakref.ref, str] | None = None
         self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
@@ -187,11 +187,12 @@ class _Recorder:
                 return
             if padding.makes_border:
                 stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
-            var, mean = torch.var_mean(output.detach().float(), dim=(2, 3), correction=0)  # (N, C)
-            stat.pooled = mean
-            stat.sum = mean.sum(dim=0)
-            stat.sq_sum = (var + mean.pow(2)).sum(dim=0)
-            stat.count = mean.shape[0]
+            y = output.detach()
+            stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
+            head = y[: self.n_scale].float()  # the channel scale is measured on the first images
+            stat.sq_sum = head.pow(2).mean(dim=(2, 3)).sum(dim=0)
+            stat.sum = stat.pooled[: self.n_scale].sum(dim=0)
+            stat.count = head.shape[0]
         return hook
 
     def remove(self) -> None:
@@ -202,10 +203,10 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def _inspection(model: nn.Module, n_constants: int) -> Iterator[_Recorder]:
+def _inspection(model: nn.Module, n_constants: int, n_scale: int) -> Iterator[_Recorder]:
     """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
     modes = [(m, m.training) for m in model.modules()]
-    recorder = _Recorder(model, n_constants)
+    recorder = _Recorder(model, n_constants, n_scale)
     model.eval()
     try:
         with torch.no_grad():
@@ -259,13 +260,18 @@ def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
 
 def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
     bn = stat.bn
-    if bn is not None and bn.running_var is not None:
+    if bn is not None and bn.running_var is not None and not _untrained(bn):
         sigma = (bn.running_var.float() + bn.eps).sqrt()
     else:
         mean = stat.sum / stat.count
         sigma = (stat.sq_sum / stat.count - mean.pow(2)).clamp_min(0).sqrt()
     floor = _SIGMA_FLOOR * sigma.median().clamp_min(1e-12)
     return sigma.clamp_min(floor)
+
+
+def _untrained(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Running statistics still at their initial values (mean 0, var 1): they say nothing."""
+    return bool((bn.running_var == 1).all() and (bn.running_mean == 0).all())
 
 
 def _bn_sign(stat: _LayerStats) -> torch.Tensor:
@@ -380,7 +386,7 @@ def find_pans(
         warnings.warn(f"input size {input_size[1:]} holds only {probes.n_positions} roll positions at "
                       f"the network's total stride {stride}: position scores are unreliable; use a "
                       f"side >= {5 * max(stride)}", stacklevel=2)
-    with _inspection(model, probes.n_constants) as rec:
+    with _inspection(model, probes.n_constants, probes.n_constants + 2 * probes.n_positions) as rec:
         _run(model, probes.images.to(device, dtype), input_size)
         pans, scores = [], {}
         for name, stat in rec.stats.items():

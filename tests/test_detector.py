@@ -17,17 +17,21 @@ def _double_centred(k: torch.Tensor) -> torch.Tensor:
 
 
 def planted_net(padding_mode: str = "zeros") -> tuple[nn.Module, set[tuple[int, str]]]:
-    """16 filters; channels 2, 5 (top), 9 (left) and 13 (bottom + right) are border detectors."""
+    """16 filters; channels 2, 5 (top), 9 (left) and 13 (bottom + right) are border detectors:
+    an edge kernel (+1 outer row, -1 middle row) is blind to constant content but not to a zero frame."""
     gen = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(3, 16, 3, padding=1, bias=True, padding_mode=padding_mode)
     with torch.no_grad():
         conv.weight.copy_(_double_centred(torch.randn(16, 3, 3, 3, generator=gen)))
         conv.bias.zero_()
-        conv.weight[2, :, 0, :] += 1.0   # top row: fires for the top border
-        conv.weight[5, :, 0, :] -= 1.0
-        conv.weight[9, :, :, 0] += 1.0   # left column
-        conv.weight[13, :, 2, :] += 1.0  # bottom row and right column
-        conv.weight[13, :, :, 2] += 1.0
+        for ch, sign, (row, col) in [(2, 1, (0, None)), (5, -1, (0, None)), (9, 1, (None, 0)),
+                                     (13, 1, (2, None)), (13, 1, (None, 2))]:
+            if row is not None:
+                conv.weight[ch, :, row, :] += sign
+                conv.weight[ch, :, 1, :] -= sign
+            else:
+                conv.weight[ch, :, :, col] += sign
+                conv.weight[ch, :, :, 1] -= sign
     net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
     truth = {(2, "top"), (5, "top"), (9, "left"), (13, "bottom"), (13, "right")}
     return net, truth
@@ -53,7 +57,7 @@ def test_planted_scores_are_well_separated():
 def test_sign_says_fires_or_silenced():
     net, _ = planted_net()
     # a bright constant input through a kernel whose top row sums to +3 (per input channel) loses
-    # 3*c at the top border under zero padding: D = -sum(top taps) * c < 0, so it is silenced there.
+    # 3*c at the top border under zero padding: D = -sum(top taps) * c < 0: silenced there.
     signs = {p.channel: p.sign for p in find_pans(net, (3, 32, 32)).of_kind("border")}
     assert signs[2] == -1 and signs[5] == +1
 
@@ -71,7 +75,7 @@ def test_first_layer_border_score_matches_hand_computation():
     x = probes.images
     constants = x[: probes.n_constants]
     rms_top = (2 * constants[:, 0, 0, :]).pow(2).mean().sqrt()  # D on the top row, constant probes
-    y = conv(x).detach()
+    y = conv(x[: probes.n_constants + 2 * probes.n_positions]).detach()  # the scale images
     sigma = y.std(unbiased=False)
     assert report.scores["0"]["border"][0] == pytest.approx(float(rms_top / sigma), rel=1e-3)
 
@@ -114,8 +118,10 @@ def test_timm_same_padding_is_asymmetric():
     net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1))
     with torch.no_grad():
         conv.weight.copy_(_double_centred(conv.weight))
-        conv.weight[0, :, 2, :] += 1.0  # bottom row
+        conv.weight[0, :, 2, :] += 1.0  # bottom row (edge kernel: +1 bottom, -1 middle)
+        conv.weight[0, :, 1, :] -= 1.0
         conv.weight[1, :, 0, :] += 1.0  # top row: never meets padding on the top
+        conv.weight[1, :, 1, :] -= 1.0
     pans = {p.channel: p.sides for p in find_pans(net, (3, 64, 64)).of_kind("border")}
     assert pans.get(0) == ("bottom",)
     assert "top" not in pans.get(1, ()) and "left" not in pans.get(1, ())
