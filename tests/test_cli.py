@@ -16,7 +16,8 @@ def tiny_factory() -> nn.Module:
     conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
     with torch.no_grad():
         conv.weight.zero_()
-        conv.weight[0, :, 0, :] = 1.0
+        conv.weight[0, :, 0, :] = 1.0   # edge kernel: blind inside, fires on the zero frame
+        conv.weight[0, :, 1, :] = -1.0
         conv.weight[1:, :, 1, 1] = 1.0
     return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
