@@ -55,8 +55,9 @@ class Padding:
 
     Attributes:
         pads: ``(left, right, top, bottom)`` in input pixels.
-        mode: ``"zeros"``, ``"constant"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
-        value: fill value for ``"constant"`` (0 for ``"zeros"``).
+        mode: ``"zeros"``, ``"constant"``, ``"reflect"``, ``"replicate"``, ``"circular"`` or
+            ``"partial"`` (zeros, border outputs re-weighted by window area / valid area).
+        value: fill value for ``"constant"`` (0 for ``"zeros"``; ``-inf`` for max pooling).
     """
 
     pads: tuple[int, int, int, int]
@@ -69,8 +70,9 @@ class Padding:
 
     @property
     def makes_border(self) -> bool:
-        """True when the padding is a constant frame, i.e. can create border detectors."""
-        return self.is_padded and self.mode in BORDER_MODES
+        """True when the padding is a finite constant frame, i.e. can create border detectors
+        (a -inf frame never wins a max)."""
+        return self.is_padded and self.mode in BORDER_MODES and math.isfinite(self.value)
 
 
 def _same_pads(hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
@@ -86,6 +88,8 @@ def _same_pads(hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, 
 
 def conv_padding(conv: nn.Conv2d, input_hw: tuple[int, int]) -> Padding:
     """The padding ``conv`` applies to an input of spatial size ``input_hw`` (H, W)."""
+    if hasattr(conv, "input_padding"):  # pan_repair's converted layers describe themselves
+        return conv.input_padding(input_hw)
     if isinstance(conv, _DYNAMIC_SAME) or (isinstance(conv, _STD_SAME) and conv.same_pad):
         pads = _same_pads(input_hw, conv.kernel_size, conv.stride, conv.dilation)
         static = tuple(conv._reversed_padding_repeated_twice)
