@@ -3,12 +3,22 @@
 Example:
     >>> import timm
     >>> from pan_repair import find_pans
-    >>> report = find_pans(timm.create_model("resnet18"), input_size=(3, 160, 160), n_patterns=4)
+    >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 160, 160), n_patterns=2)
     >>> report.total_filters
-    4800
+    2936
+    >>> from pan_repair import converted_copy
+    >>> fixed = converted_copy(timm.create_model("resnet10t"), "replicate")
+    >>> find_pans(fixed, input_size=(3, 160, 160), n_patterns=2).of_kind("border")
+    []
 """
+from .data import DigitsCanvas, DigitsCanvasDataModule, LitDigitsCanvasDataModule
 from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
+from .metrics import BorderAccuracyGap, BorderActivationRatio, PaddingReliance, PANFraction
+from .models import SmallCNN
+from .padding_switch import ConversionSummary, convert_padding, converted_copy
+from .pretrained import load_efficientnet_lite0, sample_images
 from .report import KINDS, SIDES, LayerInfo, Pan, PanReport
+from .wandb_offline import read_offline_run
 
 __version__ = "0.1.0"
 
@@ -21,4 +31,18 @@ __all__ = [
     "KINDS",
     "DEFAULT_BORDER_THRESHOLD",
     "DEFAULT_POSITION_THRESHOLD",
+    "convert_padding",
+    "converted_copy",
+    "ConversionSummary",
+    "BorderAccuracyGap",
+    "BorderActivationRatio",
+    "PaddingReliance",
+    "PANFraction",
+    "DigitsCanvas",
+    "DigitsCanvasDataModule",
+    "LitDigitsCanvasDataModule",
+    "SmallCNN",
+    "load_efficientnet_lite0",
+    "sample_images",
+    "read_offline_run",
 ]

@@ -371,9 +371,9 @@ def find_pans(
     Example:
         >>> import timm
         >>> from pan_repair import find_pans
-        >>> report = find_pans(timm.create_model("resnet18"), input_size=(3, 128, 128), n_patterns=4)
+        >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 160, 160), n_patterns=2)
         >>> report.total_filters
-        4800
+        2936
     """
     input_size = tuple(int(v) for v in input_size)
     _check_input(model, input_size)
