@@ -198,3 +198,36 @@ def test_real_batch_confirmation_sets_border_ratio():
     ratios = {p.channel: p.border_ratio for p in report.of_kind("border")}
     assert all(r is not None and r > 0 for r in ratios.values())
     assert ratios[2] != pytest.approx(1.0, abs=0.05)
+
+
+def _edge_kernel_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """Channel 0: +1 on the top kernel row, -1 on the next (blind inside, fires on a zero frame);
+    the other channels: zero-sum along rows and columns (blind to a constant frame)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        conv.weight.copy_(_double_centred(torch.randn(conv.weight.shape, generator=gen)))
+        conv.weight[0, :, 0, :] += 1.0
+        conv.weight[0, :, 1, :] -= 1.0
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return conv
+
+
+@pytest.mark.parametrize("make_conv", [
+    lambda: nn.Conv2d(4, 8, 3, padding=1),
+    lambda: nn.Conv2d(4, 8, 3, padding="same"),
+    lambda: nn.Conv2d(4, 8, (3, 5), padding=(1, 2)),
+    lambda: nn.Conv2d(4, 8, 3, stride=2, padding=1),
+    lambda: nn.Conv2d(4, 8, 3, padding=2, dilation=2),
+    lambda: nn.Conv2d(4, 8, 3, padding=1, groups=4),
+    lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4),  # depthwise
+    lambda: timm.layers.StdConv2d(4, 8, 3, padding=1),
+    lambda: timm.layers.create_conv2d(4, 8, 3, stride=2, padding="same"),  # timm dynamic "same"
+])
+def test_every_conv_flavour_finds_the_planted_top_detector(make_conv):
+    conv = _edge_kernel_conv(make_conv())
+    net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1))
+    border = {p.channel: p.sides for p in find_pans(net, (4, 33, 33)).of_kind("border")}
+    if isinstance(conv, timm.layers.Conv2dSame):  # TF "same" at stride 2, odd size: pads 1 on every side
+        assert conv_padding(conv, (33, 33)).pads == (1, 1, 1, 1)
+    assert border.get(0) == ("top",) and set(border) == {0}, border
