@@ -307,25 +307,25 @@ def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
         border = per_side.max(dim=0).values
     else:
         per_side, border = torch.zeros(4, c), torch.zeros(c)
+    is_border = border >= tb
+    candidates = torch.nonzero(is_border | (position >= tp)).flatten().tolist()
+    per_side_l, eta2_l = per_side.T.tolist(), eta2.T.tolist()
+    border_l, position_l, bn_sign_l = border.tolist(), position.tolist(), bn_sign.tolist()
     pans = []
-    for ch in range(c):
-        b, p = float(border[ch]), float(position[ch])
+    for ch in candidates:  # PANs only: a few percent of the channels
+        b, p = border_l[ch], position_l[ch]
         if b >= tb:
-            sides = tuple(s for s, v in zip(SIDES, per_side[:, ch]) if v >= max(tb, b / 2))
-            strongest = int(per_side[:, ch].argmax())
-            raw = float(stat.border_mean[strongest, ch])
+            sides = tuple(s for s, v in zip(SIDES, per_side_l[ch]) if v >= max(tb, b / 2))
+            raw = float(stat.border_mean[int(per_side[:, ch].argmax()), ch])
             kind, score = "border", b
-        elif p >= tp:
-            axes = [a for a in range(2) if eta2[a, ch] >= tp]
+        else:
+            axes = [a for a in range(2) if eta2_l[ch][a] >= tp]
             sides = tuple(s for a in axes for s in (("top", "bottom"), ("left", "right"))[a])
             raw = float(edge[int(eta2[:, ch].argmax()), ch])
             kind, score = "position", p
-        else:
-            continue
-        sign = 1 if raw * float(bn_sign[ch]) >= 0 else -1
+        sign = 1 if raw * bn_sign_l[ch] >= 0 else -1
         pans.append(Pan(stat.name, ch, sides, sign, score, kind, b, p))
-    return pans, {"border": [round(float(v), 5) for v in border],
-                  "position": [round(float(v), 5) for v in position]}
+    return pans, {"border": [round(v, 5) for v in border_l], "position": [round(v, 5) for v in position_l]}
 
 
 def _border_ratio(output: torch.Tensor, stat: _LayerStats, band: int = 1) -> torch.Tensor:
