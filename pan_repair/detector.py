@@ -35,7 +35,7 @@ import contextlib
 import math
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -44,12 +44,13 @@ from torch import nn
 
 from .layers import Padding, conv_layers, conv_padding, effective_weight, pad_module_padding, \
     unsupported_layers
+from .metrics.functional import border_activation_ratio
 from .probes import ProbeBatch, make_probes
 from .report import SIDES, LayerInfo, Pan, PanReport
 
 __all__ = ["find_pans", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
 
-#: Default threshold on the border score (channel-std units); see README "Choosing the threshold".
+#: Default threshold on the border score (channel-std units); see README "Why these thresholds".
 DEFAULT_BORDER_THRESHOLD = 2.7
 #: Default threshold on the position score (share of variance).
 DEFAULT_POSITION_THRESHOLD = 0.95
@@ -68,7 +69,7 @@ class _LayerStats:
     sum: torch.Tensor | None = None     # sum over probes of the per-image spatial mean of y
     count: int = 0
     bn: nn.modules.batchnorm._BatchNorm | None = None
-    border_ratio: torch.Tensor | None = None
+    ratio_output: torch.Tensor | None = None  # conv output on the real batch (confirmation pass)
 
 
 def _strip(x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], padding: Padding) -> torch.Tensor:
@@ -183,7 +184,7 @@ class _Recorder:
             self._last_conv = (weakref.ref(output), name)
             if self.measure_ratio:
                 if name in self.measure_ratio:
-                    stat.border_ratio = output.detach()
+                    stat.ratio_output = output.detach()
                 return
             if padding.makes_border:
                 stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
@@ -328,19 +329,13 @@ def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
     return pans, {"border": [round(v, 5) for v in border_l], "position": [round(v, 5) for v in position_l]}
 
 
-def _border_ratio(output: torch.Tensor, stat: _LayerStats, band: int = 1) -> torch.Tensor:
-    """mean |a| over the ``band``-pixel border / mean |a| inside, per channel (BatchNorm applied if fed)."""
+def _border_ratio(output: torch.Tensor, stat: _LayerStats) -> torch.Tensor:
+    """Per channel: mean |a| on the 1-pixel border / inside, ``a`` BatchNorm-scaled if the conv feeds one."""
     y = output.float()
     bn = stat.bn
     if bn is not None and bn.running_var is not None:
         y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    a = y.abs()
-    inner = a[:, :, band:-band, band:-band]
-    total = a.sum(dim=(0, 2, 3))
-    inner_sum = inner.sum(dim=(0, 2, 3))
-    n_inner = inner[0, 0].numel()
-    n_border = a[0, 0].numel() - n_inner
-    return ((total - inner_sum) / n_border) / (inner_sum / n_inner).clamp_min(1e-12)
+    return border_activation_ratio(y, band=1, reduction="none")
 
 
 def find_pans(
@@ -377,6 +372,8 @@ def find_pans(
     """
     input_size = tuple(int(v) for v in input_size)
     _check_input(model, input_size)
+    if batch is not None and (batch.ndim != 4 or batch.shape[1] != input_size[0]):
+        raise ValueError(f"batch must be (N, {input_size[0]}, H, W), got shape {tuple(batch.shape)}")
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -396,7 +393,7 @@ def find_pans(
             pans += layer_pans
         if batch is not None and pans:
             ratios = _measure_border_ratios(model, rec, {p.layer for p in pans}, batch, device, dtype)
-            pans = [Pan(**{**p.__dict__, "border_ratio": float(ratios[p.layer][p.channel])}) for p in pans]
+            pans = [replace(p, border_ratio=float(ratios[p.layer][p.channel])) for p in pans]
     layers = [
         LayerInfo(name, type(stat.conv).__name__, stat.conv.out_channels, stat.padding.mode,
                   stat.padding.pads, stat.padding.makes_border)
@@ -408,18 +405,16 @@ def find_pans(
 
 def _measure_border_ratios(model: nn.Module, rec: _Recorder, names: set[str], batch: torch.Tensor,
                            device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    if batch.ndim != 4:
-        raise ValueError(f"batch must be (N, C, H, W), got shape {tuple(batch.shape)}")
     rec.measure_ratio = names
     _run(model, batch.to(device, dtype), tuple(batch.shape[1:]))
     out = {}
     for name in names:
         stat = rec.stats[name]
-        if stat.border_ratio is None or min(stat.border_ratio.shape[-2:]) < 3:
+        if stat.ratio_output is None or min(stat.ratio_output.shape[-2:]) < 3:
             out[name] = torch.full((stat.conv.out_channels,), float("nan"))
         else:
-            out[name] = _border_ratio(stat.border_ratio, stat)
-        stat.border_ratio = None
+            out[name] = _border_ratio(stat.ratio_output, stat)
+        stat.ratio_output = None
     return out
 
 
