@@ -19,13 +19,10 @@ from pan_repair.probes import make_probes
 MODELS = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny"]
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -44,16 +41,22 @@ def main() -> None:
         model = timm.create_model(name).eval()
         stride = _total_stride(model, size, torch.device("cpu"), torch.float32)
         images = make_probes(size, stride=stride).images
-        with torch.no_grad():
-            model(images[:2])  # warm-up
-            forward = best_of(lambda: model(images), args.repeats)
         report = None
+
+        def forward():
+            with torch.no_grad():
+                model(images)
 
         def scan():
             nonlocal report
             report = find_pans(model, size)
-        seconds = best_of(scan, args.repeats)
-        print(f"| {name} | {len(images)} | {forward:.2f} | {seconds:.2f} | {seconds / forward:.2f}x | "
+        forward()  # warm-up
+        fwd, scn = [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+            fwd.append(timed(forward))
+            scn.append(timed(scan))
+        forward_s, seconds = min(fwd), min(scn)
+        print(f"| {name} | {len(images)} | {forward_s:.2f} | {seconds:.2f} | {seconds / forward_s:.2f}x | "
               f"{report.count} |", flush=True)
 
 
