@@ -41,6 +41,12 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import build_report
+    print(f"report: {build_report(args.runs, args.out)}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pan-repair", description="Find and repair Padding Aware Neurons.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--plot", help="write a PNG: PANs per layer and border-response maps")
     scan.add_argument("--quiet", action="store_true", help="hide warnings")
     scan.set_defaults(run=_scan)
+    compare = sub.add_parser("compare", help="HTML report comparing recipe runs (directories with results.json)")
+    compare.add_argument("runs", nargs="+", help="run directories")
+    compare.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    compare.set_defaults(run=_compare)
     return parser
 
 
