@@ -31,7 +31,8 @@ def _scan(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if args.quiet else "default")
         report = find_pans(model, size, border_threshold=args.border_threshold,
-                           position_threshold=args.position_threshold, n_patterns=args.patterns)
+                           position_threshold=args.position_threshold, n_patterns=args.patterns,
+                           progress=sys.stderr.isatty())
     print(_table(report))
     if args.json:
         print(f"report: {report.save(args.json)}")

@@ -41,6 +41,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .layers import Padding, conv_layers, conv_padding, effective_weight, pad_module_padding, \
     unsupported_layers
@@ -146,8 +147,8 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
 class _Recorder:
     """Forward hooks that collect per-layer statistics during probe forwards."""
 
-    def __init__(self, model: nn.Module, n_constants: int = 0, n_scale: int = 0):
-        self.n_constants, self.n_scale = n_constants, n_scale
+    def __init__(self, model: nn.Module, n_constants: int = 0, n_scale: int = 0, progress=None):
+        self.n_constants, self.n_scale, self.progress = n_constants, n_scale, progress
         self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
         self._last_conv: tuple[weakref.ref, str] | None = None
         self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
@@ -188,6 +189,8 @@ class _Recorder:
                 return
             if padding.makes_border:
                 stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
+            if self.progress is not None:
+                self.progress.update()
             y = output.detach()
             stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
             head = y[: self.n_scale].float()  # the channel scale is measured on the first images
@@ -204,16 +207,20 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def _inspection(model: nn.Module, n_constants: int, n_scale: int) -> Iterator[_Recorder]:
+def _inspection(model: nn.Module, n_constants: int, n_scale: int, progress: bool) -> Iterator[_Recorder]:
     """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
     modes = [(m, m.training) for m in model.modules()]
-    recorder = _Recorder(model, n_constants, n_scale)
+    bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
+               leave=False) if progress else None
+    recorder = _Recorder(model, n_constants, n_scale, bar)
     model.eval()
     try:
         with torch.no_grad():
             yield recorder
     finally:
         recorder.remove()
+        if bar is not None:
+            bar.close()
         for module, mode in modes:
             module.training = mode
 
@@ -348,6 +355,7 @@ def find_pans(
     n_positions: int = 8,
     batch: torch.Tensor | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> PanReport:
     """Find the Padding Aware Neurons of ``model`` without data (see the module docstring).
 
@@ -362,6 +370,7 @@ def find_pans(
         batch: optional real images (N, C, H, W); each PAN then gets ``border_ratio`` (mean
             |BatchNorm-scaled activation| on the 1-pixel border / interior) as confirmation.
         seed: probe seed; the global RNG is not touched.
+        progress: show a progress bar over the convolutions (tqdm, on stderr).
 
     Example:
         >>> import timm
@@ -383,7 +392,7 @@ def find_pans(
         warnings.warn(f"input size {input_size[1:]} holds only {probes.n_positions} roll positions at "
                       f"the network's total stride {stride}: position scores are unreliable; use a "
                       f"side >= {5 * max(stride)}", stacklevel=2)
-    with _inspection(model, probes.n_constants, probes.n_constants + 2 * probes.n_positions) as rec:
+    with _inspection(model, probes.n_constants, probes.n_constants + 2 * probes.n_positions, progress) as rec:
         _run(model, probes.images.to(device, dtype), input_size)
         pans, scores = [], {}
         for name, stat in rec.stats.items():
