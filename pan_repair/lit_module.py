@@ -46,6 +46,8 @@ class BiasAwareClassifier(L.LightningModule):
         self.val_gap = BorderAccuracyGap(max_distance=max(1, max_offset // 2))
         self.val_reliance = PaddingReliance()
         self._switched: nn.Module | None = None
+        #: accuracy per distance to the border (px) from the last validation epoch (NaN: no sample)
+        self.last_border_curve: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -75,6 +77,7 @@ class BiasAwareClassifier(L.LightningModule):
         self.log("val/padding_flip", reliance["flip_rate"])
         self.log("val/padding_shift", reliance["output_shift"])
         if int(self.val_gap.total.sum()) > 0:
+            self.last_border_curve = self.val_gap.curve().tolist()
             gap = self.val_gap.compute()
             if torch.isfinite(gap):
                 self.log("val/border_gap", gap)
