@@ -14,12 +14,13 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from .callbacks.monitor import PANMonitorBase
 from .data import LitDigitsCanvasDataModule
 from .lit_module import BiasAwareClassifier
 from .report import PanReport
 from .results import RunResult
 
-__all__ = ["Stage", "build_trainer", "evaluate", "finish_loggers"]
+__all__ = ["Stage", "build_trainer", "digits_data", "evaluate", "finish_loggers", "fit_stage"]
 
 
 def build_trainer(run_dir: Path, name: str, group: str, max_epochs: int, callbacks: Sequence[Any] = (),
@@ -47,7 +48,8 @@ def finish_loggers(trainer: L.Trainer) -> None:
 def evaluate(module: BiasAwareClassifier, data: LitDigitsCanvasDataModule,
              swapped: LitDigitsCanvasDataModule | None = None) -> tuple[dict[str, float], list[float | None]]:
     """Validation metrics of ``module`` on ``data`` (and accuracy on ``swapped`` placements)."""
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    # inference_mode=False: metric states reset here must stay usable when training resumes
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
     metrics = {k: float(v) for k, v in trainer.validate(module, data, verbose=False)[0].items()}
     curve = [None if math.isnan(a) else a for a in module.last_border_curve]
     if swapped is not None:
@@ -72,3 +74,32 @@ class Stage:
                            report.to_dict() if report is not None else None)
         result.save(self.dir)
         return result
+
+
+def digits_data(placement: str, eval_placement: str, classes: Sequence[int] | None, batch_size: int,
+                seed: int, canvas: int = 32, scale: int = 2) -> tuple[LitDigitsCanvasDataModule, LitDigitsCanvasDataModule]:
+    """Training data (and validation on ``eval_placement``) plus the same validation digits with
+    the placement shortcut swapped, for the swapped-placement accuracy."""
+    kwargs = dict(batch_size=batch_size, canvas=canvas, scale=scale, classes=classes, seed=seed)
+    data = LitDigitsCanvasDataModule(train_placement=placement, eval_placement=eval_placement, **kwargs)
+    swapped = LitDigitsCanvasDataModule(train_placement=placement, eval_placement="swapped", **kwargs)
+    return data, swapped
+
+
+def fit_stage(module: BiasAwareClassifier, data: LitDigitsCanvasDataModule, swapped: LitDigitsCanvasDataModule,
+              stage: Stage, epochs: int, callbacks: Sequence[Any] = (), wandb: bool = True,
+              report_fn=None) -> RunResult:
+    """Train ``module`` for ``epochs`` (0: evaluate only), evaluate, record ``stage`` (with the
+    PAN history of a ``PANMonitor`` among ``callbacks``, and ``report_fn(model)`` as final report)."""
+    trainer = build_trainer(stage.dir.parent, stage.name, stage.group, max(epochs, 1), callbacks, wandb)
+    try:
+        if epochs > 0:
+            trainer.fit(module, data)
+        metrics, curve = evaluate(module, data, swapped)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+    finally:
+        finish_loggers(trainer)
+    report = report_fn(module.model) if report_fn is not None else None
+    history = next((cb.history.scans for cb in callbacks if isinstance(cb, PANMonitorBase)), None)
+    return stage.record(metrics, curve, report, history)
