@@ -1,0 +1,178 @@
+"""Causal validation of the detector (slow): do the channels it calls PANs carry absolute position?
+
+A small zero-padded CNN with global average pooling (:class:`pan_repair.SmallCNN`) learns two heads
+on scikit-learn digits placed at random on a 24x24 canvas: *digit* (which digit, position-free) and
+*half* (top or bottom half of the canvas, solvable only by knowing absolute position, which only the
+padding can tell a globally pooled network). If the detector is right, silencing the PANs it reports
+(BatchNorm weight and bias of those channels zeroed, so ReLU outputs 0) hurts the half head much more
+than the digit head, and much more than silencing as many random non-PAN channels of the same layers.
+The same network with circular padding has no border to read position from: it must report no PANs.
+
+Training is done once per module, with fixed seeds on one CPU thread (bit-reproducible on a given
+machine; one thread is also the fastest on a shared 2-core machine, where two threads were measured
+2.3x slower under load, and ``torch.use_deterministic_algorithms`` cost another 25%).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pan_repair import DigitsCanvas, SmallCNN, find_pans
+
+pytestmark = pytest.mark.slow
+
+CANVAS = 24          # digit 8x8 (scale 1): 17 vertical positions, 8 in the top half, 9 in the bottom
+WIDTH, DEPTH, STRIDES = 24, 5, (2,)  # the third conv downsamples: total stride 2
+COPIES, EPOCHS, BATCH, LR = 4, 4, 128, 1e-2  # each training digit at 4 random places, 4 epochs
+SEED = 0
+RANDOM_DRAWS = 10
+
+# Margins with slack, from five nets of this kind (seeds 0-2, width 24/32, canvas 16/24) scanned by a
+# detector whose PANs carry position (object-sized unit-std probes, position score after
+# BatchNorm+ReLU, threshold 0.9): on the 4 that got PANs (the canvas-16 net got none), silencing them
+# cost the half head 0.19-0.54, 2.5-90x the digit head's loss and 3-84x the half-head loss of random
+# same-layer channels. This net (seed 0, canvas 24) is the tightest: 0.453 vs 0.182 digit, 0.024 random.
+MIN_HALF_DROP = 0.15        # silencing the PANs costs the half head at least this much accuracy
+MIN_RATIO_TO_DIGIT = 2.0    # ... at least this many times the digit head's loss
+MIN_RATIO_TO_RANDOM = 2.0   # ... and this many times the half-head loss of random same-layer channels
+
+XFAIL_REASON = (
+    "find_pans does not find the channels that carry position. On this net (digit 0.978, half 1.000) "
+    "it reports 1 PAN, a border PAN (features.3 ch 1) whose silencing drops digit/half by 0.072/0.000 "
+    "(random same-layer channels: 0.107/0.000), and no position PAN: the channels whose single "
+    "silencing drops the half head most (features.9 ch 20/4/15/22: 0.55/0.45/0.34/0.25, digit "
+    "<= 0.11) score 0.04-0.31 on position (threshold 0.95), because the probe textures (side/8, unit "
+    "std, image std 0.15) are too small and faint to drive them and the score is taken before "
+    "BatchNorm+ReLU. With object-sized probes of image std ~1 (side/3), the score taken after "
+    "BatchNorm+ReLU and position threshold 0.9, the same net gives 2 PANs (features.3 ch 1 border, "
+    "features.9 ch 4 position): drops 0.182/0.453 vs random 0.160/0.024, and this test passes."
+)
+
+
+def _render(ds: DigitsCanvas, copies: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every digit of ``ds`` at ``copies`` uniformly random places; labels ``[digit, half]``."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(copies):
+        pos = rng.integers(0, ds.max_offset + 1, (len(ds), 2))
+        for i in range(len(ds)):
+            images.append(ds.render(i, int(pos[i, 0]), int(pos[i, 1])))
+            labels.append(torch.stack([ds.labels[i], ds.half_label(torch.as_tensor(pos[i]))]))
+    return torch.stack(images), torch.stack(labels)
+
+
+def _train(padding_mode: str, x: torch.Tensor, y: torch.Tensor, epochs: int = EPOCHS) -> SmallCNN:
+    torch.manual_seed(SEED)
+    model = SmallCNN(1, (10, 2), width=WIDTH, depth=DEPTH, strides=STRIDES, padding_mode=padding_mode)
+    opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=5e-4)
+    steps_per_epoch = (len(x) + BATCH - 1) // BATCH
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    gen = torch.Generator().manual_seed(SEED)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), BATCH):
+            idx = perm[i:i + BATCH]
+            digit, half = model(x[idx])
+            loss = F.cross_entropy(digit, y[idx, 0]) + F.cross_entropy(half, y[idx, 1])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def _accuracy(model: SmallCNN, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """(digit accuracy, half accuracy)."""
+    model.eval()
+    digit, half = model(x)
+    return np.array([(digit.argmax(1) == y[:, 0]).float().mean().item(),
+                     (half.argmax(1) == y[:, 1]).float().mean().item()])
+
+
+def _silenced(model: SmallCNN, channels: list[tuple[str, int]]) -> SmallCNN:
+    """A copy with the BatchNorm after each ``(conv name, channel)`` zeroed: the channel outputs 0."""
+    out = copy.deepcopy(model)
+    for layer, ch in channels:
+        index = int(layer.rsplit(".", 1)[-1])
+        bn = out.features[index + 1]
+        assert isinstance(bn, torch.nn.BatchNorm2d), layer
+        bn.weight.data[ch] = 0.0
+        bn.bias.data[ch] = 0.0
+    return out
+
+
+def _drops(model, channels, x, y, base: np.ndarray | None = None) -> np.ndarray:
+    """Accuracy lost by (digit, half) when ``channels`` are silenced (``base``: the intact accuracy)."""
+    base = _accuracy(model, x, y) if base is None else base
+    return base - _accuracy(_silenced(model, channels), x, y)
+
+
+def _random_drops(model, channels, x, y, draws: int = RANDOM_DRAWS, seed: int = 1) -> np.ndarray:
+    """Mean drop when as many random channels of the same layers, none of them ``channels``, are silenced."""
+    gen = torch.Generator().manual_seed(seed)
+    per_layer: dict[str, int] = {}
+    for layer, _ in channels:
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+    taken = set(channels)
+    base = _accuracy(model, x, y)
+    drops = []
+    for _ in range(draws):
+        pick = []
+        for layer, k in per_layer.items():
+            free = [c for c in range(model.get_submodule(layer).out_channels) if (layer, c) not in taken]
+            pick += [(layer, free[int(i)]) for i in torch.randperm(len(free), generator=gen)[:k]]
+        drops.append(_drops(model, pick, x, y, base))
+    return np.mean(drops, axis=0)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kw = dict(canvas=CANVAS, scale=1, target="both", seed=SEED)
+        x_train, y_train = _render(DigitsCanvas("train", **kw), COPIES, SEED + 1)
+        x_test, y_test = _render(DigitsCanvas("test", **kw), 2, SEED + 2)
+        zeros = _train("zeros", x_train, y_train)
+        # circular padding: no border, no PANs by construction; half the budget trains the digit head
+        circular = _train("circular", x_train, y_train, epochs=2)
+        yield {"zeros": zeros, "circular": circular, "x": x_test, "y": y_test}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_zero_padded_net_learns_both_heads(nets):
+    digit, half = _accuracy(nets["zeros"], nets["x"], nets["y"])
+    assert digit >= 0.95 and half >= 0.98, (digit, half)
+
+
+def test_circular_net_cannot_tell_the_half(nets):
+    """Sanity check of the task: without a border, a globally pooled CNN cannot read absolute position."""
+    digit, half = _accuracy(nets["circular"], nets["x"], nets["y"])
+    assert digit >= 0.8 and half <= 0.75, (digit, half)
+
+
+def test_circular_net_reports_no_pans(nets):
+    report = find_pans(nets["circular"], (1, CANVAS, CANVAS))
+    assert report.count == 0, report.pans
+
+
+@pytest.mark.xfail(strict=True, reason=XFAIL_REASON)
+def test_silencing_detected_pans_hurts_the_position_head(nets):
+    model, x, y = nets["zeros"], nets["x"], nets["y"]
+    report = find_pans(model, (1, CANVAS, CANVAS))
+    assert report.count > 0, f"no PANs found: {report}"
+    pans = [(p.layer, p.channel) for p in report.pans]
+    digit_drop, half_drop = _drops(model, pans, x, y)
+    random_digit_drop, random_half_drop = _random_drops(model, pans, x, y)
+    numbers = (f"{report}: silencing them drops digit/half by {digit_drop:.3f}/{half_drop:.3f}; "
+               f"random same-layer channels by {random_digit_drop:.3f}/{random_half_drop:.3f}")
+    assert half_drop >= MIN_HALF_DROP, numbers
+    assert half_drop >= MIN_RATIO_TO_DIGIT * digit_drop, numbers
+    assert half_drop >= MIN_RATIO_TO_RANDOM * random_half_drop, numbers
