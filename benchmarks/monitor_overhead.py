@@ -1,0 +1,113 @@
+"""Training time with and without ``PANMonitor`` at its default cadence (one scan per epoch).
+
+SmallCNN (5 conv blocks, 24 channels) on the digits canvas data (32x32, the full train split),
+``lightning.pytorch``, CSV logging in a temporary folder for both arms. The two arms alternate
+(without/with, then with/without, ...) in one process and the best time of each is kept, so
+drift in a shared machine's load hits both. Prints wall and CPU (process) time of both arms and
+their ratios, and the CPU time spent inside the monitor's scans over the training's CPU time:
+on a busy shared machine the last is the steadiest estimate of the overhead.
+
+    .venv/bin/python benchmarks/monitor_overhead.py [--epochs 3] [--repeats 2] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+
+from pan_repair import LitDigitsCanvasDataModule, SmallCNN
+from pan_repair.lightning import PANMonitor
+
+
+class Classifier(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = SmallCNN(1, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self(batch[0]), batch[1])
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits = self(batch[0])
+        self.log("val/loss", F.cross_entropy(logits, batch[1]))
+        self.log("val/acc", (logits.argmax(1) == batch[1]).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=3e-3)
+
+
+class TimedMonitor(PANMonitor):
+    """PANMonitor that adds up the CPU time of its scans (detector, logging and JSON)."""
+
+    scan_seconds = 0.0
+
+    def _scan(self, trainer, pl_module, epoch_end=False):
+        start = time.process_time()
+        super()._scan(trainer, pl_module, epoch_end)
+        self.scan_seconds += time.process_time() - start
+
+
+def fit(epochs: int, monitor: bool, batch_size: int) -> dict[str, float]:
+    """Wall and CPU seconds of ``trainer.fit``; with the monitor also its scans and their CPU seconds."""
+    L.seed_everything(0, verbose=False)
+    callbacks = [TimedMonitor()] if monitor else []
+    with tempfile.TemporaryDirectory() as root:
+        trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=CSVLogger(root),
+                            callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=root)
+        data = LitDigitsCanvasDataModule(batch_size=batch_size)
+        wall, cpu = time.perf_counter(), time.process_time()
+        trainer.fit(Classifier(), data)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    out = {"wall": wall, "cpu": cpu}
+    if monitor:
+        out.update(scans=len(callbacks[0].history.scans), scan_cpu=callbacks[0].scan_seconds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each arm (best kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on shared cores)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    fit(1, True, args.batch_size)  # warm-up: imports, allocator, first-call costs
+    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for r in range(args.repeats):
+        for monitor in ((False, True) if r % 2 == 0 else (True, False)):
+            result = fit(args.epochs, monitor, args.batch_size)
+            runs[monitor].append(result)
+            print(f"  run {r}: {'with   ' if monitor else 'without'} monitor  wall {result['wall']:7.2f} s  "
+                  f"cpu {result['cpu']:7.2f} s" + (f"  scans {result['scan_cpu']:.2f} s cpu" if monitor else ""))
+    best = {m: {k: min(run[k] for run in runs[m]) for k in runs[m][0]} for m in runs}
+    without, with_ = best[False], best[True]
+    scans = int(with_["scans"])
+    print(f"SmallCNN, digits 32x32, {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), "
+          f"best of {args.repeats}")
+    print(f"without monitor: wall {without['wall']:.2f} s  cpu {without['cpu']:.2f} s")
+    print(f"with monitor:    wall {with_['wall']:.2f} s  cpu {with_['cpu']:.2f} s  "
+          f"({scans} scans, {1000 * with_['scan_cpu'] / max(scans, 1):.0f} ms cpu each)")
+    print(f"ratio wall {with_['wall'] / without['wall']:.4f}  cpu {with_['cpu'] / without['cpu']:.4f}  "
+          f"scans/training cpu {with_['scan_cpu'] / without['cpu']:+.2%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+"""``PANMonitor``: watch PANs emerge during training (the body shared by both Lightning namespaces).
+
+Use the concrete classes: ``pan_repair.callbacks.PANMonitor`` for ``pytorch_lightning``,
+``pan_repair.lightning.PANMonitor`` for ``lightning.pytorch`` (see :mod:`._namespaces`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
+from ..layers import conv_layers
+from ..report import PanReport
+from ._namespaces import is_wandb_logger
+from .history import PanHistory, pan_id
+
+__all__ = ["PANMonitorBase", "read_monitor_json", "MONITOR_FORMAT"]
+
+#: ``format`` field of the JSON file the monitor writes
+MONITOR_FORMAT = "pan_repair.monitor/1"
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
+_MAP_SIDE = 96  # border-response images are upscaled (nearest) to at least this many pixels
+
+
+class PANMonitorBase:
+    """Runs :func:`pan_repair.find_pans` during training and logs what it finds.
+
+    Use the concrete class of your Lightning namespace: ``pan_repair.callbacks.PANMonitor``
+    (``import pytorch_lightning``) or ``pan_repair.lightning.PANMonitor``
+    (``import lightning.pytorch``).
+
+    **Cadence.** By default once per epoch, at the end of the epoch's validation (or, in epochs
+    without validation, at ``on_train_epoch_end``); ``every_n_epochs=k`` scans after epochs
+    ``k-1, 2k-1, ...`` (0-based), ``every_n_train_steps=n`` instead scans in
+    ``on_train_batch_end`` when ``trainer.global_step`` is a multiple of ``n``. Only during
+    ``fit``; never during the sanity check or mid-epoch validation.
+
+    **What is scanned.** ``pl_module``, or its submodule ``model_attr`` (e.g. ``"model"``), with
+    probe images of ``input_size = (C, H, W)``. If ``input_size`` is None it is taken from, in
+    order: ``pl_module.example_input_array``, ``trainer.datamodule.input_size`` (or ``.dims``),
+    else the first 4-D floating tensor of the first training batch (a tensor, or found in a
+    tuple/list/dict batch). The scan runs in eval mode without gradients; every module's mode,
+    the weights, BatchNorm statistics and the global RNGs (Python, NumPy, torch, CUDA) are left
+    exactly as found: with the same seed, training with and without the monitor ends with
+    identical weights.
+
+    **Logged** (rank zero, through every logger of the Trainer, at the step Lightning uses for
+    what ``self.log`` logs at the same point, so PAN rows line up with accuracy: usually
+    ``trainer.global_step - 1``), with ``epoch`` and under ``prefix`` (default ``"pan"``):
+    ``pan/count``, ``pan/fraction``, ``pan/border``, ``pan/position`` (PANs of each kind),
+    ``pan/new`` and ``pan/gone`` (appeared / disappeared since the previous scan), ``pan/seen``
+    (distinct PANs ever seen); the same for CSV, TensorBoard and W&B. With a ``WandbLogger``
+    (either namespace), in the same row, if ``log_tables``: ``pan/pans`` (table of the current
+    PANs: id, layer, channel, kind, sides, sign, score, border_score, position_score,
+    first_seen_epoch), ``pan/per_layer`` (bar chart of PANs per layer; its data is the table
+    ``pan/per_layer_table``), ``pan/depth`` (histogram of PANs over layer index), ``pan/timeline``
+    (the emergence timeline: per PAN ever seen, first/last seen epoch and step, scans seen,
+    present); and if ``n_maps > 0``: ``pan/maps``, images of the border-response maps (a uniform
+    image's response minus its centre value; blue = lower at the border, red = higher) of the
+    ``n_maps`` strongest border PANs.
+
+    **JSON.** After every scan, rank zero writes ``<prefix>_monitor.json`` (default
+    ``pan_monitor.json``; atomically) with the settings, the history (:class:`PanHistory`:
+    one summary per scan with the PANs that appeared and disappeared, and first/last-seen per
+    PAN) and the last full :class:`~pan_repair.report.PanReport`. Folder: ``output_dir``; else
+    for a ``WandbLogger`` as first logger the run's ``files`` folder (it is synced with the
+    run); else ``trainer.log_dir`` (the first logger's ``log_dir``/``save_dir``, or
+    ``default_root_dir`` without logger). Read it with :func:`read_monitor_json`.
+
+    **Checkpoints.** The history is saved in ``state_dict`` under a ``state_key`` made of the
+    prefix, ``model_attr``, thresholds and probe settings; resuming continues it (first-seen
+    epochs kept). The cadence is not part of the key: it can change on resume. Several monitors
+    can share a Trainer if their ``prefix`` differs (checked at setup).
+
+    **DDP.** Rank zero scans and broadcasts its report, so every rank holds the same history
+    (ranks' BatchNorm running statistics differ slightly, so independent scans could differ
+    near a threshold); only rank zero logs and writes. With ``ddp_spawn`` the monitor in the
+    launching process is not updated: read the JSON. Sharded strategies (FSDP, DeepSpeed
+    stage 3) are not supported.
+
+    Args:
+        input_size: ``(C, H, W)`` of the probe images; None to infer (see above).
+        every_n_epochs: scan every this many epochs (default 1 if neither cadence is set).
+        every_n_train_steps: scan every this many optimizer steps instead.
+        border_threshold, position_threshold, n_patterns, n_positions: passed to
+            :func:`~pan_repair.find_pans` (``n_patterns=4`` halves the probe batch of the
+            detector's default; enough for monitoring).
+        model_attr: attribute path of the submodule to scan (``pl_module.get_submodule``).
+        log_tables: log the W&B tables and charts.
+        n_maps: border-response images of the strongest border PANs per scan (0: none).
+        output_dir: folder of the JSON file (default: beside the logs, see above).
+        prefix: namespace of the logged keys and of the JSON file name (letters, digits, ``_.-``).
+
+    Raises:
+        ValueError: at construction, for an invalid cadence or argument.
+        MisconfigurationException: before the first training step (the namespace's own class):
+            at ``setup``, no 2-D convolution to scan, missing ``model_attr``, a duplicate
+            ``prefix``, a channel count unlike the first convolution's; at ``on_fit_start`` (once
+            the model is on its device) or, when ``input_size`` comes from the first batch, at
+            that batch's start: a model that cannot run on ``input_size`` (one blank image is
+            tried), a batch without images to infer it from.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.loggers import WandbLogger
+        from pan_repair.lightning import PANMonitor
+
+        trainer = Trainer(max_epochs=10, callbacks=[PANMonitor()], logger=WandbLogger(offline=True))
+        trainer.fit(model, datamodule)
+    """
+
+    #: the Lightning namespace of the concrete class (set by ``concrete_callback``)
+    lightning = None
+
+    def __init__(
+        self,
+        input_size: Sequence[int] | None = None,
+        *,
+        every_n_epochs: int | None = None,
+        every_n_train_steps: int | None = None,
+        border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+        position_threshold: float = DEFAULT_POSITION_THRESHOLD,
+        n_patterns: int = 4,
+        n_positions: int = 8,
+        model_attr: str | None = None,
+        log_tables: bool = True,
+        n_maps: int = 4,
+        output_dir: str | os.PathLike | None = None,
+        prefix: str = "pan",
+    ) -> None:
+        if self.lightning is None:
+            raise TypeError("PANMonitorBase is a body: use pan_repair.callbacks.PANMonitor (pytorch_lightning) "
+                            "or pan_repair.lightning.PANMonitor (lightning.pytorch)")
+        super().__init__()
+        if every_n_epochs is not None and every_n_train_steps is not None:
+            raise ValueError("PANMonitor: set every_n_epochs or every_n_train_steps, not both "
+                             f"(got {every_n_epochs} and {every_n_train_steps})")
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"PANMonitor: {name} must be a positive integer, got {value!r}")
+        if every_n_train_steps is None and every_n_epochs is None:
+            every_n_epochs = 1
+        if input_size is not None:
+            input_size = tuple(input_size)
+            if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
+                raise ValueError(f"PANMonitor: input_size must be (channels, height, width) of positive ints, "
+                                 f"got {input_size}")
+        if not (math.isfinite(border_threshold) and border_threshold > 0):
+            raise ValueError(f"PANMonitor: border_threshold must be > 0, got {border_threshold}")
+        if not 0 < position_threshold <= 1:
+            raise ValueError(f"PANMonitor: position_threshold must be in (0, 1], got {position_threshold}")
+        if n_patterns < 2 or n_positions < 2:
+            raise ValueError(f"PANMonitor: n_patterns and n_positions must be >= 2, got {n_patterns}, {n_positions}")
+        if n_maps < 0:
+            raise ValueError(f"PANMonitor: n_maps must be >= 0, got {n_maps}")
+        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+            raise ValueError(f"PANMonitor: prefix must be letters, digits, '_', '.' or '-', got {prefix!r}")
+        self.input_size: tuple[int, int, int] | None = input_size
+        self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
+        self.border_threshold, self.position_threshold = float(border_threshold), float(position_threshold)
+        self.n_patterns, self.n_positions = int(n_patterns), int(n_positions)
+        self.model_attr, self.log_tables, self.n_maps = model_attr, bool(log_tables), int(n_maps)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.prefix = prefix
+        self.history = PanHistory()
+        #: the report of the latest scan (None before the first)
+        self.last_report: PanReport | None = None
+        #: where the JSON was last written (rank zero)
+        self.json_path: Path | None = None
+        self._checked = False
+        self._log_dir: str | None = None
+        self._last_epoch = -1  # last epoch scanned in epochs mode
+        self._last_step = -1   # last global step scanned in steps mode
+        self._log_step = 0
+
+    # ----------------------------------------------------------------------------- identity
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix, model_attr=self.model_attr,
+                                        border_threshold=self.border_threshold,
+                                        position_threshold=self.position_threshold,
+                                        n_patterns=self.n_patterns, n_positions=self.n_positions)
+
+    @property
+    def json_name(self) -> str:
+        return f"{self.prefix}_monitor.json"
+
+    def settings(self) -> dict[str, Any]:
+        return {"input_size": list(self.input_size) if self.input_size else None,
+                "every_n_epochs": self.every_n_epochs, "every_n_train_steps": self.every_n_train_steps,
+                "border_threshold": self.border_threshold, "position_threshold": self.position_threshold,
+                "n_patterns": self.n_patterns, "n_positions": self.n_positions, "model_attr": self.model_attr,
+                "prefix": self.prefix}
+
+    # ----------------------------------------------------------------------------- set-up
+    def _error(self, message: str) -> Exception:
+        return self.lightning.MisconfigurationException(f"PANMonitor: {message}")
+
+    def _module(self, pl_module: nn.Module) -> nn.Module:
+        if self.model_attr is None:
+            return pl_module
+        try:
+            module = pl_module.get_submodule(self.model_attr)
+        except AttributeError:
+            raise self._error(f"{type(pl_module).__name__} has no submodule model_attr={self.model_attr!r}") from None
+        return module
+
+    def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        if stage != "fit":
+            return
+        module = self._module(pl_module)
+        if next(conv_layers(module), None) is None:
+            where = f"{type(pl_module).__name__}.{self.model_attr}" if self.model_attr else type(pl_module).__name__
+            raise self._error(f"{where} has no 2-D convolution (nn.Conv2d) to scan")
+        for other in trainer.callbacks:
+            if other is not self and isinstance(other, PANMonitorBase) and other.prefix == self.prefix:
+                raise self._error(f"two PANMonitors log under prefix {self.prefix!r}: give each its own prefix=")
+        self._log_dir = trainer.log_dir  # a collective under DDP: every rank calls setup
+        if not trainer.loggers and trainer.is_global_zero:
+            warnings.warn(f"PANMonitor: the Trainer has no logger; results go only to "
+                          f"{Path(self.output_dir or self._log_dir) / self.json_name}", UserWarning, stacklevel=2)
+        if self.input_size is None:
+            self.input_size = _input_size_from(getattr(pl_module, "example_input_array", None)) \
+                or _datamodule_input_size(getattr(trainer, "datamodule", None))
+        if self.input_size is not None:
+            self._check(module, run=False)  # the trial forward waits for the model's device (on_fit_start)
+
+    def _check(self, module: nn.Module, run: bool = True) -> None:
+        """Fail early, with a clear message, if the detector cannot run on ``input_size``: channel
+        count against the first convolution, then (``run``) one forward of a blank image in eval
+        mode without gradients (modes restored; no RNG is drawn in eval mode)."""
+        name, first = next(conv_layers(module))
+        if first.in_channels != self.input_size[0]:
+            raise self._error(f"input_size {self.input_size} has {self.input_size[0]} channels but the first "
+                              f"convolution '{name}' expects {first.in_channels}")
+        if not run:
+            return
+        param = next(module.parameters(), None)
+        floating = param is not None and param.is_floating_point()
+        kwargs = {"device": param.device, "dtype": param.dtype} if floating else {}
+        with _restored_modes(module), torch.no_grad():
+            try:
+                module(torch.zeros(1, *self.input_size, **kwargs))
+            except Exception as err:  # noqa: BLE001 - any failure means the scan would fail mid-training
+                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise self._error(f"the model cannot run on input_size {self.input_size}: {first_line}") from None
+        self._checked = True
+
+    # ----------------------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        if self.input_size is not None and not self._checked:  # also an input_size restored from a checkpoint
+            self._check(self._module(pl_module))
+
+    def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
+        if self._checked:
+            return
+        if self.input_size is None:
+            self.input_size = _input_size_from(batch)
+            if self.input_size is None:
+                raise self._error("cannot infer input_size: the training batch holds no 4-D floating tensor; "
+                                  "pass input_size=(C, H, W)")
+        self._check(self._module(pl_module))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        n, step = self.every_n_train_steps, trainer.global_step
+        if n is not None and step > 0 and step % n == 0 and step != self._last_step:
+            self._last_step = step
+            self._scan(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        # only the end-of-epoch validation of fit (not the sanity check, not mid-epoch validation)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_last_batch:
+            return
+        self._epoch_scan(trainer, pl_module, epoch_end=False)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        self._epoch_scan(trainer, pl_module, epoch_end=True)  # epochs without end-of-epoch validation
+
+    def _epoch_scan(self, trainer: Any, pl_module: nn.Module, epoch_end: bool) -> None:
+        n, epoch = self.every_n_epochs, trainer.current_epoch
+        if n is not None and (epoch + 1) % n == 0 and epoch != self._last_epoch:
+            self._last_epoch = epoch
+            self._scan(trainer, pl_module, epoch_end)
+
+    # ----------------------------------------------------------------------------- the scan
+    def _scan(self, trainer: Any, pl_module: nn.Module, epoch_end: bool = False) -> None:
+        # The logger step Lightning itself uses for what ``self.log`` logs at this point (as
+        # LearningRateMonitor does), so the PAN rows line up with accuracy: the number of batches
+        # stepped before this batch / this epoch's last batch (``global_step - 1`` without
+        # gradient accumulation or several optimizers).
+        stepped = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        self._log_step = max(0, stepped - 1 if epoch_end else stepped)
+        module = self._module(pl_module)
+        if self.input_size is None:  # e.g. a step-0 checkpoint resumed without a batch seen
+            return
+        with _preserved_rng():
+            report = None
+            if trainer.is_global_zero:
+                report = find_pans(module, self.input_size, border_threshold=self.border_threshold,
+                                   position_threshold=self.position_threshold, n_patterns=self.n_patterns,
+                                   n_positions=self.n_positions)
+            if trainer.world_size > 1:
+                report = trainer.strategy.broadcast(report, src=0)
+            summary = self.history.record(report, trainer.current_epoch, trainer.global_step)
+            self.last_report = report
+            if trainer.is_global_zero:
+                self._log(trainer, module, report, summary)
+                self._write_json(trainer)
+
+    def scalars(self, summary: dict[str, Any]) -> dict[str, float]:
+        """The scalars logged for one scan summary."""
+        p = self.prefix
+        return {"epoch": summary["epoch"], f"{p}/count": summary["count"], f"{p}/fraction": summary["fraction"],
+                f"{p}/border": summary["border"], f"{p}/position": summary["position"],
+                f"{p}/new": len(summary["new"]), f"{p}/gone": len(summary["gone"]),
+                f"{p}/seen": len(self.history.pans)}
+
+    def _log(self, trainer: Any, module: nn.Module, report: PanReport, summary: dict[str, Any]) -> None:
+        scalars = self.scalars(summary)
+        media = None
+        for logger in trainer.loggers:
+            metrics = dict(scalars)
+            if is_wandb_logger(logger):
+                if media is None:
+                    media = self._wandb_media(module, report)
+                metrics.update(media)
+            logger.log_metrics(metrics, step=self._log_step)
+
+    def _wandb_media(self, module: nn.Module, report: PanReport) -> dict[str, Any]:
+        import wandb
+
+        p, out = self.prefix, {}
+        first_seen = self.history.first_seen()
+        if self.log_tables:
+            order = {layer.name: i for i, layer in enumerate(report.layers)}
+            pans = sorted(report.pans, key=lambda x: (order.get(x.layer, 0), x.channel))
+            out[f"{p}/pans"] = wandb.Table(
+                columns=["id", "layer", "channel", "kind", "sides", "sign", "score", "border_score",
+                         "position_score", "first_seen_epoch"],
+                data=[[pan_id(x.layer, x.channel), x.layer, x.channel, x.kind, "+".join(x.sides), x.sign,
+                       float(x.score), float(x.border_score), float(x.position_score),
+                       first_seen[pan_id(x.layer, x.channel)]] for x in pans])
+            per_layer = {name: len(v) for name, v in report.by_layer().items()}
+            layer_table = wandb.Table(columns=["layer", "pans"],
+                                      data=[[layer.name, per_layer.get(layer.name, 0)] for layer in report.layers])
+            out[f"{p}/per_layer"] = wandb.plot.bar(layer_table, "layer", "pans", title="PANs per layer")
+            counts = [per_layer.get(layer.name, 0) for layer in report.layers]
+            out[f"{p}/depth"] = wandb.Histogram(np_histogram=(counts, list(range(len(counts) + 1))))
+            out[f"{p}/timeline"] = wandb.Table(
+                columns=["id", "layer", "channel", "kind", "first_seen_epoch", "last_seen_epoch", "first_seen_step",
+                         "last_seen_step", "scans_seen", "present"],
+                data=[[pid, v["layer"], v["channel"], v["kind"], v["first_seen_epoch"], v["last_seen_epoch"],
+                       v["first_seen_step"], v["last_seen_step"], v["scans_seen"], v["present"]]
+                      for pid, v in sorted(self.history.pans.items(),
+                                           key=lambda kv: (kv[1]["first_seen_step"], kv[0]))])
+        strongest = report.strongest(self.n_maps, kind="border") if self.n_maps else []
+        if strongest:
+            from ..plotting import border_response_maps  # matplotlib only when images are wanted
+
+            maps = border_response_maps(module, strongest, report.input_size)
+            out[f"{p}/maps"] = [
+                wandb.Image(_colour(fmap), caption=f"{pan.layer}[{pan.channel}] {'+'.join(pan.sides)} "
+                                                   f"b={pan.border_score:.1f}")
+                for pan, fmap in zip(strongest, maps)]
+        return out
+
+    def _write_json(self, trainer: Any) -> None:
+        folder = self.output_dir
+        if folder is None:
+            first = trainer.loggers[0] if trainer.loggers else None
+            folder = Path(first.experiment.dir) if first is not None and is_wandb_logger(first) else \
+                Path(self._log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"format": MONITOR_FORMAT, "state_key": self.state_key, "settings": self.settings(),
+                "history": self.history.to_dict(),
+                "last_report": self.last_report.to_dict() if self.last_report is not None else None}
+        path = folder / self.json_name
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.json_name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.json_path = path
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": MONITOR_FORMAT, "history": self.history.to_dict(),
+                "input_size": list(self.input_size) if self.input_size else None,
+                "last_epoch": self._last_epoch, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("format") != MONITOR_FORMAT:
+            raise ValueError(f"PANMonitor: checkpoint state has format {state_dict.get('format')!r}, "
+                             f"expected {MONITOR_FORMAT!r}")
+        self.history = PanHistory.from_dict(state_dict["history"])
+        if self.input_size is None and state_dict.get("input_size"):
+            self.input_size = tuple(state_dict["input_size"])
+        self._last_epoch, self._last_step = state_dict["last_epoch"], state_dict["last_step"]
+
+
+def read_monitor_json(path: str | os.PathLike) -> tuple[PanHistory, PanReport | None, dict[str, Any]]:
+    """Read a monitor's JSON file: ``(history, last_report, settings)``; ``ValueError`` if unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read PANMonitor JSON {path}: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != MONITOR_FORMAT:
+        raise ValueError(f"{path} is not a PANMonitor JSON file (format {MONITOR_FORMAT})")
+    report = data.get("last_report")
+    return (PanHistory.from_dict(data["history"]), PanReport.from_dict(report) if report else None,
+            data.get("settings", {}))
+
+
+# --------------------------------------------------------------------------------- helpers
+def _input_size_from(obj: Any) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first 4-D floating tensor in a tensor / tuple / list / dict (None if none)."""
+    if isinstance(obj, torch.Tensor):
+        return tuple(int(v) for v in obj.shape[1:]) if obj.ndim == 4 and obj.is_floating_point() else None
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    for item in items:
+        size = _input_size_from(item)
+        if size is not None:
+            return size
+    return None
+
+
+def _datamodule_input_size(datamodule: Any) -> tuple[int, int, int] | None:
+    for attr in ("input_size", "dims"):
+        value = getattr(datamodule, attr, None)
+        if value is not None and len(value) == 3:
+            return tuple(int(v) for v in value)
+    return None
+
+
+@contextlib.contextmanager
+def _restored_modes(module: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _preserved_rng() -> Iterator[None]:
+    """Restore the Python, NumPy, torch and (initialised) CUDA RNG states afterwards.
+
+    The detector draws from its own generator and does not touch them (tested); this is a
+    guard against anything else in the logging path (W&B, matplotlib) that might.
+    """
+    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _colour(fmap: torch.Tensor) -> np.ndarray:
+    """A border-response map as an RGB uint8 image (coolwarm, symmetric around 0), upscaled."""
+    import matplotlib
+
+    lim = float(fmap.abs().max()) or 1.0
+    rgb = matplotlib.colormaps["coolwarm"]((fmap.numpy() / lim + 1) / 2)[..., :3]
+    k = max(1, math.ceil(_MAP_SIDE / max(1, min(fmap.shape))))
+    return (rgb.repeat(k, 0).repeat(k, 1) * 255).astype(np.uint8)
+
