@@ -11,14 +11,18 @@ in eval mode; for every output channel ``c`` of every 2-D convolution:
   constant probes and that line, and ``b_c = max_s rms_s / sigma_c``. ``sigma_c`` is the
   channel's scale: the running std of the BatchNorm the conv feeds (its std on training
   data), else (BatchNorm absent or untrained) its std over the constant probes and the
-  first texture's placements; floored at 5% of the layer's median. First layer, constant
+  scale images (a small, faint texture); floored at 5% of the layer's median. First layer, constant
   input ``v``: ``D_top = -sum_{taps on the top padding} w * v``, checkable by hand.
 * *position score* ``p_c`` in [0, 1] (every conv): the share of the variance of the
-  channel's globally pooled response, over ``n_patterns`` textures x ``n_positions``
+  channel's globally pooled response, over ``n_patterns`` object-sized textures x ``n_positions``
   circular rolls along one axis, explained by the roll (eta squared:
   ``sum_q P (mean_p r_pq - mean r)^2 / sum_pq (r_pq - mean r)^2``), max over the two axes.
   A circular network is invariant to the rolls (``p_c`` ~ 0); content that matters more or
-  less near the border makes ``p_c`` large.
+  less near the border makes ``p_c`` large. The response is what the next layer sees: the
+  rectified BatchNorm output ``relu(bn(conv(x)))`` where the conv feeds a BatchNorm (the conv
+  output otherwise). Measured on the conv output, where the per-channel affine BatchNorm
+  changes nothing, the score misses the channels that carry a position head (digits CNN,
+  tests/test_causal.py).
 
 **Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold``, else of kind
 ``"position"`` if ``p_c >= position_threshold``; each channel is counted once. ``sides``:
@@ -54,7 +58,7 @@ __all__ = ["find_pans", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"
 #: Default threshold on the border score (channel-std units); see README "Why these thresholds".
 DEFAULT_BORDER_THRESHOLD = 2.7
 #: Default threshold on the position score (share of variance).
-DEFAULT_POSITION_THRESHOLD = 0.95
+DEFAULT_POSITION_THRESHOLD = 0.9
 _SIGMA_FLOOR = 0.05
 
 
@@ -66,6 +70,7 @@ class _LayerStats:
     border_rms: torch.Tensor | None = None   # (4, C): top, bottom, left, right
     border_mean: torch.Tensor | None = None  # (4, C)
     pooled: torch.Tensor | None = None  # (N, C) globally pooled conv output
+    pooled_act: torch.Tensor | None = None  # (N, C) globally pooled ReLU(BatchNorm(conv output))
     sq_sum: torch.Tensor | None = None  # sum over probes of the per-image spatial mean of y^2
     sum: torch.Tensor | None = None     # sum over probes of the per-image spatial mean of y
     count: int = 0
@@ -160,16 +165,20 @@ class _Recorder:
             if pad_module_padding(module) is not None:
                 self._handles.append(module.register_forward_hook(self._pad_hook))
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                self._handles.append(module.register_forward_pre_hook(self._bn_hook))
+                self._handles.append(module.register_forward_hook(self._bn_hook))
 
     def _pad_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
 
-    def _bn_hook(self, module: nn.Module, inputs: tuple) -> None:
+    def _bn_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if self._last_conv is not None:
             ref, name = self._last_conv
             if ref() is inputs[0]:
-                self.stats[name].bn = module
+                stat = self.stats[name]
+                stat.bn = module
+                if not self.measure_ratio and stat.pooled_act is None:
+                    # what the next layer sees: the rectified, BatchNorm-scaled response
+                    stat.pooled_act = output.detach().clamp_min(0).mean(dim=(2, 3), dtype=torch.float32)
 
     def _conv_hook(self, name: str):
         def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
@@ -307,7 +316,7 @@ def _position_scores(pooled: torch.Tensor, probes: ProbeBatch) -> tuple[torch.Te
 def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
               ) -> tuple[list[Pan], dict[str, list[float]]]:
     c = stat.conv.out_channels
-    eta2, edge = _position_scores(stat.pooled, probes)
+    eta2, edge = _position_scores(stat.pooled if stat.pooled_act is None else stat.pooled_act, probes)
     position = eta2.max(dim=0).values
     bn_sign = _bn_sign(stat)
     if stat.border_rms is not None:
@@ -331,7 +340,8 @@ def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
             sides = tuple(s for a in axes for s in (("top", "bottom"), ("left", "right"))[a])
             raw = float(edge[int(eta2[:, ch].argmax()), ch])
             kind, score = "position", p
-        sign = 1 if raw * bn_sign_l[ch] >= 0 else -1
+        scaled = kind == "position" and stat.pooled_act is not None  # BatchNorm already applied
+        sign = 1 if raw * (1.0 if scaled else bn_sign_l[ch]) >= 0 else -1
         pans.append(Pan(stat.name, ch, sides, sign, score, kind, b, p))
     return pans, {"border": [round(v, 5) for v in border_l], "position": [round(v, 5) for v in position_l]}
 
@@ -366,7 +376,7 @@ def find_pans(
         border_threshold: minimum border score (channel-std units) of a border PAN.
         position_threshold: minimum position score (share of variance, [0, 1]).
         n_patterns, n_positions: probe textures and roll positions per axis; the probe batch
-            holds ``4 + 2 * n_patterns * n_positions`` images.
+            holds ``4 + 2 * (n_patterns + 1) * n_positions`` images.
         batch: optional real images (N, C, H, W); each PAN then gets ``border_ratio`` (mean
             |BatchNorm-scaled activation| on the 1-pixel border / interior) as confirmation.
         seed: probe seed; the global RNG is not touched.

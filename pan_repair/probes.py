@@ -1,12 +1,18 @@
 """Synthetic probe images: the detector needs no dataset.
 
-The probe batch has two parts (in this order):
+The probe batch has three parts (in this order):
 
 * ``n_constants`` spatially constant images with random per-channel levels: first the
   bright ones (positive mean level ``c``), then their negatives ``-c``. On a constant input every interior activation is spatially
   constant, so any border response comes from padding.
-* ``n_patterns x 2 axes x n_positions`` *placement* images: a random smooth texture
-  (side/8, unit std) centred on a flat canvas with faint noise (std 0.1), the whole
+* ``2 x n_positions`` *scale* images: a small random smooth texture (side/8, unit std) on a
+  flat canvas with faint noise (std 0.1), rolled as below. The detector measures the channel
+  scale of convolutions without a (trained) BatchNorm on the constants and these images.
+* ``n_patterns x 2 axes x n_positions`` *placement* images: a random smooth texture of an
+  object's size (side/3) centred on a flat canvas with faint noise (std 0.1), of a contrast that
+  gives the image about unit std, like a normalised input (weak, detail-sized textures leave
+  position-encoding channels silent: measured on digits CNNs, where they scored channels that
+  carry the position head at 0.04-0.3 instead of 0.8-0.95), the whole
   image rolled circularly by ``k * step`` pixels (k centred on 0) along rows (axis 0,
   vertical) or columns (axis 1, horizontal), never so far that the texture wraps: the
   texture stays whole, from the centre to the edge. With ``step`` a multiple of the network's total stride,
@@ -16,6 +22,7 @@ The probe batch has two parts (in this order):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +42,11 @@ class ProbeBatch:
     #: per position: distance from the pattern's centre to the nearest edge, as a fraction
     #: of the side (0.5 = centred, 0 = straddling the edge)
     distances: torch.Tensor
+    #: scale images between the constants and the placements
+    n_scale: int = 0
 
     def placement_slice(self) -> slice:
-        return slice(self.n_constants, self.images.shape[0])
+        return slice(self.n_constants + self.n_scale, self.images.shape[0])
 
     def grid(self, values: torch.Tensor) -> torch.Tensor:
         """Reshape per-image ``values`` (B, ...) of the placement part to (P, 2, Q, ...)."""
@@ -65,7 +74,8 @@ def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positio
         raise ValueError(f"n_constants must be an even number >= 2, got {n_constants}")
     if n_patterns < 2 or n_positions < 2:
         raise ValueError("n_patterns and n_positions must be >= 2")
-    ph, pw = max(3, h // 8), max(3, w // 8)
+    ph, pw = max(3, h // 3), max(3, w // 3)  # an object, not a detail
+    contrast = math.sqrt(h * w / (ph * pw))  # image std about 1, like a normalised input
     room = ((h - ph) // 2, (w - pw) // 2)  # how far the texture can move from the centre
     step = tuple(max(s, 2 * r // (n_positions - 1) // s * s) for r, s in zip(room, stride))
     reach = min(r // s for r, s in zip(room, step))
@@ -79,16 +89,17 @@ def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positio
     levels = levels * torch.where(levels.mean(dim=1, keepdim=True) < 0, -1.0, 1.0)  # bright first
     constants = torch.cat([levels, -levels]).expand(n_constants, c, h, w)
 
-    placements = []
-    for _ in range(n_patterns):
+    def rolled(side_h: int, side_w: int, gain: float) -> list[torch.Tensor]:
         canvas = 0.1 * torch.randn(c, h, w, generator=gen)
-        top, left = (h - ph) // 2, (w - pw) // 2
-        canvas[:, top:top + ph, left:left + pw] = _texture(gen, c, ph, pw)
-        for dim, shift in ((-2, step[0]), (-1, step[1])):
-            for k in shifts:
-                placements.append(torch.roll(canvas, k * shift, dims=dim))
-    images = torch.cat([constants, torch.stack(placements)])
+        top, left = (h - side_h) // 2, (w - side_w) // 2
+        canvas[:, top:top + side_h, left:left + side_w] = _texture(gen, c, side_h, side_w) * gain
+        return [torch.roll(canvas, k * shift, dims=dim)
+                for dim, shift in ((-2, step[0]), (-1, step[1])) for k in shifts]
+
+    scale = rolled(max(3, h // 8), max(3, w // 8), 1.0)
+    placements = [image for _ in range(n_patterns) for image in rolled(ph, pw, contrast)]
+    images = torch.cat([constants, torch.stack(scale), torch.stack(placements)])
 
     frac = 0.5 + torch.tensor(shifts, dtype=torch.float32) * step[0] / h
     distances = torch.minimum(frac, 1 - frac)
-    return ProbeBatch(images.contiguous(), n_constants, n_patterns, n_positions, distances)
+    return ProbeBatch(images.contiguous(), n_constants, n_patterns, n_positions, distances, len(scale))

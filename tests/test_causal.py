@@ -40,18 +40,6 @@ MIN_HALF_DROP = 0.15        # silencing the PANs costs the half head at least th
 MIN_RATIO_TO_DIGIT = 2.0    # ... at least this many times the digit head's loss
 MIN_RATIO_TO_RANDOM = 2.0   # ... and this many times the half-head loss of random same-layer channels
 
-XFAIL_REASON = (
-    "find_pans does not find the channels that carry position. On this net (digit 0.978, half 1.000) "
-    "it reports 1 PAN, a border PAN (features.3 ch 1) whose silencing drops digit/half by 0.072/0.000 "
-    "(random same-layer channels: 0.107/0.000), and no position PAN: the channels whose single "
-    "silencing drops the half head most (features.9 ch 20/4/15/22: 0.55/0.45/0.34/0.25, digit "
-    "<= 0.11) score 0.04-0.31 on position (threshold 0.95), because the probe textures (side/8, unit "
-    "std, image std 0.15) are too small and faint to drive them and the score is taken before "
-    "BatchNorm+ReLU. With object-sized probes of image std ~1 (side/3), the score taken after "
-    "BatchNorm+ReLU and position threshold 0.9, the same net gives 2 PANs (features.3 ch 1 border, "
-    "features.9 ch 4 position): drops 0.182/0.453 vs random 0.160/0.024, and this test passes."
-)
-
 
 def _render(ds: DigitsCanvas, copies: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every digit of ``ds`` at ``copies`` uniformly random places; labels ``[digit, half]``."""
@@ -163,7 +151,6 @@ def test_circular_net_reports_no_pans(nets):
     assert report.count == 0, report.pans
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL_REASON)
 def test_silencing_detected_pans_hurts_the_position_head(nets):
     model, x, y = nets["zeros"], nets["x"], nets["y"]
     report = find_pans(model, (1, CANVAS, CANVAS))
