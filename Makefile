@@ -9,7 +9,6 @@ export WANDB_SILENT ?= true
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
@@ -18,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m pan_repair.demo
+	$(PY) recipes/scan_pretrained.py --config recipes/configs/scan_pretrained.yaml --out_dir runs/demo/lite0
+	$(PY) recipes/prune_finetune.py --config recipes/configs/demo.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,0 +1,755 @@
+"""Silence or remove the PANs of a :class:`~pan_repair.report.PanReport`: :func:`prune_pans`.
+
+**Mask** (default, reversible). Each PAN channel ``c`` of a convolution is silenced through
+:mod:`torch.nn.utils.prune` with a :class:`PanMask` (a ``CustomFromMask``): ``weight[c]``, the
+conv's ``bias[c]`` if any, and, when the conv feeds a BatchNorm, that BatchNorm's ``weight[c]``
+and ``bias[c]``. A masked weight alone would leave the bias (and the BatchNorm's shift), so the
+channel would output a constant, not a zero; with all four masked it outputs exactly ``0``
+after the BatchNorm in eval *and* in train mode (batch statistics of a zero channel are 0). The
+pairing conv -> BatchNorm is read from one forward pass with hooks: a BatchNorm is paired with a
+conv when its input tensor *is* the conv's output, whatever the module names or nesting (plain
+``nn.Sequential``, ``conv1``/``bn1``, timm's ``ConvNormAct``/``BatchNormAct2d``).
+
+As with all of torch's pruning, a masked parameter ``p`` becomes ``p_orig`` (a parameter, still
+trained) times ``p_mask`` (a buffer), so until the masks are made permanent the *state dict*
+holds ``weight_orig``/``weight_mask`` instead of ``weight``. For checkpoints:
+
+* :func:`remove_pan_masks` makes the masks permanent (``prune.remove``): plain ``weight``
+  again, the zeros baked in;
+* :func:`clean_state_dict` gives a state dict with plain names and masks applied, which loads
+  into the unmodified architecture, without touching the model (what Lightning's
+  ``ModelPruning`` saves);
+* :func:`apply_state_dict_masks` re-creates the masks of a masked state dict on a fresh model,
+  so that ``load_state_dict`` accepts it (resume a masked training);
+* :func:`undo_pan_masks` restores the original channels (the ``_orig`` values).
+
+**Remove** (``mode="remove"``). The channels are cut out of the model where its data flow
+allows: the conv's output channels, its BatchNorm's, and the consumer's input channels, for a
+consumer that is a conv (plain kernel: not weight-standardised), or a Linear after global
+pooling and flattening. Channel-wise steps in between are followed (activations with
+``f(0) = 0``, pooling, dropout, flatten); a depthwise conv on the way propagates the removal to
+its own output channels, whose constant output in the masked model (bias through BatchNorm and
+activation) is folded into the next consumer's bias when that is exact (a 1x1 conv without
+padding, or a Linear after global pooling). So a removed model computes exactly what the masked
+model computes (eval mode). The data flow comes from :func:`torch.fx.symbolic_trace`; a layer
+whose PAN channels meet a residual ``add``, a concatenation, the model's output, a grouped conv
+or anything unknown cannot be removed: it is listed in :attr:`PruneSummary.not_removable` with
+the reason and, by default, masked instead. All new modules are built before any is swapped in,
+then one forward pass checks the result; on any failure the original modules are put back.
+Removal replaces parameters: build the optimizer after it.
+
+**Validation first.** A report from another model (a layer name that is not a convolution of
+``model``, a channel index beyond its outputs, a layer whose filter count differs from the
+report's) raises ``ValueError`` naming the layer before anything is changed.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+import weakref
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+from timm.layers.conv2d_same import Conv2dSameExport
+
+from .layers import conv_layers, conv_padding, effective_weight
+from .report import KINDS, PanReport
+
+__all__ = [
+    "PanMask",
+    "PruneSummary",
+    "prune_pans",
+    "remove_pan_masks",
+    "undo_pan_masks",
+    "clean_state_dict",
+    "apply_state_dict_masks",
+    "conv_bn_pairs",
+    "MODES",
+]
+
+MODES = ("mask", "remove")
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+class PanMask(prune.CustomFromMask):
+    """The pruning method :func:`prune_pans` applies (a ``CustomFromMask``; its own class so that
+    :func:`remove_pan_masks` and :func:`undo_pan_masks` find the PAN masks among others)."""
+
+
+@dataclass
+class PruneSummary:
+    """What :func:`prune_pans` did.
+
+    Attributes:
+        mode: ``"mask"`` or ``"remove"``.
+        channels: conv layer -> the PAN channels silenced (masked or removed), sorted.
+        batchnorms: conv layer -> the BatchNorm it feeds (masked or cut with it).
+        masked: conv layer -> channels masked (all of ``channels`` in mask mode; in remove mode
+            the layers that could not be removed, with ``fallback="mask"``).
+        removed: conv layer -> output channels physically removed (remove mode). Includes the
+            channels of depthwise convs the removal propagated through.
+        not_removable: conv layer -> why its channels could not be removed.
+        not_silenced: conv layer -> why its masked channels still output a constant (e.g. a
+            BatchNorm without affine parameters).
+        params_before, params_after: parameter counts (masked entries still count).
+    """
+
+    mode: str
+    channels: dict[str, list[int]] = field(default_factory=dict)
+    batchnorms: dict[str, str] = field(default_factory=dict)
+    masked: dict[str, list[int]] = field(default_factory=dict)
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    not_removable: dict[str, str] = field(default_factory=dict)
+    not_silenced: dict[str, str] = field(default_factory=dict)
+    params_before: int = 0
+    params_after: int = 0
+
+    @property
+    def count(self) -> int:
+        """Number of PAN channels silenced."""
+        return sum(len(v) for v in self.channels.values())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"prune_pans(mode={self.mode!r}): {self.count} PAN channels in {len(self.channels)} layers; "
+                 f"parameters {self.params_before} -> {self.params_after}"]
+        for layer, chans in self.channels.items():
+            how = "removed" if layer in self.removed else "masked"
+            bn = f" (+ {self.batchnorms[layer]})" if layer in self.batchnorms else ""
+            lines.append(f"  {layer}{bn}: {how} {chans}")
+        for layer, why in self.not_removable.items():
+            lines.append(f"  {layer}: not removable: {why}")
+        for layer, why in self.not_silenced.items():
+            lines.append(f"  {layer}: not silent: {why}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# pairing and validation
+
+
+def _run_eval(model: nn.Module, input_size: tuple[int, ...]) -> None:
+    """One forward pass of zeros in eval mode without gradients; every module's mode restored."""
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+    except RuntimeError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def conv_bn_pairs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, str]:
+    """Conv name -> name of the BatchNorm whose input *is* that conv's output, from one eval
+    forward pass of zeros with hooks (nothing in the model changes; hooks removed after)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    outputs: dict[int, tuple[weakref.ref, str]] = {}
+    pairs: dict[str, str] = {}
+
+    def conv_hook(module, inputs, output):
+        outputs[id(output)] = (weakref.ref(output), names[id(module)])
+
+    def bn_hook(module, inputs):
+        entry = outputs.get(id(inputs[0]))
+        if entry is not None and entry[0]() is inputs[0]:
+            pairs.setdefault(entry[1], names[id(module)])
+
+    handles = [m.register_forward_hook(conv_hook) for _, m in conv_layers(model)]
+    handles += [m.register_forward_pre_hook(bn_hook) for m in model.modules() if isinstance(m, _BN)]
+    try:
+        _run_eval(model, input_size)
+    finally:
+        for h in handles:
+            h.remove()
+    return pairs
+
+
+def _select(report: PanReport, kinds: Iterable[str], layers: Iterable[str] | None) -> dict[str, list[int]]:
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"unknown PAN kind(s) {bad}; expected a subset of {KINDS}")
+    wanted = None if layers is None else set(layers)
+    if wanted is not None:
+        unknown = wanted - {p.layer for p in report.pans} - {l.name for l in report.layers}
+        if unknown:
+            raise ValueError(f"layers not in the report: {', '.join(sorted(unknown))}")
+    out: dict[str, set[int]] = defaultdict(set)
+    for pan in report.pans:
+        if pan.kind in kinds and (wanted is None or pan.layer in wanted):
+            out[pan.layer].add(int(pan.channel))
+    return {layer: sorted(chans) for layer, chans in out.items()}
+
+
+def _validate(model: nn.Module, report: PanReport, selected: dict[str, list[int]]) -> None:
+    modules = dict(model.named_modules())
+    infos = {layer.name: layer for layer in report.layers}
+    for layer, chans in selected.items():
+        module = modules.get(layer)
+        if module is None:
+            raise ValueError(f"report layer {layer!r} is not a module of this model "
+                             "(is the report from another model?)")
+        if not isinstance(module, nn.Conv2d):
+            raise ValueError(f"report layer {layer!r} is a {type(module).__name__}, not a convolution "
+                             "(is the report from another model?)")
+        if chans and (chans[-1] >= module.out_channels or chans[0] < 0):
+            raise ValueError(f"report layer {layer!r}: channel {chans[-1]} out of range, the layer has "
+                             f"{module.out_channels} output channels (is the report from another model?)")
+        info = infos.get(layer)
+        if info is not None and info.out_channels != module.out_channels:
+            raise ValueError(f"report layer {layer!r} has {info.out_channels} filters in the report but "
+                             f"{module.out_channels} in the model (is the report from another model?)")
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# masks
+
+
+def _channel_mask(t: torch.Tensor, chans: list[int]) -> torch.Tensor:
+    mask = torch.ones_like(t, dtype=t.dtype if t.is_floating_point() else torch.float32)
+    mask[chans] = 0
+    return mask
+
+
+def _plan_masks(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, str],
+                summary: PruneSummary) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    plan = []
+    for layer, chans in selected.items():
+        conv = model.get_submodule(layer)
+        plan.append((conv, "weight", _channel_mask(conv.weight, chans)))
+        if conv.bias is not None:
+            plan.append((conv, "bias", _channel_mask(conv.bias, chans)))
+        bn_name = pairs.get(layer)
+        if bn_name is not None:
+            bn = model.get_submodule(bn_name)
+            summary.batchnorms[layer] = bn_name
+            if bn.weight is None or bn.bias is None:
+                summary.not_silenced[layer] = (f"{bn_name} has no affine parameters: the channels "
+                                               "output -running_mean / running_std after it")
+            else:
+                plan += [(bn, "weight", _channel_mask(bn.weight, chans)),
+                         (bn, "bias", _channel_mask(bn.bias, chans))]
+        summary.masked[layer] = list(chans)
+    return plan
+
+
+def _apply_masks(plan: list[tuple[nn.Module, str, torch.Tensor]]) -> None:
+    for module, name, mask in plan:
+        PanMask.apply(module, name, mask)
+
+
+def _pruning_hooks(module: nn.Module) -> list[prune.BasePruningMethod]:
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+
+
+def _is_pan(hook: prune.BasePruningMethod) -> bool:
+    if isinstance(hook, prune.PruningContainer):
+        return any(isinstance(m, PanMask) for m in hook._pruning_methods)
+    return isinstance(hook, PanMask)
+
+
+def remove_pan_masks(model: nn.Module) -> list[str]:
+    """Make the PAN masks permanent (``torch.nn.utils.prune.remove``): every masked parameter
+    is plain again (``weight``, not ``weight_orig``/``weight_mask``), its masked entries zero.
+    Masks combined with other pruning on the same tensor are made permanent together (torch
+    keeps one combined mask). Returns the ``module.parameter`` names made permanent."""
+    done = []
+    for name, module in model.named_modules():
+        for hook in _pruning_hooks(module):
+            if _is_pan(hook):
+                prune.remove(module, hook._tensor_name)
+                done.append(f"{name}.{hook._tensor_name}" if name else hook._tensor_name)
+    return done
+
+
+def undo_pan_masks(model: nn.Module) -> list[str]:
+    """Undo :func:`prune_pans` in mask mode: every PAN-masked parameter gets back its original
+    (``_orig``) values, trained further if training went on. Raises ``ValueError`` (nothing
+    changed) where a PAN mask was combined with other pruning on the same tensor."""
+    found = [(name, module, hook) for name, module in model.named_modules()
+             for hook in _pruning_hooks(module) if _is_pan(hook)]
+    mixed = [f"{n}.{h._tensor_name}" for n, _, h in found
+             if isinstance(h, prune.PruningContainer) and not all(isinstance(m, PanMask) for m in h._pruning_methods)]
+    if mixed:
+        raise ValueError(f"PAN masks combined with other pruning cannot be undone alone: {', '.join(mixed)}")
+    done = []
+    for name, module, hook in found:
+        tensor = hook._tensor_name
+        for key, h in list(module._forward_pre_hooks.items()):
+            if h is hook:
+                del module._forward_pre_hooks[key]
+        orig = module._parameters.pop(tensor + "_orig")
+        del module._buffers[tensor + "_mask"]
+        if tensor in module.__dict__:
+            delattr(module, tensor)
+        module.register_parameter(tensor, orig)
+        done.append(f"{name}.{tensor}" if name else tensor)
+    return done
+
+
+def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every pruned tensor under its plain name (``weight``, the mask
+    applied) and no ``_orig``/``_mask`` entries: it loads into the unmodified architecture. The
+    model is not changed."""
+    state = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        if key.endswith("_mask") and key[:-5] + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key[:-5] + "_mask" in state:
+            out[key[:-5]] = value * state[key[:-5] + "_mask"]
+        else:
+            out[key] = value
+    return out
+
+
+def apply_state_dict_masks(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Re-create, on ``model``, the masks stored in ``state_dict`` (keys ``<param>_mask`` beside
+    ``<param>_orig``) as :class:`PanMask` pruning, so that ``model.load_state_dict(state_dict)``
+    then loads a checkpoint saved from a masked model. Returns the masked parameter names."""
+    done = []
+    for key, mask in state_dict.items():
+        if not (key.endswith("_mask") and key[:-5] + "_orig" in state_dict):
+            continue
+        path, _, tensor = key[:-5].rpartition(".")
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"state dict mask {key!r}: no module {path!r} in the model") from None
+        current = getattr(module, tensor, None)
+        if not isinstance(current, torch.Tensor) or current.shape != mask.shape:
+            raise ValueError(f"state dict mask {key!r} does not fit {path or 'the model'}.{tensor}")
+        if f"{tensor}_mask" not in module._buffers:
+            PanMask.apply(module, tensor, mask.to(current.device))
+        done.append(key[:-5])
+    return done
+
+
+# ----------------------------------------------------------------------------------------------
+# removal
+
+
+class _NotRemovable(Exception):
+    pass
+
+
+#: element-wise steps that keep a zero channel zero, as modules and as functions/methods
+_ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+                 nn.Hardswish, nn.Tanh, nn.Hardtanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink,
+                 nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.PReLU)
+_ZERO_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+                   F.hardswish, F.hardtanh, torch.relu, torch.tanh, F.tanh, F.dropout, F.dropout2d,
+                   torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
+                   F.max_pool2d}
+_ZERO_METHODS = {"relu", "relu_", "tanh", "contiguous", "flatten", "clone"}
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+#: convs whose forward is F.conv2d of ``weight`` (possibly with their own padding): inputs
+#: and outputs can be sliced; weight-standardised convs only their outputs
+_PLAIN_CONVS = (nn.Conv2d, Conv2dSame, Conv2dSameExport)
+_STD_CONVS = (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)
+
+
+def _conv_kind(conv: nn.Module) -> str:
+    """"plain" (in and out channels can be sliced), "std" (only out), or "other"."""
+    from .padding_switch import PaddedConv2d  # converted convs pad explicitly, same kernels
+    t = type(conv)
+    if t in _PLAIN_CONVS or t is PaddedConv2d:
+        return "plain"
+    if t in _STD_CONVS or issubclass(t, PaddedConv2d) and isinstance(conv, _STD_CONVS):
+        return "std"
+    return "other"
+
+
+@dataclass
+class _Plan:
+    out_remove: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    in_remove: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    bn_remove: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    bias_add: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def merge(self, other: "_Plan") -> None:
+        for mine, theirs in ((self.out_remove, other.out_remove), (self.in_remove, other.in_remove),
+                             (self.bn_remove, other.bn_remove)):
+            for k, v in theirs.items():
+                mine[k] |= v
+        for k, v in other.bias_add.items():
+            self.bias_add[k] = self.bias_add[k] + v if k in self.bias_add else v
+
+
+class _Tracer:
+    """Follows removed channels from a conv node to their consumers in an fx graph."""
+
+    def __init__(self, gm: torch.fx.GraphModule, modules: dict[str, nn.Module], pairs: dict[str, str]):
+        self.gm, self.modules, self.pairs = gm, modules, pairs
+        self.calls = defaultdict(int)
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                self.calls[node.target] += 1
+
+    def _shape(self, node) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta")
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    def _desc(self, node) -> str:
+        if node.op == "call_module":
+            return f"{type(self.modules[node.target]).__name__} {node.target!r}"
+        if node.op == "output":
+            return "the model's output"
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        kind = {"add": "a residual add", "iadd": "a residual add", "cat": "a concatenation",
+                "concat": "a concatenation", "stack": "a stack", "mul": "a multiplication"}.get(target)
+        return kind or f"{node.op} {target}"
+
+    def plan(self, layer: str, chans: set[int], conv_node) -> _Plan:
+        conv = self.modules[layer]
+        if self.calls[layer] > 1:
+            raise _NotRemovable("the conv is called more than once in forward")
+        if _pruning_hooks(conv):
+            raise _NotRemovable("the conv already has pruning masks (torch.nn.utils.prune): "
+                                "make them permanent or undo them first")
+        if _conv_kind(conv) == "other":
+            raise _NotRemovable(f"unsupported conv type {type(conv).__name__}")
+        if conv.groups != 1:
+            raise _NotRemovable("grouped/depthwise conv: removing an output channel needs its input "
+                                "channel removed too")
+        plan = _Plan()
+        plan.out_remove[layer] |= chans
+        self._follow(conv_node, set(chans), plan, const=None, bn_allowed=self.pairs.get(layer))
+        return plan
+
+    def _follow(self, node, chans: set[int], plan: _Plan, const: torch.Tensor | None,
+                bn_allowed: str | None, flat: int | None = None) -> None:
+        """``chans``: removed channel indices in ``node``'s output (feature indices once flattened,
+        ``flat`` = spatial size per channel). ``const``: None while the removed channels are
+        exactly zero in the masked model, else their constant value per channel (C,)."""
+        users = list(node.users)
+        if not users:
+            raise _NotRemovable(f"{self._desc(node)} has no consumer")
+        for user in users:
+            self._step(node, user, chans, plan, const, bn_allowed, flat)
+
+    def _step(self, src, node, chans, plan, const, bn_allowed, flat) -> None:
+        if node.op == "output":
+            raise _NotRemovable("its channels reach the model's output")
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        args += [a for a in node.kwargs.values() if isinstance(a, torch.fx.Node)]
+        if len(args) != 1 or node.args[:1] != (src,):
+            raise _NotRemovable(f"consumed by {self._desc(node)} together with other tensors")
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if self.calls[node.target] > 1:
+                raise _NotRemovable(f"{self._desc(node)} is called more than once in forward")
+            if isinstance(module, nn.Conv2d):
+                return self._into_conv(node, module, chans, plan, const, flat)
+            if isinstance(module, nn.Linear):
+                return self._into_linear(node, module, chans, plan, const, flat)
+            if isinstance(module, _BN):
+                if flat is not None:
+                    raise _NotRemovable(f"{self._desc(node)} after flattening")
+                if const is None and node.target != bn_allowed:
+                    raise _NotRemovable(f"{self._desc(node)} after a non-linearity turns the zero "
+                                        "channel into a constant")
+                if _pruning_hooks(module):
+                    raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+                plan.bn_remove[node.target] |= chans
+                if const is not None:
+                    const = self._apply(node, const)
+                return self._follow(node, chans, plan, const, None, flat)
+            if isinstance(module, _ZERO_MODULES) and getattr(module, "num_parameters", 1) == 1:
+                if const is not None:
+                    const = self._apply(node, const)
+                return self._follow(node, chans, plan, const, bn_allowed, flat)
+            if isinstance(module, _POOLS):
+                return self._pool(node, chans, plan, const, bn_allowed, flat, module)
+            if isinstance(module, nn.Flatten):
+                return self._flatten(node, chans, plan, const, flat, module.start_dim)
+            raise _NotRemovable(f"consumed by {self._desc(node)}")
+        if node.op in ("call_function", "call_method"):
+            target = node.target
+            if target in (torch.flatten, "flatten"):
+                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+                return self._flatten(node, chans, plan, const, flat, start)
+            if target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d):
+                return self._pool(node, chans, plan, const, bn_allowed, flat, None)
+            if target in _ZERO_FUNCTIONS or (node.op == "call_method" and target in _ZERO_METHODS):
+                if const is not None:
+                    const = self._apply(node, const)
+                return self._follow(node, chans, plan, const, bn_allowed, flat)
+        raise _NotRemovable(f"consumed by {self._desc(node)}")
+
+    def _apply(self, node, const: torch.Tensor) -> torch.Tensor:
+        """Apply a channel-wise step to the constant value of every channel (C,), in eval mode."""
+        x = const.clone().view(1, -1, 1, 1)
+        if node.op == "call_module":
+            y = self.modules[node.target](x)
+        elif node.op == "call_function":
+            y = node.target(x, *node.args[1:], **node.kwargs)
+        else:
+            y = getattr(x, node.target)(*node.args[1:], **node.kwargs)
+        return y.reshape(-1)
+
+    def _pool(self, node, chans, plan, const, bn_allowed, flat, module) -> None:
+        if flat is not None:
+            raise _NotRemovable(f"pooling after flattening ({self._desc(node)})")
+        shape = self._shape(node)
+        if const is not None and (shape is None or shape[-2:] != (1, 1)):
+            # a constant stays constant only under global pooling (padding would change it)
+            raise _NotRemovable(f"{self._desc(node)} on a constant channel is not global")
+        return self._follow(node, chans, plan, const, bn_allowed, flat)
+
+    def _flatten(self, node, chans, plan, const, flat, start) -> None:
+        src_shape = self._shape(node.args[0])
+        if flat is not None or src_shape is None or len(src_shape) != 4 or start not in (1, -3):
+            raise _NotRemovable(f"consumed by {self._desc(node)} (only flatten(1) of N x C x H x W)")
+        per = src_shape[2] * src_shape[3]
+        if const is not None and per != 1:
+            raise _NotRemovable("a constant channel is flattened without global pooling")
+        feats = {c * per + j for c in chans for j in range(per)}
+        return self._follow(node, feats, plan, const, None, per)
+
+    def _into_linear(self, node, linear, chans, plan, const, flat) -> None:
+        if flat is None:
+            raise _NotRemovable(f"{self._desc(node)} on an unflattened tensor")
+        if _pruning_hooks(linear):
+            raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+        plan.in_remove[node.target] |= chans
+        if const is not None:
+            cols = sorted(chans)
+            fold = linear.weight.detach()[:, cols] @ const[[f // flat for f in cols]]
+            plan.bias_add[node.target] = plan.bias_add.get(node.target, 0) + fold
+
+    def _into_conv(self, node, conv, chans, plan, const, flat) -> None:
+        if flat is not None:
+            raise _NotRemovable(f"{self._desc(node)} after flattening")
+        if _pruning_hooks(conv):
+            raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+        kind = _conv_kind(conv)
+        if kind != "plain":
+            raise _NotRemovable(f"its input channels cannot be cut from {self._desc(node)} "
+                                f"({'weight standardisation depends on them' if kind == 'std' else 'unsupported type'})")
+        if conv.groups == 1:
+            if const is not None:
+                shape = self._shape(node.args[0])
+                pads = conv_padding(conv, shape[-2:]) if shape is not None else None
+                if pads is None or pads.is_padded:
+                    raise _NotRemovable(f"a constant channel feeds the padded {self._desc(node)} "
+                                        "(its border would change)")
+                cols = sorted(chans)
+                fold = conv.weight.detach()[:, cols].sum(dim=(2, 3)) @ const[cols]
+                plan.bias_add[node.target] = plan.bias_add.get(node.target, 0) + fold
+            plan.in_remove[node.target] |= chans
+            return
+        if conv.groups == conv.in_channels:  # depthwise (with channel multiplier m)
+            if const is not None:
+                raise _NotRemovable(f"a constant channel feeds the depthwise {self._desc(node)}")
+            m = conv.out_channels // conv.in_channels
+            outs = {c * m + j for c in chans for j in range(m)}
+            plan.in_remove[node.target] |= chans
+            plan.out_remove[node.target] |= outs
+            # in the masked model a zero input gives the bias (0 without) on every pixel, for any
+            # padding mode; from here on the channels carry that constant
+            bias = conv.bias.detach() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+            nxt_bn = self.pairs.get(node.target)
+            return self._follow(node, outs, plan, bias.clone(), nxt_bn, None)
+        raise _NotRemovable(f"grouped conv {node.target!r} (groups={conv.groups}) consumes the channels")
+
+
+def _slice_conv(conv: nn.Conv2d, out_rm: set[int], in_rm: set[int], bias_add) -> nn.Conv2d:
+    keep_out = [i for i in range(conv.out_channels) if i not in out_rm]
+    new = copy.deepcopy(conv)
+    w = conv.weight.detach()
+    if conv.groups == 1:
+        keep_in = [i for i in range(conv.in_channels) if i not in in_rm]
+        w = w[:, keep_in]
+        new.in_channels = len(keep_in)
+    else:  # depthwise: its removed inputs are exactly the groups of the removed outputs
+        new.in_channels = conv.in_channels - len(in_rm)
+        new.groups = new.in_channels
+    new.out_channels = len(keep_out)
+    new.weight = nn.Parameter(w[keep_out].clone(), requires_grad=conv.weight.requires_grad)
+    bias = None if conv.bias is None else conv.bias.detach()[keep_out].clone()
+    if bias_add is not None:  # one value per output channel of the original conv
+        bias_add = bias_add.to(w.dtype)[keep_out]
+        bias = bias_add.clone() if bias is None else bias + bias_add
+    new.bias = None if bias is None else nn.Parameter(bias)
+    gain = getattr(conv, "gain", None)
+    if isinstance(gain, nn.Parameter) and gain.shape[0] == conv.out_channels:
+        new.gain = nn.Parameter(gain.detach()[keep_out].clone())
+    return new
+
+
+def _slice_bn(bn: _BN, rm: set[int]) -> _BN:
+    keep = [i for i in range(bn.num_features) if i not in rm]
+    new = copy.deepcopy(bn)
+    new.num_features = len(keep)
+    for name in ("weight", "bias"):
+        p = getattr(bn, name)
+        if p is not None:
+            setattr(new, name, nn.Parameter(p.detach()[keep].clone(), requires_grad=p.requires_grad))
+    for name in ("running_mean", "running_var"):
+        b = getattr(bn, name)
+        if b is not None:
+            setattr(new, name, b[keep].clone())
+    return new
+
+
+def _slice_linear(linear: nn.Linear, in_rm: set[int], bias_add) -> nn.Linear:
+    keep = [i for i in range(linear.in_features) if i not in in_rm]
+    new = copy.deepcopy(linear)
+    new.in_features = len(keep)
+    new.weight = nn.Parameter(linear.weight.detach()[:, keep].clone(), requires_grad=linear.weight.requires_grad)
+    if bias_add is not None:
+        bias = bias_add.clone() if linear.bias is None else linear.bias.detach() + bias_add
+        new.bias = nn.Parameter(bias)
+    return new
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, str],
+            input_size: tuple[int, ...], summary: PruneSummary) -> dict[str, list[int]]:
+    """Cut out what can be cut; returns the layers that could not be (to mask instead)."""
+    modules = dict(model.named_modules())
+    leftover: dict[str, list[int]] = {}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        try:
+            gm = torch.fx.symbolic_trace(model)
+            param = next(iter(model.parameters()))
+            with torch.no_grad():
+                from torch.fx.passes.shape_prop import ShapeProp
+                ShapeProp(gm).propagate(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+        except Exception as err:  # noqa: BLE001 - any tracing failure means: cannot plan removal
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            for layer, chans in selected.items():
+                summary.not_removable[layer] = f"the model cannot be traced by torch.fx ({first[:120]})"
+                leftover[layer] = chans
+            return leftover
+        tracer = _Tracer(gm, modules, pairs)
+        nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+        plan = _Plan()
+        with torch.no_grad():
+            for layer, chans in selected.items():
+                try:
+                    if layer not in nodes:
+                        raise _NotRemovable("the conv does not appear in the traced graph")
+                    layer_plan = tracer.plan(layer, set(chans), nodes[layer])
+                    if len(layer_plan.out_remove[layer]) >= modules[layer].out_channels:
+                        raise _NotRemovable("all its channels are PANs")
+                except _NotRemovable as why:
+                    summary.not_removable[layer] = str(why)
+                    leftover[layer] = chans
+                    continue
+                plan.merge(layer_plan)
+                if layer in pairs:
+                    summary.batchnorms[layer] = pairs[layer]
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    # several layers may now need the same module cut more than any single plan allowed
+    for name, rm in list(plan.out_remove.items()) + list(plan.bn_remove.items()):
+        size = getattr(modules[name], "out_channels", None) or modules[name].num_features
+        if len(rm) >= size:
+            raise ValueError(f"removal would leave {name!r} without channels")
+    # build everything first ...
+    new: dict[str, nn.Module] = {}
+    for name in set(plan.out_remove) | set(plan.in_remove):
+        module = modules[name]
+        if isinstance(module, nn.Linear):
+            new[name] = _slice_linear(module, plan.in_remove[name], plan.bias_add.get(name))
+        else:
+            new[name] = _slice_conv(module, plan.out_remove.get(name, set()), plan.in_remove.get(name, set()),
+                                    plan.bias_add.get(name))
+    for name, rm in plan.bn_remove.items():
+        new[name] = _slice_bn(modules[name], rm)
+    # ... then swap, check one forward, and put everything back on failure
+    old = {name: modules[name] for name in new}
+    for name, module in new.items():
+        _set_module(model, name, module)
+    try:
+        _run_eval(model, input_size)
+    except Exception:
+        for name, module in old.items():
+            _set_module(model, name, module)
+        raise
+    for name, rm in plan.out_remove.items():
+        summary.removed[name] = sorted(rm)
+    return leftover
+
+
+def prune_pans(model: nn.Module, report: PanReport, *, kinds: Iterable[str] = KINDS, mode: str = "mask",
+               layers: Iterable[str] | None = None, fallback: str = "mask") -> PruneSummary:
+    """Silence the PANs of ``report`` in ``model``, in place (see the module docstring).
+
+    Args:
+        model: the model ``report`` was computed on.
+        report: from :func:`pan_repair.find_pans`.
+        kinds: which PAN kinds to silence (``"border"``, ``"position"``).
+        mode: ``"mask"`` (reversible, through ``torch.nn.utils.prune``) or ``"remove"``
+            (physically smaller modules where the architecture allows).
+        layers: only the PANs of these conv layers (default: all).
+        fallback: in remove mode, what to do with the layers that cannot be removed:
+            ``"mask"`` (default) or ``"skip"`` (leave them; they stay in ``not_removable``).
+
+    Returns:
+        A :class:`PruneSummary`.
+
+    Raises:
+        ValueError: unknown mode/kind/fallback, or a report that does not fit the model
+            (nothing is changed).
+
+    Example:
+        >>> import torch
+        >>> from pan_repair import SmallCNN, find_pans
+        >>> from pan_repair.pruning import prune_pans
+        >>> model = SmallCNN(depth=3, width=8).eval()
+        >>> report = find_pans(model, (1, 24, 24), position_threshold=0.5)
+        >>> summary = prune_pans(model, report)
+        >>> summary.count == report.count
+        True
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if fallback not in ("mask", "skip"):
+        raise ValueError(f"unknown fallback {fallback!r}; expected 'mask' or 'skip'")
+    if not isinstance(report, PanReport):
+        raise ValueError(f"report must be a PanReport, got {type(report).__name__}")
+    selected = _select(report, kinds, layers)
+    _validate(model, report, selected)
+    summary = PruneSummary(mode, channels=dict(selected), params_before=_count(model))
+    if not selected:
+        summary.params_after = summary.params_before
+        return summary
+    pairs = conv_bn_pairs(model, report.input_size)
+    to_mask = selected
+    if mode == "remove":
+        to_mask = _remove(model, selected, pairs, report.input_size, summary)
+        if fallback == "skip":
+            to_mask = {}
+    _apply_masks(_plan_masks(model, to_mask, pairs, summary))
+    summary.params_after = _count(model)
+    return summary

@@ -1,0 +1,304 @@
+"""prune_pans: masked PAN channels output exactly zero, masks are reversible, removal gives a
+smaller model computing what the masked one computes, and bad reports leave the model alone."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pan_repair import LayerInfo, Pan, PanReport, SmallCNN
+from pan_repair.pruning import (
+    PanMask,
+    apply_state_dict_masks,
+    clean_state_dict,
+    conv_bn_pairs,
+    prune_pans,
+    remove_pan_masks,
+    undo_pan_masks,
+)
+
+torch.set_num_threads(2)
+
+
+def _trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine parameters, as after training (non-trivial shifts)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=gen) * 2 - 1)
+    return model.eval()
+
+
+def _report(model: nn.Module, input_size, chans: dict[str, list[int]], kind: str = "border") -> PanReport:
+    layers = [LayerInfo(name, type(m).__name__, m.out_channels, m.padding_mode,
+                        tuple(m._reversed_padding_repeated_twice), True)
+              for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    pans = [Pan(layer, c, ("top",), 1, 5.0, kind, 5.0, 0.0) for layer, cs in chans.items() for c in cs]
+    return PanReport(pans, layers, tuple(input_size), 2.7, 0.95)
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return _trained_looking(SmallCNN(depth=4, width=8, num_classes=(3, 2)))
+
+
+CHANS = {"features.0": [1, 3], "features.6": [0], "features.9": [2, 7]}
+SIZE = (1, 24, 24)
+
+
+def _post_bn(model: nn.Module, bn_index: int, x: torch.Tensor) -> torch.Tensor:
+    out = {}
+    handle = model.features[bn_index].register_forward_hook(lambda m, i, o: out.setdefault("y", o.clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return out["y"]
+
+
+def test_pairs_found_by_tensor_identity():
+    model = small_cnn()
+    assert conv_bn_pairs(model, SIZE) == {f"features.{i}": f"features.{i + 1}" for i in (0, 3, 6, 9)}
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_masked_channels_output_zero_after_batchnorm(train_mode):
+    model = small_cnn()
+    before = copy.deepcopy(model)
+    summary = prune_pans(model, _report(model, SIZE, CHANS))
+    assert summary.count == 5 and summary.batchnorms["features.0"] == "features.1"
+    x = torch.randn(6, 1, 24, 24)
+    model.train(train_mode)
+    before.train(train_mode)
+    for conv_i, chans in ((0, [1, 3]), (6, [0]), (9, [2, 7])):
+        y = _post_bn(model, conv_i + 1, x)
+        assert torch.all(y[:, chans] == 0), "masked channels must be exactly zero after BatchNorm"
+        keep = [c for c in range(8) if c not in chans]
+        if conv_i == 0:  # upstream of any mask: other channels unchanged
+            ref = _post_bn(before, 1, x)
+            torch.testing.assert_close(y[:, keep], ref[:, keep])
+        assert y[:, keep].abs().sum() > 0
+
+
+def test_bias_is_masked_too():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=True), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 2)).eval()
+    with torch.no_grad():
+        model[0].bias.fill_(0.5)
+    summary = prune_pans(model, _report(model, (3, 16, 16), {"0": [2]}))
+    assert summary.batchnorms == {}
+    with torch.no_grad():
+        y = model[0](torch.randn(2, 3, 16, 16))
+    assert torch.all(y[:, 2] == 0) and torch.all(y[:, 1] != 0)
+
+
+def test_masks_are_torch_pruning_and_reversible():
+    model = small_cnn()
+    original = copy.deepcopy(model.state_dict())
+    prune_pans(model, _report(model, SIZE, CHANS))
+    state = model.state_dict()
+    # as torch's pruning: <name>_orig parameters and <name>_mask buffers until made permanent
+    for key in ("features.0.weight", "features.1.weight", "features.1.bias"):
+        assert key + "_orig" in state and key + "_mask" in state and key not in state
+    assert any(isinstance(h, PanMask) for h in model.features[0]._forward_pre_hooks.values())
+    torch.testing.assert_close(state["features.0.weight_orig"], original["features.0.weight"])
+    # undo: the original model back
+    undone = undo_pan_masks(model)
+    assert "features.0.weight" in undone and "features.10.bias" in undone
+    assert set(model.state_dict()) == set(original)
+    for key, value in original.items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    assert isinstance(model.features[0].weight, nn.Parameter)
+
+
+def test_permanent_removal_of_masks_and_clean_state_dict():
+    model = small_cnn()
+    prune_pans(model, _report(model, SIZE, CHANS))
+    x = torch.randn(3, 1, 24, 24)
+    with torch.no_grad():
+        masked_out = model(x)
+    clean = clean_state_dict(model)
+    assert not any(k.endswith(("_orig", "_mask")) for k in clean)
+    fresh = small_cnn()
+    fresh.load_state_dict(clean)  # loads into the unmodified architecture
+    with torch.no_grad():
+        for a, b in zip(fresh(x), masked_out):
+            torch.testing.assert_close(a, b)
+    done = remove_pan_masks(model)
+    assert "features.0.weight" in done
+    assert set(model.state_dict()) == set(clean)
+    assert torch.all(model.features[0].weight[[1, 3]] == 0)
+    with torch.no_grad():
+        for a, b in zip(model(x), masked_out):
+            torch.testing.assert_close(a, b)
+
+
+def test_masked_checkpoint_loads_after_applying_its_masks():
+    model = small_cnn()
+    prune_pans(model, _report(model, SIZE, CHANS))
+    state = model.state_dict()
+    fresh = small_cnn()
+    with pytest.raises(RuntimeError):
+        fresh.load_state_dict(state)
+    applied = apply_state_dict_masks(fresh, state)
+    assert "features.0.weight" in applied
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        for a, b in zip(fresh(x), model(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_masking_twice_combines():
+    model = small_cnn()
+    prune_pans(model, _report(model, SIZE, {"features.0": [1]}))
+    prune_pans(model, _report(model, SIZE, {"features.0": [4]}))
+    assert torch.all(model.features[0].weight[[1, 4]] == 0)
+    assert model.features[0].weight[[0, 2, 3]].abs().sum() > 0
+    undo_pan_masks(model)
+    assert model.features[0].weight[[1, 4]].abs().sum() > 0
+
+
+def test_kinds_and_layers_select():
+    model = small_cnn()
+    report = _report(model, SIZE, {"features.0": [1]}, kind="border")
+    report.pans.append(Pan("features.3", 2, ("top", "bottom"), 1, 0.99, "position", 0.0, 0.99))
+    summary = prune_pans(copy.deepcopy(model), report, kinds=("position",))
+    assert summary.channels == {"features.3": [2]}
+    summary = prune_pans(copy.deepcopy(model), report, layers=["features.0"])
+    assert summary.channels == {"features.0": [1]}
+
+
+def test_remove_gives_smaller_model_computing_the_masked_outputs():
+    model = small_cnn()
+    report = _report(model, SIZE, CHANS)
+    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
+    prune_pans(masked, report)
+    summary = prune_pans(removed, report, mode="remove")
+    assert summary.not_removable == {} and summary.masked == {}
+    assert summary.removed == CHANS
+    assert summary.params_after < summary.params_before
+    assert removed.features[0].out_channels == 6 and removed.features[1].num_features == 6
+    assert removed.features[3].in_channels == 6 and removed.features[9].out_channels == 6
+    assert removed.heads[0].in_features == 6 and removed.heads[1].in_features == 6
+    assert sum(p.numel() for p in removed.parameters()) == summary.params_after
+    x = torch.randn(8, 1, 24, 24)
+    with torch.no_grad():
+        for a, b in zip(removed(x), masked(x)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert removed.training is False
+
+
+class _Mobile(nn.Module):
+    """stem -> depthwise (multiplier 2) -> pointwise -> residual conv -> pool -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=8, bias=True), nn.BatchNorm2d(16), nn.SiLU())
+        self.pw = nn.Sequential(nn.Conv2d(16, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU())
+        self.res = nn.Conv2d(12, 12, 3, padding=1)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        x = self.pw(self.dw(self.stem(x)))
+        x = x + self.res(x)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_remove_through_depthwise_and_residual_fallback():
+    torch.manual_seed(0)
+    model = _trained_looking(_Mobile())
+    report = _report(model, (3, 16, 16), {"stem.0": [0, 5], "pw.0": [1], "res": [3]})
+    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
+    prune_pans(masked, report)
+    summary = prune_pans(removed, report, mode="remove")
+    # the depthwise conv propagates: its channels 0,1 and 10,11 go too; its constant output in the
+    # masked model is folded into the pointwise conv's (new) bias
+    assert summary.removed == {"stem.0": [0, 5], "dw.0": [0, 1, 10, 11]}
+    assert removed.dw[0].groups == 6 and removed.dw[0].out_channels == 12 and removed.pw[0].in_channels == 12
+    assert "add" in summary.not_removable["pw.0"] and "add" in summary.not_removable["res"]
+    assert summary.masked == {"pw.0": [1], "res": [3]}
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-5)
+    skipped = copy.deepcopy(model)
+    summary = prune_pans(skipped, report, mode="remove", fallback="skip")
+    assert summary.masked == {} and set(summary.not_removable) == {"pw.0", "res"}
+
+
+def test_remove_reports_untraceable_models_and_masks_instead():
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.sum() > 0:  # data-dependent control flow: not traceable
+                y = y * 2
+            return self.head(y.mean((2, 3)))
+
+    model = Dynamic().eval()
+    before = copy.deepcopy(model.state_dict())
+    summary = prune_pans(model, _report(model, (1, 12, 12), {"conv": [1]}), mode="remove")
+    assert "torch.fx" in summary.not_removable["conv"]
+    assert summary.masked == {"conv": [1]}
+    assert torch.equal(model.state_dict()["conv.weight_orig"], before["conv.weight"])
+
+
+@pytest.mark.parametrize("mode", ["mask", "remove"])
+@pytest.mark.parametrize("bad, match", [
+    ({"features.42": [0]}, "features.42"),
+    ({"features.3": [8]}, "channel 8 out of range"),
+    ({"features.1": [0]}, "not a convolution"),
+])
+def test_report_from_another_model_is_rejected_untouched(mode, bad, match):
+    model = small_cnn()
+    before = copy.deepcopy(model.state_dict())
+    modules_before = [type(m) for m in model.modules()]
+    report = _report(model, SIZE, {"features.0": [1], **bad})
+    with pytest.raises(ValueError, match=match):
+        prune_pans(model, report, mode=mode)
+    assert list(model.state_dict()) == list(before)
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value)
+    assert [type(m) for m in model.modules()] == modules_before
+    assert not model.features[0]._forward_pre_hooks
+
+
+def test_report_with_other_filter_counts_is_rejected():
+    model = small_cnn()
+    other = SmallCNN(depth=4, width=16, num_classes=(3, 2))
+    report = _report(other, SIZE, {"features.0": [1]})
+    with pytest.raises(ValueError, match="16 filters in the report but 8"):
+        prune_pans(model, report)
+
+
+def test_bad_arguments():
+    model = small_cnn()
+    report = _report(model, SIZE, {"features.0": [1]})
+    with pytest.raises(ValueError, match="mode"):
+        prune_pans(model, report, mode="zap")
+    with pytest.raises(ValueError, match="kind"):
+        prune_pans(model, report, kinds=("edge",))
+    with pytest.raises(ValueError, match="fallback"):
+        prune_pans(model, report, mode="remove", fallback="drop")
+    assert not model.features[0]._forward_pre_hooks
+
+
+def test_mode_restored_and_works_on_a_real_report():
+    from pan_repair import find_pans
+    model = small_cnn()
+    model.train()
+    report = find_pans(model, SIZE, n_patterns=2, position_threshold=0.2)
+    summary = prune_pans(model, report)
+    assert model.training and all(m.training for m in model.modules())
+    assert summary.count == report.count
