@@ -1,8 +1,8 @@
 """Where the default thresholds come from: score distributions on the pretrained EfficientNet-Lite0.
 
 Border threshold: Tukey's far-out fence, Q3 + 3 * IQR, of the border scores of every channel in
-layers whose padding makes a border. Position threshold: the score (share of variance explained
-by placement) above which about 1% of all channels lie; see the README for the reasoning.
+layers whose padding makes a border. Position threshold: set by the causal test
+(tests/test_causal.py); this prints how many channels it and its neighbours keep.
 Run: ``.venv/bin/python benchmarks/threshold_calibration.py``
 """
 from __future__ import annotations
