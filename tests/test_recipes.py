@@ -1,0 +1,62 @@
+"""The demo pipeline as a new user runs it, at a reduced size: every stage leaves results.json with
+the expected numbers, W&B offline runs in one group, and the comparison report."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pan_repair.recipe_cli import run_recipe
+from pan_repair.results import RunResult
+from pan_repair.wandb_offline import read_offline_run
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+@pytest.mark.slow
+def test_prune_finetune_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "runs"
+    code = run_recipe(_recipe("prune_finetune"), ["--out_dir", str(out), "--epochs", "2", "--finetune_epochs", "1",
+                                                  "--width", "12", "--depth", "4", "--classes", "[0, 1, 2, 3]"])
+    assert code == 0
+    runs = {name: RunResult.load(out / name) for name in ("baseline", "pruned", "pruned+finetuned")}
+    base, pruned, tuned = runs.values()
+    assert {r.group for r in runs.values()} == {"prune_finetune-seed0"}
+    for run in runs.values():
+        assert 0 <= run.metrics["val/acc"] <= 1 and 0 <= run.metrics["swapped/acc"] <= 1
+        assert 0 <= run.metrics["val/padding_flip"] <= 1
+        assert run.metrics["pan/count"] == run.pan_report().count
+    assert [h["epoch"] for h in base.history] == [0, 1]   # PANMonitor scanned every epoch
+    # the pruned PANs are silenced: none of them is found again right after pruning
+    silenced = {(p.layer, p.channel) for p in base.pan_report().pans}
+    assert not silenced & {(p.layer, p.channel) for p in pruned.pan_report().pans}
+    page = (out / "report" / "index.html").read_text()
+    assert all(name in page for name in runs)
+    wandb_runs = sorted((out / "baseline").parent.glob("wandb/offline-run-*"))
+    assert len(wandb_runs) == 3
+    logged = read_offline_run(wandb_runs[0])
+    assert logged.group == "prune_finetune-seed0"
+    assert any("pan/count" in row for row in logged.history)
+
+
+def test_bad_config_key_is_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: 1\nepochz: 2\n")
+    assert run_recipe(_recipe("prune_finetune"), ["--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epochz" in err and len(err.splitlines()) == 1
+
+
+def test_finetune_budget_is_checked(capsys):
+    assert run_recipe(_recipe("prune_finetune"), ["--epochs", "1", "--finetune_epochs", "2"]) == 2
+    assert "exceeds the training budget" in capsys.readouterr().err
