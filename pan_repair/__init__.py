@@ -11,11 +11,13 @@ Example:
     >>> find_pans(fixed, input_size=(3, 160, 160), n_patterns=2).of_kind("border")
     []
 """
+from .callbacks import PANMonitor, PanHistory, read_monitor_json
 from .data import DigitsCanvas, DigitsCanvasDataModule, LitDigitsCanvasDataModule
 from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
 from .metrics import BorderAccuracyGap, BorderActivationRatio, PaddingReliance, PANFraction
 from .models import SmallCNN
 from .padding_switch import ConversionSummary, convert_padding, converted_copy
+from .pruning import PruneSummary, prune_pans, remove_pan_masks
 from .pretrained import load_efficientnet_lite0, sample_images
 from .report import KINDS, SIDES, LayerInfo, Pan, PanReport
 from .wandb_offline import read_offline_run
@@ -31,6 +33,12 @@ __all__ = [
     "KINDS",
     "DEFAULT_BORDER_THRESHOLD",
     "DEFAULT_POSITION_THRESHOLD",
+    "PANMonitor",
+    "PanHistory",
+    "read_monitor_json",
+    "prune_pans",
+    "remove_pan_masks",
+    "PruneSummary",
     "convert_padding",
     "converted_copy",
     "ConversionSummary",
