@@ -24,7 +24,7 @@ from pan_repair.recipe_cli import run_recipe
 def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetune_epochs: int = 3,
                    placement: str = "biased", eval_placement: str = "random",
                    classes: Sequence[int] | None = None, width: int = 24, depth: int = 5,
-                   batch_size: int = 64, lr: float = 3e-3, kinds: Sequence[str] = ("border", "position"),
+                   strides: Sequence[int] = (2,), batch_size: int = 64, lr: float = 3e-3, kinds: Sequence[str] = ("border", "position"),
                    seed: int = 0, wandb: bool = True) -> Path:
     """Train, detect, prune and fine-tune; returns the comparison report's path.
 
@@ -38,6 +38,7 @@ def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetu
         classes: digits to use (default all ten).
         width: channels per conv of the SmallCNN.
         depth: conv blocks.
+        strides: indices of the conv blocks that downsample by 2.
         batch_size: batch size.
         lr: AdamW learning rate (cosine schedule).
         kinds: PAN kinds to prune (border, position).
@@ -51,7 +52,7 @@ def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetu
     data, swapped = digits_data(placement, eval_placement, classes, batch_size, seed)
     n_classes = len(classes) if classes else 10
     size = (1, 32, 32)
-    module = BiasAwareClassifier(SmallCNN(1, n_classes, width=width, depth=depth), n_classes, lr=lr,
+    module = BiasAwareClassifier(SmallCNN(1, n_classes, width=width, depth=depth, strides=strides), n_classes, lr=lr,
                                  max_offset=16)
     scan = lambda model: find_pans(model, size)  # noqa: E731
 
