@@ -25,3 +25,5 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/scan_speed.py
+	$(PY) benchmarks/threshold_calibration.py
+	$(PY) benchmarks/monitor_overhead.py
