@@ -126,6 +126,9 @@ class PruneSummary:
             how = "removed" if layer in self.removed else "masked"
             bn = f" (+ {self.batchnorms[layer]})" if layer in self.batchnorms else ""
             lines.append(f"  {layer}{bn}: {how} {chans}")
+        for layer, chans in self.removed.items():
+            if layer not in self.channels:
+                lines.append(f"  {layer}: removed {chans} (depthwise, fed only by removed channels)")
         for layer, why in self.not_removable.items():
             lines.append(f"  {layer}: not removable: {why}")
         for layer, why in self.not_silenced.items():

@@ -302,3 +302,11 @@ def test_mode_restored_and_works_on_a_real_report():
     summary = prune_pans(model, report)
     assert model.training and all(m.training for m in model.modules())
     assert summary.count == report.count
+
+
+def test_docstring_example():
+    import doctest
+
+    import pan_repair.pruning
+    result = doctest.testmod(pan_repair.pruning, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
