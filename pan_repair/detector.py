@@ -69,7 +69,8 @@ class _LayerStats:
     padding: Padding | None = None
     border_rms: torch.Tensor | None = None   # (4, C): top, bottom, left, right
     border_mean: torch.Tensor | None = None  # (4, C)
-    pooled: torch.Tensor | None = None  # (N, C) globally pooled conv output
+    ran: bool = False  # executed in the probe forward
+    pooled: torch.Tensor | None = None  # (N, C) globally pooled conv output (convs not feeding a BatchNorm)
     pooled_act: torch.Tensor | None = None  # (N, C) globally pooled ReLU(BatchNorm(conv output))
     sq_sum: torch.Tensor | None = None  # sum over probes of the per-image spatial mean of y^2
     sum: torch.Tensor | None = None     # sum over probes of the per-image spatial mean of y
@@ -152,8 +153,10 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
 class _Recorder:
     """Forward hooks that collect per-layer statistics during probe forwards."""
 
-    def __init__(self, model: nn.Module, n_constants: int = 0, n_scale: int = 0, progress=None):
+    def __init__(self, model: nn.Module, n_constants: int = 0, n_scale: int = 0, progress=None,
+                 feeds_bn: frozenset[str] = frozenset()):
         self.n_constants, self.n_scale, self.progress = n_constants, n_scale, progress
+        self.feeds_bn = feeds_bn  # convs whose response is read after their BatchNorm
         self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
         self._last_conv: tuple[weakref.ref, str] | None = None
         self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
@@ -183,7 +186,7 @@ class _Recorder:
     def _conv_hook(self, name: str):
         def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
             stat = self.stats[name]
-            if stat.pooled is not None and not self.measure_ratio:
+            if stat.ran and not self.measure_ratio:
                 return  # a conv called several times per forward is measured on its first call
             x = inputs[0]
             padding = conv_padding(conv, tuple(x.shape[-2:]))
@@ -201,10 +204,12 @@ class _Recorder:
             if self.progress is not None:
                 self.progress.update()
             y = output.detach()
-            stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
+            stat.ran = True
+            if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
+                stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
             head = y[: self.n_scale].float()  # the channel scale is measured on the first images
             stat.sq_sum = head.pow(2).mean(dim=(2, 3)).sum(dim=0)
-            stat.sum = stat.pooled[: self.n_scale].sum(dim=0)
+            stat.sum = head.mean(dim=(2, 3)).sum(dim=0)
             stat.count = head.shape[0]
         return hook
 
@@ -216,12 +221,13 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def _inspection(model: nn.Module, n_constants: int, n_scale: int, progress: bool) -> Iterator[_Recorder]:
+def _inspection(model: nn.Module, n_constants: int, n_scale: int, progress: bool,
+                feeds_bn: frozenset[str] = frozenset()) -> Iterator[_Recorder]:
     """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
     modes = [(m, m.training) for m in model.modules()]
     bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
                leave=False) if progress else None
-    recorder = _Recorder(model, n_constants, n_scale, bar)
+    recorder = _Recorder(model, n_constants, n_scale, bar, feeds_bn)
     model.eval()
     try:
         with torch.no_grad():
@@ -242,12 +248,27 @@ def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) ->
         raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
 
 
-def _total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-                  dtype: torch.dtype) -> tuple[int, int]:
-    """Largest input/output size ratio over all convs (rows, columns), from one blank forward."""
+def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+             dtype: torch.dtype) -> tuple[tuple[int, int], frozenset[str]]:
+    """One blank forward: the total stride (largest input/output size ratio over the convs, rows
+    and columns) and the convs that feed a BatchNorm directly."""
     sizes: list[tuple[int, int]] = []
-    handles = [conv.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
-               for _, conv in conv_layers(model)]
+    feeds_bn: set[str] = set()
+    last: list[tuple[weakref.ref, str]] = []
+
+    def conv_hook(name):
+        def hook(module, inputs, output):
+            sizes.append(tuple(output.shape[-2:]))
+            last[:] = [(weakref.ref(output), name)]
+        return hook
+
+    def bn_hook(module, inputs):
+        if last and last[0][0]() is inputs[0]:
+            feeds_bn.add(last[0][1])
+
+    handles = [conv.register_forward_hook(conv_hook(name)) for name, conv in conv_layers(model)]
+    handles += [m.register_forward_pre_hook(bn_hook) for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
@@ -260,7 +281,14 @@ def _total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.d
             module.training = mode
     h, w = input_size[1:]
     spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
-    return (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
+    stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
+    return stride, frozenset(feeds_bn)
+
+
+def _total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                  dtype: torch.dtype) -> tuple[int, int]:
+    """The network's total stride (rows, columns), see :func:`_prepass`."""
+    return _prepass(model, input_size, device, dtype)[0]
 
 
 def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
@@ -316,7 +344,11 @@ def _position_scores(pooled: torch.Tensor, probes: ProbeBatch) -> tuple[torch.Te
 def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
               ) -> tuple[list[Pan], dict[str, list[float]]]:
     c = stat.conv.out_channels
-    eta2, edge = _position_scores(stat.pooled if stat.pooled_act is None else stat.pooled_act, probes)
+    pooled = stat.pooled if stat.pooled_act is None else stat.pooled_act
+    if pooled is None:  # fed a BatchNorm in the blank pass but not in the probe pass
+        eta2, edge = torch.zeros(2, c), torch.zeros(2, c)
+    else:
+        eta2, edge = _position_scores(pooled, probes)
     position = eta2.max(dim=0).values
     bn_sign = _bn_sign(stat)
     if stat.border_rms is not None:
@@ -396,17 +428,18 @@ def find_pans(
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    stride = _total_stride(model, input_size, device, dtype)
+    stride, feeds_bn = _prepass(model, input_size, device, dtype)
     probes = make_probes(input_size, n_patterns, n_positions, stride, seed=seed)
     if probes.n_positions < 4:
         warnings.warn(f"input size {input_size[1:]} holds only {probes.n_positions} roll positions at "
                       f"the network's total stride {stride}: position scores are unreliable; use a "
                       f"side >= {5 * max(stride)}", stacklevel=2)
-    with _inspection(model, probes.n_constants, probes.n_constants + 2 * probes.n_positions, progress) as rec:
+    with _inspection(model, probes.n_constants, probes.n_constants + 2 * probes.n_positions, progress,
+                     feeds_bn) as rec:
         _run(model, probes.images.to(device, dtype), input_size)
         pans, scores = [], {}
         for name, stat in rec.stats.items():
-            if stat.pooled is None:
+            if not stat.ran:
                 continue  # never executed in forward
             layer_pans, scores[name] = _classify(stat, probes, border_threshold, position_threshold)
             pans += layer_pans
@@ -416,7 +449,7 @@ def find_pans(
     layers = [
         LayerInfo(name, type(stat.conv).__name__, stat.conv.out_channels, stat.padding.mode,
                   stat.padding.pads, stat.padding.makes_border)
-        for name, stat in rec.stats.items() if stat.pooled is not None
+        for name, stat in rec.stats.items() if stat.ran
     ]
     return PanReport(pans, layers, input_size, border_threshold, position_threshold, scores,
                      _notes(layers), unsupported_layers(model))
