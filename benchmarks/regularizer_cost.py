@@ -1,0 +1,145 @@
+"""Cost and effect of the PAN penalty (pan_repair.regularizer), side by side in one run, on the CPU.
+
+Task: the placement shortcut. Digits 8 and 9 on 24x24 canvases (DigitsCanvas, scale 1), 8 always
+in the top half and 9 in the bottom half during training ("biased"); tested on the opposite
+halves ("swapped"). Network: SmallCNN(depth=4, width=24, strides=(0, 2)), zero padding, Adam 3e-3,
+batch 32, 20 epochs (140 steps). Without the penalty it learns the placement, not the digit.
+
+1. Step time: every configuration trains its own copy of the network on the same batches,
+   interleaved round-robin in rounds of 16 steps (whole periods of every=4 and every=8), so all
+   see the same machine load; the table gives the fastest round of each (the least disturbed by
+   other processes) per step, and its ratio to no penalty. "probe images / step" counts probe
+   images per training step on average (a 16x16 probe costs about 0.44 of a 24x24 one).
+2. Effect: a full training per configuration and seed; accuracy on the training placement
+   (test split, "biased") and on the swapped placement.
+
+Run: ``.venv/bin/python benchmarks/regularizer_cost.py [--seeds 0 1] [--rounds 6] [--skip-train]``
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pan_repair import DigitsCanvas, SmallCNN, find_pans
+from pan_repair.regularizer import PANPenalty
+
+SIZE = (1, 24, 24)
+BATCH, EPOCHS, LR = 32, 20, 3e-3
+
+#: name -> PANPenalty keyword arguments (None: no penalty)
+CONFIGS = {
+    "none": None,
+    "dense w=1 (8 pat, every step)": dict(n_patterns=8, weight=1.0),
+    "w=0.5 (4 pat, every 4)": dict(n_patterns=4, every=4, weight=0.5),
+    "w=1 (4 pat, every 4)": dict(n_patterns=4, every=4, weight=1.0),
+    "w=2 (4 pat, every 4)": dict(n_patterns=4, every=4, weight=2.0),
+    "w=1 (4 pat, every 8)": dict(n_patterns=4, every=8, weight=1.0),
+    "w=1 (4 pat, every 4, 16x16 probes)": dict(n_patterns=4, every=4, weight=1.0, probe_size=16),
+}
+
+
+def tensors(split: str, placement: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = DigitsCanvas(split, canvas=24, scale=1, placement=placement, classes=(8, 9))
+    xs, ys, _ = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def make(seed: int, cfg: dict | None):
+    torch.manual_seed(seed)
+    model = SmallCNN(num_classes=2, depth=4, width=24, strides=(0, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    penalty = None if cfg is None else PANPenalty(SIZE, seed=seed, **cfg)
+    return model, opt, penalty
+
+
+def step(model, opt, penalty, x, y) -> None:
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    if penalty is not None:
+        loss = loss + penalty(model)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def timing(train, rounds: int) -> dict[str, float]:
+    x, y = train
+    runs = {name: make(0, cfg) for name, cfg in CONFIGS.items()}
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, len(x), (BATCH,), generator=gen) for _ in range(16)]
+    for model, opt, pen in runs.values():  # warm-up: first call builds the probe bank
+        for idx in batches[:2]:
+            step(model, opt, pen, x[idx], y[idx])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (model, opt, pen) in runs.items():
+            if pen is not None:
+                pen.step = 0  # every round covers one whole every-period from its start
+            start = time.perf_counter()
+            for idx in batches:
+                step(model, opt, pen, x[idx], y[idx])
+            times[name].append(time.perf_counter() - start)
+    # the least disturbed round of each (other processes share the CPU)
+    return {name: min(v) / len(batches) for name, v in times.items()}
+
+
+def train_and_test(seed: int, cfg, train, tests) -> list[float]:
+    x, y = train
+    model, opt, pen = make(seed, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(EPOCHS):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), BATCH):
+            idx = perm[i:i + BATCH]
+            step(model, opt, pen, x[idx], y[idx])
+    model.eval()
+    with torch.no_grad():
+        accs = [float((model(tx).argmax(1) == ty).float().mean()) for tx, ty in tests]
+    return accs + [find_pans(model, SIZE).count]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-train", action="store_true", help="step times only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train = tensors("train", "biased")
+    tests = [tensors("test", "biased"), tensors("test", "swapped")]
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; batch {BATCH}, {len(train[0])} training images")
+    per_step = timing(train, args.rounds)
+    base = per_step["none"]
+    results = {}
+    if not args.skip_train:
+        for name, cfg in CONFIGS.items():
+            results[name] = [train_and_test(s, cfg, train, tests) for s in args.seeds]
+    seeds = ", ".join(map(str, args.seeds))
+    print(f"| penalty | probe images / step | step (ms) | step / no penalty | "
+          f"acc. training placement (seeds {seeds}) | acc. swapped (seeds {seeds}) | swapped mean | "
+          f"PANs (find_pans defaults, of 96) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, cfg in CONFIGS.items():
+        positions = 3 if cfg is not None and cfg.get("probe_size") == 16 else 5  # at total stride 4
+        images = 0.0 if cfg is None else cfg["n_patterns"] * 2 * positions / cfg.get("every", 1)
+        row = f"| {name} | {images:g} | {1000 * per_step[name]:.1f} | {per_step[name] / base:.2f}x |"
+        if results:
+            accs = results[name]
+            row += (f" {' / '.join(f'{100 * a[0]:.1f}' for a in accs)} |"
+                    f" {' / '.join(f'{100 * a[1]:.1f}' for a in accs)} |"
+                    f" {100 * statistics.mean(a[1] for a in accs):.1f} |"
+                    f" {' / '.join(str(a[2]) for a in accs)} |")
+        else:
+            row += " - | - | - | - |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
