@@ -45,7 +45,6 @@ report's) raises ``ValueError`` naming the layer before anything is changed.
 from __future__ import annotations
 
 import copy
-import operator
 import weakref
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -59,7 +58,7 @@ from torch.nn.utils import prune
 from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.conv2d_same import Conv2dSameExport
 
-from .layers import conv_layers, conv_padding, effective_weight
+from .layers import conv_layers, conv_padding
 from .report import KINDS, PanReport
 
 __all__ = [
