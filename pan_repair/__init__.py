@@ -19,6 +19,7 @@ from .models import SmallCNN
 from .padding_switch import ConversionSummary, convert_padding, converted_copy
 from .pruning import PruneSummary, prune_pans, remove_pan_masks
 from .pretrained import load_efficientnet_lite0, sample_images
+from .regularizer import PANPenalty, pan_penalty
 from .report import KINDS, SIDES, LayerInfo, Pan, PanReport
 from .wandb_offline import read_offline_run
 
@@ -39,6 +40,8 @@ __all__ = [
     "prune_pans",
     "remove_pan_masks",
     "PruneSummary",
+    "pan_penalty",
+    "PANPenalty",
     "convert_padding",
     "converted_copy",
     "ConversionSummary",
