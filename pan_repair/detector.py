@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from .layers import Padding, conv_layers, conv_padding, effective_weight, pad_module_padding, \
     unsupported_layers
 from .metrics.functional import border_activation_ratio
+from .module_state import device_dtype, eval_mode
 from .probes import ProbeBatch, make_probes
 from .report import SIDES, LayerInfo, Pan, PanReport
 
@@ -224,20 +225,16 @@ class _Recorder:
 def _inspection(model: nn.Module, n_constants: int, n_scale: int, progress: bool,
                 feeds_bn: frozenset[str] = frozenset()) -> Iterator[_Recorder]:
     """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
-    modes = [(m, m.training) for m in model.modules()]
     bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
                leave=False) if progress else None
     recorder = _Recorder(model, n_constants, n_scale, bar, feeds_bn)
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             yield recorder
     finally:
         recorder.remove()
         if bar is not None:
             bar.close()
-        for module, mode in modes:
-            module.training = mode
 
 
 def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> None:
@@ -269,16 +266,12 @@ def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device
     handles = [conv.register_forward_hook(conv_hook(name)) for name, conv in conv_layers(model)]
     handles += [m.register_forward_pre_hook(bn_hook) for m in model.modules()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size)
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes:
-            module.training = mode
     h, w = input_size[1:]
     spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
     stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
@@ -425,9 +418,7 @@ def find_pans(
     _check_input(model, input_size)
     if batch is not None and (batch.ndim != 4 or batch.shape[1] != input_size[0]):
         raise ValueError(f"batch must be (N, {input_size[0]}, H, W), got shape {tuple(batch.shape)}")
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device, dtype = device_dtype(model)
     stride, feeds_bn = _prepass(model, input_size, device, dtype)
     probes = make_probes(input_size, n_patterns, n_positions, stride, seed=seed)
     if probes.n_positions < 4:

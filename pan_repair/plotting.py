@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from .module_state import device_dtype, eval_mode  # noqa: E402
 from .report import Pan, PanReport  # noqa: E402
 
 __all__ = ["border_response_maps", "plot_report"]
@@ -29,16 +30,13 @@ def border_response_maps(model: nn.Module, pans: list[Pan], input_size: tuple[in
     handles = [module_of[name].register_forward_hook(
         lambda m, i, o, name=name: outputs.__setitem__(name, o.detach().float()))
         for name in wanted]
-    modes = [(m, m.training) for m in model.modules()]
-    param = next(model.parameters())
+    device, dtype = device_dtype(model)
     try:
-        model.eval()
-        model(torch.full((1, *input_size), level, device=param.device, dtype=param.dtype))
+        with eval_mode(model):
+            model(torch.full((1, *input_size), level, device=device, dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes:
-            module.training = mode
     maps = []
     for pan in pans:
         fmap = outputs[pan.layer][0, pan.channel]

@@ -59,6 +59,7 @@ from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdCon
 from timm.layers.conv2d_same import Conv2dSameExport
 
 from .layers import conv_layers, conv_padding
+from .module_state import device_dtype, eval_mode
 from .report import KINDS, PanReport
 
 __all__ = [
@@ -141,20 +142,13 @@ class PruneSummary:
 
 def _run_eval(model: nn.Module, input_size: tuple[int, ...]) -> None:
     """One forward pass of zeros in eval mode without gradients; every module's mode restored."""
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    device, dtype = device_dtype(model)
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_size, device=device, dtype=dtype))
     except RuntimeError as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def conv_bn_pairs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, str]:
@@ -636,9 +630,7 @@ def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, s
     """Cut out what can be cut; returns the layers that could not be (to mask instead)."""
     modules = dict(model.named_modules())
     leftover: dict[str, list[int]] = {}
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with eval_mode(model):
         try:
             gm = torch.fx.symbolic_trace(model)
             param = next(iter(model.parameters()))
@@ -669,9 +661,6 @@ def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, s
                 plan.merge(layer_plan)
                 if layer in pairs:
                     summary.batchnorms[layer] = pairs[layer]
-    finally:
-        for m, mode in modes:
-            m.training = mode
     # several layers may now need the same module cut more than any single plan allowed
     for name, rm in list(plan.out_remove.items()) + list(plan.bn_remove.items()):
         size = getattr(modules[name], "out_channels", None) or modules[name].num_features

@@ -63,16 +63,16 @@ the invariance is learnt on the images seen, ``P`` on test images stays 4-8x hig
 """
 from __future__ import annotations
 
-import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .detector import _clean_range, _side_windows, _strip, _total_stride
+from .module_state import eval_mode
 from .layers import Padding, conv_layers, conv_padding, effective_weight, pad_module_padding
 from .probes import _texture
 
@@ -305,17 +305,6 @@ class _Capture:
         self._last.clear()
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _resolve(model: nn.Module, layers: Iterable[str], what: str) -> list[str]:
     names = dict(model.named_modules())
     layers = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
@@ -403,7 +392,7 @@ def pan_penalty(model: nn.Module, probes: PlacementProbes | None = None, *,
         images = images[: probes.n_constants]
     capture = _Capture(model, position_layers, border, probes.n_constants)
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             try:
                 model(images)
             except _Stop:

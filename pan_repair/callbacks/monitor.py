@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
+from ..module_state import eval_mode
 from ..layers import conv_layers
 from ..report import PanReport
 from ._namespaces import is_wandb_logger
@@ -251,7 +252,7 @@ class PANMonitorBase:
         param = next(module.parameters(), None)
         floating = param is not None and param.is_floating_point()
         kwargs = {"device": param.device, "dtype": param.dtype} if floating else {}
-        with _restored_modes(module), torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             try:
                 module(torch.zeros(1, *self.input_size, **kwargs))
             except Exception as err:  # noqa: BLE001 - any failure means the scan would fail mid-training
@@ -449,15 +450,6 @@ def _datamodule_input_size(datamodule: Any) -> tuple[int, int, int] | None:
     return None
 
 
-@contextlib.contextmanager
-def _restored_modes(module: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 @contextlib.contextmanager
