@@ -67,6 +67,7 @@ from .layers import (
     pad_module_padding,
     unsupported_layers,
 )
+from .report import PanReport
 
 __all__ = [
     "MODES",
@@ -414,9 +415,26 @@ def _swap(model: nn.Module, new_by_id: dict[int, nn.Module]) -> None:
             setattr(model.get_submodule(parent), attr, new_by_id[id(module)])
 
 
-def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | None = None) -> ConversionSummary:
-    """Switch the padding of every padded layer of ``model``, or of the named ``layers``,
-    to ``mode`` (one of :data:`MODES`), in place.
+def _pan_layers(model: nn.Module, found: dict[str, nn.Module], report: PanReport) -> tuple[list[str], list[Skip]]:
+    """The padded layers holding PANs in ``report``, and the PAN layers that pad nothing."""
+    modules = dict(model.named_modules())
+    foreign = [n for n in report.by_layer() if n not in modules]
+    if foreign:
+        raise ValueError(f"report does not fit the model (another model's?): no layer {', '.join(map(repr, foreign))}")
+    names = [n for n in report.by_layer() if n in found]
+    skipped = [Skip(n, "holds PANs but its padding cannot be switched") for n in report.by_layer() if n not in found]
+    return names, skipped
+
+
+def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None) -> ConversionSummary:
+    """Switch the padding of every padded layer of ``model``, of the named ``layers``, or of the
+    layers holding PANs (``layers`` a :class:`~pan_repair.report.PanReport` of ``model``) to
+    ``mode`` (one of :data:`MODES`), in place.
+
+    A converted layer pads with content, so it has no border PANs of its own any more
+    (:func:`~pan_repair.find_pans` scores its border 0). Channels may still encode position
+    (reflect and replicate padding leak it, the detector's ``position`` kind), and PAN layers
+    that pad nothing (1x1 convs) inherit theirs from upstream: those are listed in ``skipped``.
 
     Atomic: arguments and layers are validated and all replacements built before the
     model is touched. Raises ValueError for an unknown mode, names not in the model,
@@ -430,8 +448,12 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | None = 
         raise ValueError(f"model is itself a padding layer ({type(model).__name__}); "
                          "wrap it, e.g. in nn.Sequential")
     found = dict(_padding_layers(model))
-    names = list(found) if layers is None else _requested(model, found, layers)
     summary = ConversionSummary(mode)
+    named = layers is not None and not isinstance(layers, PanReport)
+    if isinstance(layers, PanReport):
+        names, summary.skipped = _pan_layers(model, found, layers)
+    else:
+        names = list(found) if layers is None else _requested(model, found, layers)
     new_by_id: dict[int, nn.Module] = {}
     unsupported = []
     for name in names:
@@ -445,9 +467,9 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | None = 
             summary.changed.append(Change(name, f"{type(layer).__name__}({old_mode})",
                                           f"{type(new).__name__}({mode})"))
         elif new is not None or layers is not None:
-            leave = new or _Leave("pads nothing")
+            leave = new or _Leave("pads nothing" if named else "holds PANs but pads nothing (inherited)")
             summary.skipped.append(Skip(name, leave.reason))
-            if leave.unsupported and layers is not None:
+            if leave.unsupported and named:
                 unsupported.append(f"{name!r} ({leave.reason})")
     if unsupported:
         raise ValueError(f"cannot switch to {mode!r}: {'; '.join(unsupported)}")
@@ -457,7 +479,7 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | None = 
     return summary
 
 
-def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | None = None) -> nn.Module:
+def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None) -> nn.Module:
     """A deep copy of ``model`` with its padding switched to ``mode``; ``model`` is untouched
     (e.g. to measure how much a model relies on its padding)."""
     model = copy.deepcopy(model)

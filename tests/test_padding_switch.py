@@ -407,3 +407,39 @@ def test_timm_models(timm_model, mode):
         assert expected and sorted(warned) == sorted(expected)  # one warning per layer
     else:
         assert not warned
+
+
+def test_layers_of_a_report_lose_their_border_pans():
+    """``layers=report``: only the padded PAN layers are switched; afterwards none of them holds a
+    border PAN, the other layers are untouched, and 1x1 PAN layers are listed as skipped."""
+    import dataclasses
+
+    from pan_repair import find_pans
+    from pan_repair.report import Pan
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 4, 1)).eval()
+    with torch.no_grad():
+        model[2].weight[1] = 0
+        model[2].weight[1, :, 0, :] = 2.0  # a planted top-border detector in layer "2"
+    report = find_pans(model, (1, 16, 16), position_threshold=1.0)
+    assert {p.layer for p in report.of_kind("border")} >= {"2"}
+    pans = dataclasses.replace(report, pans=[Pan("2", 1, ("top",), 1, 5.0, "border"),
+                                             Pan("4", 0, (), 1, 0.95, "position")])
+    summary = convert_padding(model, "replicate", layers=pans)
+    assert [c.name for c in summary.changed] == ["2"]
+    assert [s.name for s in summary.skipped] == ["4"] and "pads nothing" in summary.skipped[0].reason
+    assert type(model[0]) is nn.Conv2d  # not a PAN layer: left as it was
+    after = find_pans(model, (1, 16, 16), position_threshold=1.0)
+    assert not [p for p in after.of_kind("border") if p.layer == "2"]
+
+
+def test_a_report_of_another_model_is_refused():
+    from pan_repair.report import Pan, PanReport
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1))
+    foreign = PanReport([Pan("features.3", 0, ("top",), 1, 5.0, "border")], [], (1, 16, 16), 2.7, 0.9)
+    with pytest.raises(ValueError, match="another model"):
+        convert_padding(model, "replicate", layers=foreign)
+    assert type(model[0]) is nn.Conv2d

@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
-from ..module_state import eval_mode
-from ..layers import conv_layers
 from ..report import PanReport
 from ._namespaces import is_wandb_logger
+from ._target import ModelTarget
 from .history import PanHistory, pan_id
 
 __all__ = ["PANMonitorBase", "read_monitor_json", "MONITOR_FORMAT"]
@@ -35,7 +34,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MAP_SIDE = 96  # border-response images are upscaled (nearest) to at least this many pixels
 
 
-class PANMonitorBase:
+class PANMonitorBase(ModelTarget):
     """Runs :func:`pan_repair.find_pans` during training and logs what it finds.
 
     Use the concrete class of your Lightning namespace: ``pan_repair.callbacks.PANMonitor``
@@ -123,9 +122,6 @@ class PANMonitorBase:
         trainer.fit(model, datamodule)
     """
 
-    #: the Lightning namespace of the concrete class (set by ``concrete_callback``)
-    lightning = None
-
     def __init__(
         self,
         input_size: Sequence[int] | None = None,
@@ -142,9 +138,7 @@ class PANMonitorBase:
         output_dir: str | os.PathLike | None = None,
         prefix: str = "pan",
     ) -> None:
-        if self.lightning is None:
-            raise TypeError("PANMonitorBase is a body: use pan_repair.callbacks.PANMonitor (pytorch_lightning) "
-                            "or pan_repair.lightning.PANMonitor (lightning.pytorch)")
+        self._init_target(input_size, model_attr)
         super().__init__()
         if every_n_epochs is not None and every_n_train_steps is not None:
             raise ValueError("PANMonitor: set every_n_epochs or every_n_train_steps, not both "
@@ -154,11 +148,6 @@ class PANMonitorBase:
                 raise ValueError(f"PANMonitor: {name} must be a positive integer, got {value!r}")
         if every_n_train_steps is None and every_n_epochs is None:
             every_n_epochs = 1
-        if input_size is not None:
-            input_size = tuple(input_size)
-            if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
-                raise ValueError(f"PANMonitor: input_size must be (channels, height, width) of positive ints, "
-                                 f"got {input_size}")
         if not (math.isfinite(border_threshold) and border_threshold > 0):
             raise ValueError(f"PANMonitor: border_threshold must be > 0, got {border_threshold}")
         if not 0 < position_threshold <= 1:
@@ -169,11 +158,10 @@ class PANMonitorBase:
             raise ValueError(f"PANMonitor: n_maps must be >= 0, got {n_maps}")
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"PANMonitor: prefix must be letters, digits, '_', '.' or '-', got {prefix!r}")
-        self.input_size: tuple[int, int, int] | None = input_size
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
         self.border_threshold, self.position_threshold = float(border_threshold), float(position_threshold)
         self.n_patterns, self.n_positions = int(n_patterns), int(n_positions)
-        self.model_attr, self.log_tables, self.n_maps = model_attr, bool(log_tables), int(n_maps)
+        self.log_tables, self.n_maps = bool(log_tables), int(n_maps)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.prefix = prefix
         self.history = PanHistory()
@@ -181,7 +169,6 @@ class PANMonitorBase:
         self.last_report: PanReport | None = None
         #: where the JSON was last written (rank zero)
         self.json_path: Path | None = None
-        self._checked = False
         self._log_dir: str | None = None
         self._last_epoch = -1  # last epoch scanned in epochs mode
         self._last_step = -1   # last global step scanned in steps mode
@@ -207,25 +194,10 @@ class PANMonitorBase:
                 "prefix": self.prefix}
 
     # ----------------------------------------------------------------------------- set-up
-    def _error(self, message: str) -> Exception:
-        return self.lightning.MisconfigurationException(f"PANMonitor: {message}")
-
-    def _module(self, pl_module: nn.Module) -> nn.Module:
-        if self.model_attr is None:
-            return pl_module
-        try:
-            module = pl_module.get_submodule(self.model_attr)
-        except AttributeError:
-            raise self._error(f"{type(pl_module).__name__} has no submodule model_attr={self.model_attr!r}") from None
-        return module
-
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
         if stage != "fit":
             return
-        module = self._module(pl_module)
-        if next(conv_layers(module), None) is None:
-            where = f"{type(pl_module).__name__}.{self.model_attr}" if self.model_attr else type(pl_module).__name__
-            raise self._error(f"{where} has no 2-D convolution (nn.Conv2d) to scan")
+        self._setup_target(trainer, pl_module)
         for other in trainer.callbacks:
             if other is not self and isinstance(other, PANMonitorBase) and other.prefix == self.prefix:
                 raise self._error(f"two PANMonitors log under prefix {self.prefix!r}: give each its own prefix=")
@@ -233,47 +205,14 @@ class PANMonitorBase:
         if not trainer.loggers and trainer.is_global_zero:
             warnings.warn(f"PANMonitor: the Trainer has no logger; results go only to "
                           f"{Path(self.output_dir or self._log_dir) / self.json_name}", UserWarning, stacklevel=2)
-        if self.input_size is None:
-            self.input_size = _input_size_from(getattr(pl_module, "example_input_array", None)) \
-                or _datamodule_input_size(getattr(trainer, "datamodule", None))
-        if self.input_size is not None:
-            self._check(module, run=False)  # the trial forward waits for the model's device (on_fit_start)
-
-    def _check(self, module: nn.Module, run: bool = True) -> None:
-        """Fail early, with a clear message, if the detector cannot run on ``input_size``: channel
-        count against the first convolution, then (``run``) one forward of a blank image in eval
-        mode without gradients (modes restored; no RNG is drawn in eval mode)."""
-        name, first = next(conv_layers(module))
-        if first.in_channels != self.input_size[0]:
-            raise self._error(f"input_size {self.input_size} has {self.input_size[0]} channels but the first "
-                              f"convolution '{name}' expects {first.in_channels}")
-        if not run:
-            return
-        param = next(module.parameters(), None)
-        floating = param is not None and param.is_floating_point()
-        kwargs = {"device": param.device, "dtype": param.dtype} if floating else {}
-        with eval_mode(module), torch.no_grad():
-            try:
-                module(torch.zeros(1, *self.input_size, **kwargs))
-            except Exception as err:  # noqa: BLE001 - any failure means the scan would fail mid-training
-                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise self._error(f"the model cannot run on input_size {self.input_size}: {first_line}") from None
-        self._checked = True
 
     # ----------------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        if self.input_size is not None and not self._checked:  # also an input_size restored from a checkpoint
-            self._check(self._module(pl_module))
+        if self.input_size is not None:  # the trial forward waits for the model's device; also a restored size
+            self._ensure_input_size(pl_module)
 
     def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
-        if self._checked:
-            return
-        if self.input_size is None:
-            self.input_size = _input_size_from(batch)
-            if self.input_size is None:
-                raise self._error("cannot infer input_size: the training batch holds no 4-D floating tensor; "
-                                  "pass input_size=(C, H, W)")
-        self._check(self._module(pl_module))
+        self._ensure_input_size(pl_module, batch)
 
     def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
         n, step = self.every_n_train_steps, trainer.global_step
@@ -430,28 +369,6 @@ def read_monitor_json(path: str | os.PathLike) -> tuple[PanHistory, PanReport | 
 
 
 # --------------------------------------------------------------------------------- helpers
-def _input_size_from(obj: Any) -> tuple[int, int, int] | None:
-    """(C, H, W) of the first 4-D floating tensor in a tensor / tuple / list / dict (None if none)."""
-    if isinstance(obj, torch.Tensor):
-        return tuple(int(v) for v in obj.shape[1:]) if obj.ndim == 4 and obj.is_floating_point() else None
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
-    for item in items:
-        size = _input_size_from(item)
-        if size is not None:
-            return size
-    return None
-
-
-def _datamodule_input_size(datamodule: Any) -> tuple[int, int, int] | None:
-    for attr in ("input_size", "dims"):
-        value = getattr(datamodule, attr, None)
-        if value is not None and len(value) == 3:
-            return tuple(int(v) for v in value)
-    return None
-
-
-
-
 @contextlib.contextmanager
 def _preserved_rng() -> Iterator[None]:
     """Restore the Python, NumPy, torch and (initialised) CUDA RNG states afterwards.

@@ -1,0 +1,135 @@
+"""What every pan_repair callback needs to find its model and its probe size.
+
+* the module to work on: ``pl_module`` or its submodule ``model_attr``;
+* ``input_size = (C, H, W)`` of the probe images: given, else from
+  ``pl_module.example_input_array``, ``trainer.datamodule.input_size`` (or ``.dims``), else the
+  first 4-D floating tensor of the first training batch;
+* a trial forward of one blank image, so that a model that cannot run on ``input_size`` fails
+  before training, with a message, never mid-epoch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import conv_layers
+from ..module_state import eval_mode
+
+__all__ = ["ModelTarget", "input_size_from", "datamodule_input_size", "check_input_size"]
+
+
+def input_size_from(obj: Any) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first 4-D floating tensor in a tensor / tuple / list / dict (None if none)."""
+    if isinstance(obj, torch.Tensor):
+        return tuple(int(v) for v in obj.shape[1:]) if obj.ndim == 4 and obj.is_floating_point() else None
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    for item in items:
+        size = input_size_from(item)
+        if size is not None:
+            return size
+    return None
+
+
+def datamodule_input_size(datamodule: Any) -> tuple[int, int, int] | None:
+    """``datamodule.input_size`` (or ``.dims``) as (C, H, W), if it has one."""
+    for attr in ("input_size", "dims"):
+        value = getattr(datamodule, attr, None)
+        if value is not None and len(value) == 3:
+            return tuple(int(v) for v in value)
+    return None
+
+
+def check_input_size(module: nn.Module, input_size: tuple[int, int, int], run: bool = True) -> str | None:
+    """Why the detector cannot run ``module`` on ``input_size`` (None if it can): the channel
+    count against the first convolution, then (``run``) one forward of a blank image in eval
+    mode without gradients (modes restored; no RNG is drawn in eval mode)."""
+    name, first = next(conv_layers(module))
+    if first.in_channels != input_size[0]:
+        return (f"input_size {input_size} has {input_size[0]} channels but the first convolution "
+                f"'{name}' expects {first.in_channels}")
+    if not run:
+        return None
+    param = next(module.parameters(), None)
+    kwargs = {"device": param.device, "dtype": param.dtype} if param is not None and param.is_floating_point() else {}
+    with eval_mode(module), torch.no_grad():
+        try:
+            module(torch.zeros(1, *input_size, **kwargs))
+        except Exception as err:  # noqa: BLE001 - any failure means a scan would fail mid-training
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            return f"the model cannot run on input_size {input_size}: {first_line}"
+    return None
+
+
+def _valid_input_size(input_size: Sequence[int] | None, owner: str) -> tuple[int, int, int] | None:
+    if input_size is None:
+        return None
+    size = tuple(input_size)
+    if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise ValueError(f"{owner}: input_size must be (channels, height, width) of positive ints, got {size}")
+    return size
+
+
+class ModelTarget:
+    """Mixin of a callback body: ``model_attr``, ``input_size`` and the checks around them.
+
+    The concrete callback sets ``lightning`` (its namespace); ``_error`` builds that namespace's
+    ``MisconfigurationException`` prefixed with the callback's name.
+    """
+
+    lightning = None
+
+    def _init_target(self, input_size: Sequence[int] | None, model_attr: str | None) -> None:
+        if self.lightning is None:
+            name = type(self).__name__.removesuffix("Base")
+            raise TypeError(f"{type(self).__name__} is a body: use pan_repair.callbacks.{name} (pytorch_lightning) "
+                            f"or pan_repair.lightning.{name} (lightning.pytorch)")
+        self.input_size: tuple[int, int, int] | None = _valid_input_size(input_size, self._name)
+        self.model_attr = model_attr
+        self._checked = False
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__.removesuffix("Base")
+
+    def _error(self, message: str) -> Exception:
+        return self.lightning.MisconfigurationException(f"{self._name}: {message}")
+
+    def _module(self, pl_module: nn.Module) -> nn.Module:
+        if self.model_attr is None:
+            return pl_module
+        try:
+            return pl_module.get_submodule(self.model_attr)
+        except AttributeError:
+            raise self._error(f"{type(pl_module).__name__} has no submodule model_attr={self.model_attr!r}") from None
+
+    def _setup_target(self, trainer: Any, pl_module: nn.Module) -> nn.Module:
+        """At ``setup``: the module (it must hold a 2-D convolution) and ``input_size`` if known."""
+        module = self._module(pl_module)
+        if next(conv_layers(module), None) is None:
+            where = f"{type(pl_module).__name__}.{self.model_attr}" if self.model_attr else type(pl_module).__name__
+            raise self._error(f"{where} has no 2-D convolution (nn.Conv2d)")
+        if self.input_size is None:
+            self.input_size = input_size_from(getattr(pl_module, "example_input_array", None)) \
+                or datamodule_input_size(getattr(trainer, "datamodule", None))
+        if self.input_size is not None:
+            self._raise_if(check_input_size(module, self.input_size, run=False))
+        return module
+
+    def _ensure_input_size(self, pl_module: nn.Module, batch: Any = None) -> tuple[int, int, int]:
+        """``input_size`` (inferred from ``batch`` if still unknown), checked once by a trial forward."""
+        if self.input_size is None:
+            self.input_size = input_size_from(batch)
+            if self.input_size is None:
+                raise self._error("cannot infer input_size: the training batch holds no 4-D floating tensor; "
+                                  "pass input_size=(C, H, W)")
+        if not self._checked:
+            self._raise_if(check_input_size(self._module(pl_module), self.input_size))
+            self._checked = True
+        return self.input_size
+
+    def _raise_if(self, problem: str | None) -> None:
+        if problem is not None:
+            raise self._error(problem)
