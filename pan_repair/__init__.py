@@ -11,7 +11,7 @@ Example:
     >>> find_pans(fixed, input_size=(3, 160, 160), n_patterns=2).of_kind("border")
     []
 """
-from .callbacks import PANMonitor, PanHistory, read_monitor_json
+from .callbacks import PaddingSwitch, PANMonitor, PanHistory, PANPruning, PANRegularizer, read_monitor_json
 from .data import DigitsCanvas, DigitsCanvasDataModule, LitDigitsCanvasDataModule
 from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
 from .metrics import BorderAccuracyGap, BorderActivationRatio, PaddingReliance, PANFraction
@@ -35,6 +35,9 @@ __all__ = [
     "DEFAULT_BORDER_THRESHOLD",
     "DEFAULT_POSITION_THRESHOLD",
     "PANMonitor",
+    "PaddingSwitch",
+    "PANPruning",
+    "PANRegularizer",
     "PanHistory",
     "read_monitor_json",
     "prune_pans",

@@ -4,14 +4,20 @@ each other's callbacks; :mod:`pan_repair.callbacks` holds the ``pytorch_lightnin
 Example::
 
     from lightning.pytorch import Trainer
-    from pan_repair.lightning import PANMonitor
+    from pan_repair.lightning import PANMonitor, PANPruning
 
-    trainer = Trainer(callbacks=[PANMonitor()])
+    trainer = Trainer(callbacks=[PANMonitor(), PANPruning(apply_pruning=[0])])
 """
 from .callbacks._namespaces import concrete_callback
 from .callbacks.history import PanHistory
 from .callbacks.monitor import PANMonitorBase, read_monitor_json
+from .callbacks.padding_switch import PaddingSwitchBase
+from .callbacks.pruning import PANPruningBase
+from .callbacks.regularizer import PANRegularizerBase
 
-__all__ = ["PANMonitor", "PanHistory", "read_monitor_json"]
+__all__ = ["PANMonitor", "PaddingSwitch", "PANPruning", "PANRegularizer", "PanHistory", "read_monitor_json"]
 
 PANMonitor = concrete_callback(PANMonitorBase, "lightning.pytorch", __name__)
+PaddingSwitch = concrete_callback(PaddingSwitchBase, "lightning.pytorch", __name__)
+PANPruning = concrete_callback(PANPruningBase, "lightning.pytorch", __name__)
+PANRegularizer = concrete_callback(PANRegularizerBase, "lightning.pytorch", __name__)

@@ -8,15 +8,12 @@ import os
 import random
 from pathlib import Path
 
-import lightning.pytorch
 import numpy as np
 import pytest
-import pytorch_lightning
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pan_repair import DigitsCanvasDataModule, LitDigitsCanvasDataModule, SmallCNN, find_pans
+from pan_repair import SmallCNN, find_pans
 from pan_repair.callbacks import PANMonitor as PLMonitor
 from pan_repair.callbacks import PanHistory, PANMonitorBase, read_monitor_json
 from pan_repair.callbacks._namespaces import is_wandb_logger
@@ -24,78 +21,7 @@ from pan_repair.lightning import PANMonitor as LitMonitor
 from pan_repair.plotting import border_response_maps
 from pan_repair.report import LayerInfo, Pan, PanReport
 
-THRESHOLD = 0.5  # a tiny network trained for a few steps has few PANs at the default 2.7
-INPUT = (1, 24, 24)
-
-
-class _Body:
-    """A SmallCNN classifier with dropout (so any use of the global RNG would change the weights)."""
-
-    def __init__(self, convs: bool = True) -> None:
-        super().__init__()
-        self.model = SmallCNN(1, 10, width=8, depth=3) if convs else nn.Sequential(nn.Flatten(), nn.Linear(576, 10))
-        self.drop = nn.Dropout(0.3)
-        self.steps = 0
-
-    def forward(self, x):
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        self.steps += 1
-        return F.cross_entropy(self.drop(self(batch[0])), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-
-
-class PLNet(_Body, pytorch_lightning.LightningModule):
-    pass
-
-
-class LitNet(_Body, lightning.pytorch.LightningModule):
-    pass
-
-
-class NS:
-    def __init__(self, name, pl, net, data, monitor):
-        self.name, self.pl, self.net, self.data, self.monitor = name, pl, net, data, monitor
-
-
-NAMESPACES = {
-    "pytorch_lightning": NS("pytorch_lightning", pytorch_lightning, PLNet, DigitsCanvasDataModule, PLMonitor),
-    "lightning.pytorch": NS("lightning.pytorch", lightning.pytorch, LitNet, LitDigitsCanvasDataModule, LitMonitor),
-}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread per process is faster and steadier
-    yield
-    torch.set_num_threads(threads)
-
-
-def _data(ns: NS):
-    return ns.data(batch_size=32, canvas=INPUT[1], scale=1)
-
-
-def _trainer(ns: NS, root: Path, **kwargs):
-    options = dict(max_epochs=2, limit_train_batches=3, limit_val_batches=1, accelerator="cpu", devices=1,
-                   logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                   num_sanity_val_steps=0, default_root_dir=root)
-    options.update(kwargs)
-    return ns.pl.Trainer(**options)
-
-
-def _fit(ns: NS, root: Path, callbacks=(), seed: int = 0, **kwargs):
-    ns.pl.seed_everything(seed, verbose=False)
-    net = ns.net()
-    trainer = _trainer(ns, root, callbacks=list(callbacks), **kwargs)
-    trainer.fit(net, _data(ns))
-    return net, trainer
+from _lightning import INPUT, NAMESPACES, THRESHOLD, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)
 
 
 def _rng_states():

@@ -5,20 +5,23 @@
   ``pl_module.example_input_array``, ``trainer.datamodule.input_size`` (or ``.dims``), else the
   first 4-D floating tensor of the first training batch;
 * a trial forward of one blank image, so that a model that cannot run on ``input_size`` fails
-  before training, with a message, never mid-epoch.
+  before training, with a message, never mid-epoch;
+* detection on rank zero, broadcast to all ranks; an epoch schedule like ``ModelPruning``'s.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..detector import find_pans
 from ..layers import conv_layers
 from ..module_state import eval_mode
+from ..report import PanReport
 
-__all__ = ["ModelTarget", "input_size_from", "datamodule_input_size", "check_input_size"]
+__all__ = ["ModelTarget", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule"]
 
 
 def input_size_from(obj: Any) -> tuple[int, int, int] | None:
@@ -133,3 +136,36 @@ class ModelTarget:
     def _raise_if(self, problem: str | None) -> None:
         if problem is not None:
             raise self._error(problem)
+
+    def _detect(self, trainer: Any, module: nn.Module, **find_kwargs: Any) -> PanReport:
+        """:func:`~pan_repair.find_pans` on rank zero, broadcast to every rank, so that decisions
+        taken from it (masks, layers to switch) are identical on all ranks (ranks' BatchNorm
+        running statistics differ slightly, so independent scans could differ near a threshold)."""
+        report = find_pans(module, self.input_size, **find_kwargs) if trainer.is_global_zero else None
+        if trainer.world_size > 1:
+            report = trainer.strategy.broadcast(report, src=0)
+        return report
+
+
+class EpochSchedule:
+    """``epoch -> bool`` from ``True`` (every epoch), ``False`` (never), an int ``n`` (every n-th
+    epoch: 0, n, 2n, ...), a sequence of epochs, or a callable. Picklable (``ddp_spawn``) when
+    the callable is."""
+
+    def __init__(self, schedule: bool | int | Sequence[int] | Callable[[int], bool], owner: str) -> None:
+        if isinstance(schedule, int) and not isinstance(schedule, bool) and schedule <= 0:
+            raise ValueError(f"{owner}: an epoch interval must be a positive integer, got {schedule}")
+        if not isinstance(schedule, (bool, int)) and not callable(schedule):
+            schedule = list(schedule)
+            if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in schedule):
+                raise ValueError(f"{owner}: epochs must be integers >= 0, got {schedule}")
+            schedule = frozenset(schedule)
+        self.schedule = schedule
+
+    def __call__(self, epoch: int) -> bool:
+        s = self.schedule
+        if isinstance(s, bool):
+            return s
+        if isinstance(s, int):
+            return epoch % s == 0
+        return epoch in s if isinstance(s, frozenset) else bool(s(epoch))

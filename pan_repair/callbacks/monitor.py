@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
+from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD
 from ..report import PanReport
 from ._namespaces import is_wandb_logger
 from ._target import ModelTarget
@@ -247,13 +247,9 @@ class PANMonitorBase(ModelTarget):
         if self.input_size is None:  # e.g. a step-0 checkpoint resumed without a batch seen
             return
         with _preserved_rng():
-            report = None
-            if trainer.is_global_zero:
-                report = find_pans(module, self.input_size, border_threshold=self.border_threshold,
-                                   position_threshold=self.position_threshold, n_patterns=self.n_patterns,
-                                   n_positions=self.n_positions)
-            if trainer.world_size > 1:
-                report = trainer.strategy.broadcast(report, src=0)
+            report = self._detect(trainer, module, border_threshold=self.border_threshold,
+                                  position_threshold=self.position_threshold, n_patterns=self.n_patterns,
+                                  n_positions=self.n_positions)
             summary = self.history.record(report, trainer.current_epoch, trainer.global_step)
             self.last_report = report
             if trainer.is_global_zero:

@@ -1,0 +1,131 @@
+"""``PaddingSwitch``: switch a model's padding mode at fit start or at a given epoch."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD
+from ..padding_switch import MODES, convert_padding
+from ._target import ModelTarget
+
+__all__ = ["PaddingSwitchBase"]
+
+log = logging.getLogger(__name__)
+
+
+class PaddingSwitchBase(ModelTarget):
+    """Switches the padding of the model's padded layers to ``mode`` with
+    :func:`~pan_repair.convert_padding`: at fit start (``at_epoch=0``) or when training reaches
+    epoch ``at_epoch`` (at its first batch), e.g. to fine-tune a zero-padded model with
+    replicate or partial padding.
+
+    Use the concrete class of your namespace: ``pan_repair.callbacks.PaddingSwitch``
+    (``import pytorch_lightning``) or ``pan_repair.lightning.PaddingSwitch`` (``lightning.pytorch``).
+
+    **Which layers.** ``layers=None``: every padded layer; a list of module names; or ``"pans"``:
+    the padded layers holding PANs, detected (rank zero, broadcast) at the moment of the switch.
+
+    **Checkpoints.** Switched layers keep their parameters and state-dict keys, so checkpoints
+    always load into the unmodified architecture. Which layers were switched is the callback's
+    state: on resume they are switched again at ``on_fit_start``, before any step.
+
+    Args:
+        mode: ``"reflect"``, ``"replicate"``, ``"circular"`` or ``"partial"``.
+        layers: None, layer names, or ``"pans"`` (see above).
+        at_epoch: the epoch at whose start the padding is switched (0: at fit start, before the
+            sanity check; when ``layers="pans"`` and the probe size must come from a batch, at
+            the first batch).
+        input_size: probe size ``(C, H, W)`` for ``layers="pans"``; None to infer.
+        model_attr: submodule of the LightningModule to switch (e.g. ``"model"``).
+        border_threshold, position_threshold: passed to :func:`~pan_repair.find_pans` for
+            ``layers="pans"``.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from pan_repair.lightning import PaddingSwitch
+
+        trainer = Trainer(max_epochs=3, callbacks=[PaddingSwitch("replicate", model_attr="model")])
+        trainer.fit(model, datamodule)  # fine-tunes with replicate padding from the first step
+    """
+
+    def __init__(
+        self,
+        mode: str = "replicate",
+        layers: Sequence[str] | str | None = None,
+        *,
+        at_epoch: int = 0,
+        input_size: Sequence[int] | None = None,
+        model_attr: str | None = None,
+        border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+        position_threshold: float = DEFAULT_POSITION_THRESHOLD,
+    ) -> None:
+        self._init_target(input_size, model_attr)
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"PaddingSwitch: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if isinstance(layers, str) and layers != "pans":
+            raise ValueError(f"PaddingSwitch: layers must be None, a list of layer names or 'pans', got {layers!r}")
+        if isinstance(at_epoch, bool) or not isinstance(at_epoch, int) or at_epoch < 0:
+            raise ValueError(f"PaddingSwitch: at_epoch must be an integer >= 0, got {at_epoch!r}")
+        self.mode, self.at_epoch = mode, at_epoch
+        self.layers = layers if layers is None or isinstance(layers, str) else list(layers)
+        self.border_threshold, self.position_threshold = float(border_threshold), float(position_threshold)
+        #: names of the layers switched (None until the switch)
+        self.switched: list[str] | None = None
+        self._restored = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, at_epoch=self.at_epoch, model_attr=self.model_attr)
+
+    # ----------------------------------------------------------------------------- hooks
+    def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        if stage != "fit":
+            return
+        module = self._setup_target(trainer, pl_module)
+        if isinstance(self.layers, list):  # names checked now, not at the switch
+            missing = [n for n in self.layers if n not in dict(module.named_modules())]
+            if missing:
+                raise self._error(f"layers not in the model: {', '.join(map(repr, missing))}")
+
+    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        if self._restored:
+            convert_padding(self._module(pl_module), self.mode, self.switched)
+            self._restored = False
+        elif self.switched is None and self.at_epoch <= trainer.current_epoch and \
+                (self.layers != "pans" or self.input_size is not None):
+            self._switch(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
+        if self.switched is None and trainer.current_epoch >= self.at_epoch:
+            if self.layers == "pans":
+                self._ensure_input_size(pl_module, batch)
+            self._switch(trainer, pl_module)
+
+    def _switch(self, trainer: Any, pl_module: nn.Module) -> None:
+        module = self._module(pl_module)
+        layers = self.layers
+        if layers == "pans":
+            self._ensure_input_size(pl_module)
+            layers = self._detect(trainer, module, border_threshold=self.border_threshold,
+                                  position_threshold=self.position_threshold)
+        summary = convert_padding(module, self.mode, layers)
+        self.switched = [change.name for change in summary.changed]
+        if trainer.is_global_zero:
+            log.info("PaddingSwitch: %d layers switched to %s padding at epoch %d", len(self.switched), self.mode,
+                     trainer.current_epoch)
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "switched": self.switched}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["mode"] != self.mode:
+            raise ValueError(f"PaddingSwitch: checkpoint state switched to {state_dict['mode']!r}, "
+                             f"this callback to {self.mode!r}")
+        self.switched = state_dict["switched"]
+        self._restored = self.switched is not None

@@ -1,0 +1,134 @@
+"""``PANRegularizer``: add the differentiable PAN penalty to the training loss."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..regularizer import PANPenalty
+from ._target import ModelTarget
+
+__all__ = ["PANRegularizerBase"]
+
+
+class PANRegularizerBase(ModelTarget):
+    """Adds ``ramp * PANPenalty(model)`` (:class:`~pan_repair.regularizer.PANPenalty`: data-free
+    probes, what the detector measures made differentiable) to every training loss.
+
+    Use the concrete class of your namespace: ``pan_repair.callbacks.PANRegularizer``
+    (``import pytorch_lightning``) or ``pan_repair.lightning.PANRegularizer`` (``lightning.pytorch``).
+
+    **How.** In ``on_before_backward`` the penalty is computed on the (unwrapped) model and added
+    in place to the loss tensor Lightning is about to backpropagate: one backward pass, so DDP
+    gradient synchronisation, gradient accumulation (the term is divided by
+    ``accumulate_grad_batches``, as Lightning divides the loss) and AMP (multiplied by the grad
+    scaler's scale) work unchanged. The loss in ``training_step``'s outputs therefore includes it.
+    Automatic optimisation only.
+
+    **Warm-up.** ``ramp = min(1, (global_step + 1) / warmup_steps)`` (1 without warm-up): the
+    penalty's full ``weight`` is reached after ``warmup_steps`` optimizer steps.
+
+    **Logged** (``pl_module.log``, each step the penalty is computed): ``<prefix>/penalty``, the
+    term added (before the accumulation and AMP scaling).
+
+    Args:
+        weight: weight of the position term (:class:`PANPenalty`'s ``weight``).
+        warmup_steps: optimizer steps of the linear warm-up (0: none).
+        input_size: probe size ``(C, H, W)``; None to infer (example_input_array, datamodule
+            ``input_size``, first training batch).
+        model_attr: submodule of the LightningModule to regularise (e.g. ``"model"``).
+        prefix: namespace of the logged key.
+        **penalty_options: further :class:`PANPenalty` arguments (``n_patterns``, ``every``,
+            ``layers``, ``border_weight``, ``seed``, ...).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from pan_repair.lightning import PANRegularizer
+
+        trainer = Trainer(max_epochs=6, callbacks=[PANRegularizer(weight=0.5, model_attr="model")])
+        trainer.fit(model, datamodule)
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        *,
+        warmup_steps: int = 0,
+        input_size: Sequence[int] | None = None,
+        model_attr: str | None = None,
+        prefix: str = "pan_regularizer",
+        **penalty_options: Any,
+    ) -> None:
+        self._init_target(input_size, model_attr)
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"PANRegularizer: weight must be >= 0, got {weight}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"PANRegularizer: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        self.weight, self.warmup_steps, self.prefix = float(weight), warmup_steps, prefix
+        self.penalty_options = dict(penalty_options)
+        self.penalty: PANPenalty | None = None
+        self._penalty_state: dict[str, Any] | None = None
+        if self.input_size is not None:
+            self._build()  # validates penalty_options now
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(weight=self.weight, model_attr=self.model_attr, prefix=self.prefix)
+
+    def _build(self) -> None:
+        try:
+            self.penalty = PANPenalty(self.input_size, weight=self.weight, **self.penalty_options)
+        except TypeError as err:
+            raise ValueError(f"PANRegularizer: {err}") from None
+        if self._penalty_state is not None:
+            self.penalty.load_state_dict(self._penalty_state)
+
+    def ramp(self, global_step: int) -> float:
+        """The warm-up factor at ``global_step``."""
+        return 1.0 if self.warmup_steps == 0 else min(1.0, (global_step + 1) / self.warmup_steps)
+
+    # ----------------------------------------------------------------------------- hooks
+    def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
+            raise self._error("needs automatic optimization (add the penalty to your loss yourself with "
+                              "pan_repair.regularizer.PANPenalty under manual optimization)")
+        self._setup_target(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
+        if self.penalty is None or not self._checked:
+            self._ensure_input_size(pl_module, batch)
+            if self.penalty is None:
+                self._build()
+
+    def on_before_backward(self, trainer: Any, pl_module: nn.Module, loss: torch.Tensor) -> None:
+        if self.penalty is None or self.weight == 0:
+            return
+        computes = self.penalty.step % self.penalty.every == 0
+        term = self.penalty(self._module(pl_module))
+        if not computes:
+            return
+        term = self.ramp(trainer.global_step) * term
+        pl_module.log(f"{self.prefix}/penalty", term.detach(), on_step=True, on_epoch=False)
+        added = term / trainer.accumulate_grad_batches
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            added = scaler.scale(added)
+        loss.add_(added.to(loss.dtype))
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"penalty": self.penalty.state_dict() if self.penalty is not None else self._penalty_state,
+                "input_size": self.input_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._penalty_state = state_dict.get("penalty")
+        if self.input_size is None and state_dict.get("input_size"):
+            self.input_size = tuple(state_dict["input_size"])
+        if self.penalty is not None and self._penalty_state is not None:
+            self.penalty.load_state_dict(self._penalty_state)

@@ -1,0 +1,271 @@
+"""PaddingSwitch, PANPruning and PANRegularizer with real Trainers of both Lightning namespaces:
+they act when scheduled, checkpoints hold clean weights that load into the unmodified
+architecture, resuming restores masks and padding, DDP ranks agree, bad input fails at setup."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pan_repair import SmallCNN, find_pans
+from pan_repair.callbacks import PaddingSwitchBase, PANPruningBase, PANRegularizerBase
+from pan_repair.padding_switch import PaddedConv2d
+from pan_repair.regularizer import PANPenalty
+
+from _lightning import INPUT, NAMESPACES, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)
+
+BN_OF = {"features.0": "features.1", "features.3": "features.4", "features.6": "features.7"}
+
+
+def _silent(net: nn.Module, pruned: dict[str, list[int]]) -> bool:
+    """Every pruned channel's conv weight and BatchNorm weight/bias are exactly zero."""
+    for layer, chans in pruned.items():
+        conv, bn = net.model.get_submodule(layer), net.model.get_submodule(BN_OF[layer])
+        if any(t[chans].abs().sum() != 0 for t in (conv.weight, bn.weight, bn.bias)):
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------------ PANPruning
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
+def test_pruning_masks_stay_silent_through_training(namespace, tmp_path):
+    ns = NAMESPACES[namespace]
+    pruning = ns.callbacks.PANPruning(apply_pruning=[0], model_attr="model")
+    net, _ = _fit(ns, tmp_path, [pruning])
+    assert len(pruning.rounds) == 1 and pruning.rounds[0]["epoch"] == 0
+    pruned = pruning.pruned
+    assert 0 < sum(map(len, pruned.values())) < 24
+    assert _silent(net, pruned)  # two epochs of SGD with momentum: only masks keep them at zero
+    assert not any(k.endswith(("_orig", "_mask")) for k in net.state_dict())  # made permanent at the end
+    others = [c for c in range(8) if c not in pruned.get("features.0", [])]
+    assert net.model.features[0].weight[others].abs().sum() > 0
+
+
+def test_pruning_re_detects_new_pans_every_epoch(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    pruning = ns.callbacks.PANPruning(model_attr="model", make_pruning_permanent=False, border_threshold=2.0)
+    net, _ = _fit(ns, tmp_path, [pruning], max_epochs=3)
+    assert [r["epoch"] for r in pruning.rounds] == [0, 1, 2]
+    seen: set[tuple[str, int]] = set()
+    for record in pruning.rounds:
+        now = {(p["layer"], p["channel"]) for p in record["report"]["pans"]}
+        assert not now & seen  # silenced channels are never found again
+        seen |= now
+    assert sum(map(len, pruning.pruned.values())) == len(seen)
+    assert any(k.endswith("weight_mask") for k in net.state_dict())  # masks kept (not permanent)
+    assert _silent(net, pruning.pruned)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
+def test_pruning_checkpoint_is_clean_and_resume_restores_masks(namespace, tmp_path):
+    ns = NAMESPACES[namespace]
+    ckpt = ns.pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = ns.callbacks.PANPruning(apply_pruning=[0], model_attr="model", make_pruning_permanent=False)
+    _fit(ns, tmp_path, [first, ckpt], enable_checkpointing=True)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert not any(k.endswith(("_orig", "_mask")) for k in saved["state_dict"])
+    fresh = SmallCNN(1, 10, width=8, depth=3)
+    fresh.load_state_dict({k[len("model."):]: v for k, v in saved["state_dict"].items()})  # strict
+    pruned = first.pruned
+    assert _silent(type("N", (), {"model": fresh})(), pruned)
+
+    resumed = ns.callbacks.PANPruning(apply_pruning=[0], model_attr="model")
+    ns.pl.seed_everything(0, verbose=False)
+    trainer = _trainer(ns, tmp_path, callbacks=[resumed], max_epochs=4)
+    net = ns.net()
+    trainer.fit(net, _data(ns), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.pruned == pruned and len(resumed.rounds) == 1  # epoch 0 is not pruned again
+    assert _silent(net, pruned)  # two more epochs: the masks were restored before the first step
+
+
+# ------------------------------------------------------------------------------ PaddingSwitch
+class _Types(NAMESPACES["lightning.pytorch"].pl.Callback):
+    """Records the first conv's class after the first batch of every epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            self.seen.append(type(pl_module.model.features[0]).__name__)
+
+
+def test_padding_switch_at_a_given_epoch(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    switch, types = ns.callbacks.PaddingSwitch("partial", at_epoch=1, model_attr="model"), _Types()
+    net, _ = _fit(ns, tmp_path, [switch, types], max_epochs=3)
+    assert types.seen == ["Conv2d", "PaddedConv2d", "PaddedConv2d"]
+    assert switch.switched == ["features.0", "features.3", "features.6"]
+    assert all(isinstance(net.model.get_submodule(n), PaddedConv2d) and net.model.get_submodule(n).padding_mode
+               == "partial" for n in switch.switched)
+
+
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
+def test_padding_switch_at_fit_start_checkpoint_and_resume(namespace, tmp_path):
+    ns = NAMESPACES[namespace]
+    ckpt = ns.pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    switch = ns.callbacks.PaddingSwitch("replicate", model_attr="model")
+    net, _ = _fit(ns, tmp_path, [switch, ckpt], enable_checkpointing=True)
+    assert all(type(net.model.features[i]) is PaddedConv2d for i in (0, 3, 6))
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    SmallCNN(1, 10, width=8, depth=3).load_state_dict(
+        {k[len("model."):]: v for k, v in saved["state_dict"].items()})  # strict: the unmodified architecture
+
+    resumed = ns.callbacks.PaddingSwitch("replicate", model_attr="model")
+    trainer = _trainer(ns, tmp_path, callbacks=[resumed], max_epochs=3)
+    fresh = ns.net()
+    trainer.fit(fresh, _data(ns), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.switched == switch.switched
+    assert all(type(fresh.model.features[i]) is PaddedConv2d for i in (0, 3, 6))
+
+
+def test_padding_switch_only_the_pan_layers(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    ns.pl.seed_everything(0, verbose=False)
+    expected = sorted({p.layer for p in find_pans(ns.net().model, INPUT, border_threshold=3.5).pans})
+    assert 0 < len(expected) < 3
+    switch = ns.callbacks.PaddingSwitch("replicate", "pans", model_attr="model", border_threshold=3.5)
+    net, _ = _fit(ns, tmp_path, [switch])
+    assert switch.switched == expected
+    assert sorted(n for n, m in net.model.named_modules() if isinstance(m, PaddedConv2d)) == expected
+
+
+# ------------------------------------------------------------------------------ PANRegularizer
+def _penalised(ns, every: int):
+    """The namespace's test net whose training_step adds the PANPenalty to the loss itself."""
+
+    class Net(ns.net):
+        def __init__(self):
+            super().__init__()
+            self.penalty = PANPenalty(INPUT, every=every, weight=0.5)
+
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) + self.penalty(self.model)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return Net
+
+
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_regularizer_equals_adding_the_penalty_to_the_loss(namespace, accumulate, tmp_path):
+    ns = NAMESPACES[namespace]
+
+    class Plain(ns.net):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    reference = _penalised(ns, every=2)
+    ns.pl.seed_everything(0, verbose=False)
+    manual = reference()
+    _trainer(ns, tmp_path, accumulate_grad_batches=accumulate).fit(manual, _data(ns))
+    ns.pl.seed_everything(0, verbose=False)
+    regularised = Plain()
+    callback = ns.callbacks.PANRegularizer(weight=0.5, every=2, model_attr="model")
+    _trainer(ns, tmp_path, callbacks=[callback], accumulate_grad_batches=accumulate).fit(regularised, _data(ns))
+    ns.pl.seed_everything(0, verbose=False)
+    unregularised = Plain()
+    _trainer(ns, tmp_path, accumulate_grad_batches=accumulate).fit(unregularised, _data(ns))
+    for (name, a), b, c in zip(manual.model.state_dict().items(), regularised.model.state_dict().values(),
+                               unregularised.model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
+    assert not all(torch.equal(b, c) for b, c in zip(regularised.model.state_dict().values(),
+                                                     unregularised.model.state_dict().values()))
+    assert callback.penalty.step == 6  # 2 epochs x 3 batches
+
+
+def test_regularizer_warm_up_and_logged_penalty(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    callback = ns.callbacks.PANRegularizer(weight=1.0, warmup_steps=4, every=1, model_attr="model")
+    assert [callback.ramp(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    logger = ns.pl.loggers.CSVLogger(tmp_path, name="reg", version=0)
+    _fit(ns, tmp_path, [callback], logger=logger, log_every_n_steps=1)
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        values = [float(r["pan_regularizer/penalty"]) for r in csv.DictReader(f) if r.get("pan_regularizer/penalty")]
+    assert len(values) == 6 and all(v > 0 for v in values)
+
+
+# ------------------------------------------------------------------------------ DDP
+class _RankRecorder(NAMESPACES["lightning.pytorch"].pl.Callback):
+    """Writes each rank's masks and weights after training (ddp_spawn children)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        state = {k: v.tolist() for k, v in pl_module.model.state_dict().items()}
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(state))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_spawn_identical_masks_and_weights(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    tmp_path.joinpath("out").mkdir()
+    callbacks = [ns.callbacks.PANPruning(model_attr="model", make_pruning_permanent=False),
+                 ns.callbacks.PANRegularizer(weight=0.5, every=1, model_attr="model"), _RankRecorder(tmp_path / "out")]
+    ns.pl.seed_everything(0, verbose=False)
+    trainer = _trainer(ns, tmp_path, callbacks=callbacks, strategy="ddp_spawn", devices=2, limit_train_batches=2)
+    trainer.fit(ns.net(), _data(ns))
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    masks = [k for k in ranks[0] if k.endswith("_mask")]
+    assert masks and ranks[0] == ranks[1]  # the same masks, and the same weights, on both ranks
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("make, match", [
+    (lambda cb: cb.PaddingSwitch("zeros"), "unknown mode 'zeros'"),
+    (lambda cb: cb.PaddingSwitch(layers="all"), "'pans'"),
+    (lambda cb: cb.PaddingSwitch(at_epoch=-1), "at_epoch"),
+    (lambda cb: cb.PANPruning(kinds=("edge",)), "kinds"),
+    (lambda cb: cb.PANPruning(apply_pruning=[-1]), "epochs must be integers"),
+    (lambda cb: cb.PANPruning(apply_pruning=0), "positive integer"),
+    (lambda cb: cb.PANPruning(input_size=(24, 24)), "input_size"),
+    (lambda cb: cb.PANRegularizer(weight=-1), "weight"),
+    (lambda cb: cb.PANRegularizer(warmup_steps=1.5), "warmup_steps"),
+    (lambda cb: cb.PANRegularizer(input_size=(1, 24, 24), n_paterns=3), "n_paterns"),
+])
+def test_invalid_arguments(make, match):
+    for ns in NAMESPACES.values():
+        with pytest.raises(ValueError, match=match):
+            make(ns.callbacks)
+    for body in (PaddingSwitchBase, PANPruningBase, PANRegularizerBase):
+        with pytest.raises(TypeError, match="is a body"):
+            body()
+
+
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
+@pytest.mark.parametrize("case, match", [
+    ("unknown_layer", "layers not in the model: 'features.9'"),
+    ("model_attr", "no submodule model_attr='backbone'"),
+    ("channels", "has 3 channels but the first convolution"),
+    ("manual", "needs automatic optimization"),
+])
+def test_errors_at_setup_before_any_step(namespace, case, match, tmp_path):
+    ns = NAMESPACES[namespace]
+    net = ns.net()
+    callback = {
+        "unknown_layer": lambda: ns.callbacks.PaddingSwitch(layers=["features.9"], model_attr="model"),
+        "model_attr": lambda: ns.callbacks.PANPruning(model_attr="backbone"),
+        "channels": lambda: ns.callbacks.PANRegularizer(input_size=(3, 24, 24), model_attr="model"),
+        "manual": lambda: ns.callbacks.PANRegularizer(model_attr="model"),
+    }[case]()
+    if case == "manual":
+        net.automatic_optimization = False
+    with pytest.raises(ns.pl.utilities.exceptions.MisconfigurationException, match=match):
+        _trainer(ns, tmp_path, callbacks=[callback]).fit(net, _data(ns))
+    assert net.steps == 0
+
+
+def test_padding_switch_refuses_a_checkpoint_of_another_mode():
+    switch = NAMESPACES["lightning.pytorch"].callbacks.PaddingSwitch("reflect")
+    with pytest.raises(ValueError, match="switched to 'partial'"):
+        switch.load_state_dict({"mode": "partial", "switched": ["features.0"]})
+
