@@ -15,12 +15,14 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from .callbacks.monitor import PANMonitorBase
+from .compare import build_report
+from .detector import find_pans
 from .data import LitDigitsCanvasDataModule
 from .lit_module import BiasAwareClassifier
 from .report import PanReport
 from .results import RunResult
 
-__all__ = ["Stage", "build_trainer", "digits_data", "evaluate", "finish_loggers", "fit_stage"]
+__all__ = ["Experiment", "Stage", "build_trainer", "digits_data", "evaluate", "finish_loggers", "fit_stage"]
 
 
 def build_trainer(run_dir: Path, name: str, group: str, max_epochs: int, callbacks: Sequence[Any] = (),
@@ -103,3 +105,47 @@ def fit_stage(module: BiasAwareClassifier, data: LitDigitsCanvasDataModule, swap
     report = report_fn(module.model) if report_fn is not None else None
     history = next((cb.history.scans for cb in callbacks if isinstance(cb, PANMonitorBase)), None)
     return stage.record(metrics, curve, report, history)
+
+
+class Experiment:
+    """The shared frame of the digits recipes: data (training placement, validation placement and
+    the swapped placements), the probe size, one W&B group, stages under ``root`` and the closing
+    comparison.
+
+    Args:
+        recipe: recipe name (the W&B group is ``<recipe>-seed<seed>``).
+        out_dir: where the stages' runs and the report go.
+        placement, eval_placement, classes, batch_size, seed: the digits data (:func:`digits_data`).
+        wandb: log every stage to W&B (offline unless ``WANDB_MODE`` says otherwise).
+    """
+
+    def __init__(self, recipe: str, out_dir: str | Path, placement: str, eval_placement: str,
+                 classes: Sequence[int] | None, batch_size: int, seed: int, wandb: bool) -> None:
+        L.seed_everything(seed, verbose=False)
+        self.recipe, self.root, self.group = recipe, Path(out_dir), f"{recipe}-seed{seed}"
+        self.data, self.swapped = digits_data(placement, eval_placement, classes, batch_size, seed)
+        self.n_classes = len(classes) if classes else 10
+        self.input_size = (1, 32, 32)
+        self.wandb = wandb
+        self.runs: list[RunResult] = []
+
+    def scan(self, model: torch.nn.Module) -> PanReport:
+        return find_pans(model, self.input_size)
+
+    def fit(self, module: BiasAwareClassifier, name: str, epochs: int, callbacks: Sequence[Any] = ()) -> RunResult:
+        """Train ``module`` for ``epochs`` (0: evaluate only) as stage ``name``; kept in ``runs``."""
+        run = fit_stage(module, self.data, self.swapped, Stage(self.root, name, self.group, self.recipe), epochs,
+                        callbacks, self.wandb, self.scan)
+        self.runs.append(run)
+        return run
+
+    def finish(self) -> Path:
+        """Build the comparison report of all stages, print their figures and the report's path."""
+        path = build_report([self.root / run.name for run in self.runs], self.root / "report")
+        for run in self.runs:
+            m = run.metrics
+            print(f"      {run.name:22s} acc {m['val/acc']:.3f}  swapped acc {m['swapped/acc']:.3f}  "
+                  f"border gap {m.get('val/border_gap', float('nan')):+.3f}  "
+                  f"padding flips {m['val/padding_flip']:.3f}  PANs {int(m['pan/count'])}")
+        print(f"report: {path.resolve()}")
+        return path

@@ -60,3 +60,42 @@ def test_bad_config_key_is_one_line(tmp_path, capsys):
 def test_finetune_budget_is_checked(capsys):
     assert run_recipe(_recipe("prune_finetune"), ["--epochs", "1", "--finetune_epochs", "2"]) == 2
     assert "exceeds the training budget" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, extra, stages", [
+    ("padding_switch_finetune", ["--mode", "replicate"], ("baseline", "replicate", "replicate+finetuned")),
+    ("regularized_training", ["--every", "1"], ("plain", "regularized", "plain+regularized_finetune")),
+])
+def test_repair_recipes_end_to_end(recipe, extra, stages, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "runs"
+    code = run_recipe(_recipe(recipe), ["--out_dir", str(out), "--epochs", "2", "--finetune_epochs", "1",
+                                        "--width", "12", "--depth", "4", "--classes", "[0, 1, 2, 3]", *extra])
+    assert code == 0
+    runs = {name: RunResult.load(out / name) for name in stages}
+    assert {r.group for r in runs.values()} == {f"{recipe}-seed0"}
+    for run in runs.values():
+        assert 0 <= run.metrics["val/acc"] <= 1 and 0 <= run.metrics["swapped/acc"] <= 1
+        assert run.metrics["pan/count"] == run.pan_report().count
+    if recipe == "padding_switch_finetune":
+        # replicate padding makes no border PANs: none after the switch, none after fine-tuning
+        assert all(not r.pan_report().of_kind("border") for r in list(runs.values())[1:])
+    else:
+        assert [h["epoch"] for h in runs["regularized"].history] == [0, 1]
+    page = (out / "report" / "index.html").read_text()
+    assert all(name in page for name in stages)
+    assert len(sorted(out.glob("wandb/offline-run-*"))) == 3
+
+
+@pytest.mark.parametrize("recipe, argv, match", [
+    ("padding_switch_finetune", ["--mode", "zeros", "--epochs", "0", "--finetune_epochs", "0"], "unknown mode"),
+    ("padding_switch_finetune", ["--layers", "some"], "layers must be 'all' or 'pans'"),
+    ("regularized_training", ["--weight", "-1", "--epochs", "0", "--finetune_epochs", "0"], "weight must be >= 0"),
+])
+def test_repair_recipes_bad_input_is_one_line(recipe, argv, match, tmp_path, capsys):
+    assert run_recipe(_recipe(recipe), ["--out_dir", str(tmp_path), "--wandb", "false", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
