@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass, replace
@@ -47,8 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layers import Padding, conv_layers, conv_padding, effective_weight, pad_module_padding, \
-    unsupported_layers
+from .layers import BatchNormPairing, Padding, conv_layers, conv_padding, effective_weight, \
+    pad_module_padding, unsupported_layers
 from .metrics.functional import border_activation_ratio
 from .module_state import device_dtype, eval_mode
 from .probes import ProbeBatch, make_probes
@@ -61,6 +62,10 @@ DEFAULT_BORDER_THRESHOLD = 2.7
 #: Default threshold on the position score (share of variance).
 DEFAULT_POSITION_THRESHOLD = 0.9
 _SIGMA_FLOOR = 0.05
+#: elementwise temporaries of the statistics (relu, square) are made this many bytes at a time, in
+#: one reused buffer: a full-size temporary of a large activation costs more (fresh memory, page
+#: faults) than the reduction itself
+_CHUNK_BYTES = 4 << 20
 
 
 @dataclass
@@ -77,6 +82,9 @@ class _LayerStats:
     sum: torch.Tensor | None = None     # sum over probes of the per-image spatial mean of y
     count: int = 0
     bn: nn.modules.batchnorm._BatchNorm | None = None
+    # the trained BatchNorm the blank pre-pass found this conv feeding: its running std is the
+    # channel scale, so the scale statistics above are not gathered
+    scale_bn: nn.modules.batchnorm._BatchNorm | None = None
     ratio_output: torch.Tensor | None = None  # conv output on the real batch (confirmation pass)
 
 
@@ -151,16 +159,79 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
     return rms, mean
 
 
+_threads_lock = threading.Lock()
+_threads_state = [0, 1]  # [depth, saved thread count]
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """One CPU thread for the hooks' small, memory-bound statistics: splitting them over threads
+    gains little, and each parallel region waits for every thread (costly on a busy machine).
+    The thread count is restored after; re-entrant."""
+    if device.type != "cpu":
+        yield
+        return
+    with _threads_lock:
+        if _threads_state[0] == 0:
+            _threads_state[1] = torch.get_num_threads()
+            if _threads_state[1] > 1:
+                torch.set_num_threads(1)
+        _threads_state[0] += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_state[0] -= 1
+            if _threads_state[0] == 0 and _threads_state[1] > 1:
+                torch.set_num_threads(_threads_state[1])
+
+
+class _Pooler:
+    """Per-image spatial means of ``relu(y)`` or ``y^2`` (float32) without a full-size temporary:
+    on the CPU the elementwise step runs a few images at a time into one reused buffer."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, y: torch.Tensor, op: str) -> torch.Tensor:
+        per_image = y[0].numel()
+        k = max(1, _CHUNK_BYTES // (4 * max(per_image, 1)))
+        if y.device.type != "cpu" or k >= len(y) or not y.is_contiguous():
+            t = y.clamp_min(0) if op == "relu" else y.float().pow(2)
+            return t.mean(dim=(2, 3), dtype=torch.float32)
+        dtype = y.dtype if op == "relu" else torch.float32
+        size = k * per_image
+        if self._buffer is None or self._buffer.numel() < size or self._buffer.dtype != dtype:
+            self._buffer = torch.empty(max(size, _CHUNK_BYTES // 4), dtype=dtype)
+        parts = []
+        for i in range(0, len(y), k):
+            chunk = y[i:i + k]
+            out = self._buffer[:chunk.numel()].view(chunk.shape)
+            if op == "relu":
+                torch.clamp_min(chunk, 0, out=out)
+            elif chunk.dtype == dtype:
+                torch.mul(chunk, chunk, out=out)
+            else:
+                out.copy_(chunk).mul_(out)
+            parts.append(out.mean(dim=(2, 3), dtype=torch.float32))
+        return torch.cat(parts)
+
+
 class _Recorder:
     """Forward hooks that collect per-layer statistics during probe forwards."""
 
     def __init__(self, model: nn.Module, n_constants: int = 0, n_scale: int = 0, progress=None,
-                 feeds_bn: frozenset[str] = frozenset()):
+                 feeds_bn: dict[str, nn.Module] | None = None):
         self.n_constants, self.n_scale, self.progress = n_constants, n_scale, progress
-        self.feeds_bn = feeds_bn  # convs whose response is read after their BatchNorm
+        # convs whose response is read after their BatchNorm (from the blank pre-pass)
+        self.feeds_bn = feeds_bn or {}
+        self.device = device_dtype(model)[0]
         self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
-        self._last_conv: tuple[weakref.ref, str] | None = None
+        for name, bn in self.feeds_bn.items():
+            if bn.running_var is not None and not _untrained(bn):
+                self.stats[name].scale_bn = bn
         self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
+        self._pool = _Pooler()
         self._handles: list = []
         self.measure_ratio: set[str] = set()
         for name, stat in self.stats.items():
@@ -168,21 +239,18 @@ class _Recorder:
         for module in model.modules():
             if pad_module_padding(module) is not None:
                 self._handles.append(module.register_forward_hook(self._pad_hook))
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                self._handles.append(module.register_forward_hook(self._bn_hook))
+        self._pairing = BatchNormPairing(model, on_pair=self._bn_hook)
 
     def _pad_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
 
-    def _bn_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if self._last_conv is not None:
-            ref, name = self._last_conv
-            if ref() is inputs[0]:
-                stat = self.stats[name]
-                stat.bn = module
-                if not self.measure_ratio and stat.pooled_act is None:
-                    # what the next layer sees: the rectified, BatchNorm-scaled response
-                    stat.pooled_act = output.detach().clamp_min(0).mean(dim=(2, 3), dtype=torch.float32)
+    def _bn_hook(self, name: str, bn: nn.Module, bn_input: torch.Tensor, output: torch.Tensor) -> None:
+        stat = self.stats[name]
+        stat.bn = bn
+        if not self.measure_ratio and stat.pooled_act is None:
+            # what the next layer sees: the rectified, BatchNorm-scaled response
+            with _one_thread(self.device):
+                stat.pooled_act = self._pool(output.detach(), "relu")
 
     def _conv_hook(self, name: str):
         def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
@@ -195,35 +263,40 @@ class _Recorder:
             if source is not None and source[0]() is x and not padding.is_padded:
                 _, padding, x = source
             stat.padding = padding
-            self._last_conv = (weakref.ref(output), name)
             if self.measure_ratio:
                 if name in self.measure_ratio:
                     stat.ratio_output = output.detach()
                 return
-            if padding.makes_border:
-                stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
+            with _one_thread(self.device):
+                if padding.makes_border:
+                    stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
+                y = output.detach()
+                stat.ran = True
+                head = None
+                if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
+                    stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
+                    head = stat.pooled[: self.n_scale]
+                if stat.scale_bn is None:  # the channel scale is measured on the first images
+                    y = y[: self.n_scale]
+                    if head is None:
+                        head = y.mean(dim=(2, 3), dtype=torch.float32)
+                    stat.sq_sum = self._pool(y, "square").sum(dim=0)
+                    stat.sum = head.sum(dim=0)
+                    stat.count = y.shape[0]
             if self.progress is not None:
                 self.progress.update()
-            y = output.detach()
-            stat.ran = True
-            if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
-                stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
-            head = y[: self.n_scale].float()  # the channel scale is measured on the first images
-            stat.sq_sum = head.pow(2).mean(dim=(2, 3)).sum(dim=0)
-            stat.sum = head.mean(dim=(2, 3)).sum(dim=0)
-            stat.count = head.shape[0]
         return hook
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+        self._pairing.remove()
         self._pad_outputs.clear()
-        self._last_conv = None
 
 
 @contextlib.contextmanager
 def _inspection(model: nn.Module, n_constants: int, n_scale: int, progress: bool,
-                feeds_bn: frozenset[str] = frozenset()) -> Iterator[_Recorder]:
+                feeds_bn: dict[str, nn.Module] | None = None) -> Iterator[_Recorder]:
     """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
     bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
                leave=False) if progress else None
@@ -246,36 +319,28 @@ def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) ->
 
 
 def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-             dtype: torch.dtype) -> tuple[tuple[int, int], frozenset[str]]:
+             dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module]]:
     """One blank forward: the total stride (largest input/output size ratio over the convs, rows
-    and columns) and the convs that feed a BatchNorm directly."""
+    and columns) and the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
+    :class:`~pan_repair.layers.BatchNormPairing`)."""
     sizes: list[tuple[int, int]] = []
-    feeds_bn: set[str] = set()
-    last: list[tuple[weakref.ref, str]] = []
 
-    def conv_hook(name):
-        def hook(module, inputs, output):
-            sizes.append(tuple(output.shape[-2:]))
-            last[:] = [(weakref.ref(output), name)]
-        return hook
+    def conv_hook(module, inputs, output):
+        sizes.append(tuple(output.shape[-2:]))
 
-    def bn_hook(module, inputs):
-        if last and last[0][0]() is inputs[0]:
-            feeds_bn.add(last[0][1])
-
-    handles = [conv.register_forward_hook(conv_hook(name)) for name, conv in conv_layers(model)]
-    handles += [m.register_forward_pre_hook(bn_hook) for m in model.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [conv.register_forward_hook(conv_hook) for name, conv in conv_layers(model)]
+    pairing = BatchNormPairing(model)
     try:
         with eval_mode(model), torch.no_grad():
             _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size)
     finally:
         for handle in handles:
             handle.remove()
+        pairing.remove()
     h, w = input_size[1:]
     spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
     stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
-    return stride, frozenset(feeds_bn)
+    return stride, pairing.bns
 
 
 def _total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
@@ -298,6 +363,8 @@ def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
 
 def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
     bn = stat.bn
+    if stat.sq_sum is None:  # not gathered: the BatchNorm found in the blank pass is trained
+        bn = stat.scale_bn
     if bn is not None and bn.running_var is not None and not _untrained(bn):
         sigma = (bn.running_var.float() + bn.eps).sqrt()
     else:
@@ -353,17 +420,21 @@ def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
     candidates = torch.nonzero(is_border | (position >= tp)).flatten().tolist()
     per_side_l, eta2_l = per_side.T.tolist(), eta2.T.tolist()
     border_l, position_l, bn_sign_l = border.tolist(), position.tolist(), bn_sign.tolist()
+    # the border-mean of each channel's strongest side, the edge difference of its strongest axis
+    border_raw = (stat.border_mean.gather(0, per_side.argmax(dim=0, keepdim=True))[0].tolist()
+                  if stat.border_rms is not None else [0.0] * c)
+    edge_raw = edge.gather(0, eta2.argmax(dim=0, keepdim=True))[0].tolist()
     pans = []
     for ch in candidates:  # PANs only: a few percent of the channels
         b, p = border_l[ch], position_l[ch]
         if b >= tb:
             sides = tuple(s for s, v in zip(SIDES, per_side_l[ch]) if v >= max(tb, b / 2))
-            raw = float(stat.border_mean[int(per_side[:, ch].argmax()), ch])
+            raw = border_raw[ch]
             kind, score = "border", b
         else:
             axes = [a for a in range(2) if eta2_l[ch][a] >= tp]
             sides = tuple(s for a in axes for s in (("top", "bottom"), ("left", "right"))[a])
-            raw = float(edge[int(eta2[:, ch].argmax()), ch])
+            raw = edge_raw[ch]
             kind, score = "position", p
         scaled = kind == "position" and stat.pooled_act is not None  # BatchNorm already applied
         sign = 1 if raw * (1.0 if scaled else bn_sign_l[ch]) >= 0 else -1

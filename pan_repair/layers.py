@@ -11,8 +11,9 @@ weight-standardised convs rescale theirs in ``forward``).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,12 @@ from timm.layers import (
 from timm.layers.conv2d_same import Conv2dSameExport
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
+from .module_state import device_dtype, eval_mode
+
 __all__ = [
+    "BatchNormPairing",
     "Padding",
+    "conv_bn_pairs",
     "conv_layers",
     "conv_padding",
     "effective_weight",
@@ -178,3 +183,94 @@ def layer_padding(module: nn.Module, input_hw: tuple[int, int]) -> Padding | Non
     if isinstance(module, nn.Conv2d):
         return conv_padding(module, input_hw)
     return pad_module_padding(module) or pool_padding(module, input_hw)
+
+
+BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+class BatchNormPairing:
+    """Forward hooks that pair each 2-D convolution with the BatchNorm its output feeds: the
+    BatchNorm whose input *is* that conv's output tensor (identity, not equality), over whatever
+    forward passes run while attached. Nothing in the model changes; :meth:`remove` (or leaving
+    the ``with`` block) removes the hooks.
+
+    Use it inside a forward pass you run anyway (the detector's and the regulariser's probe
+    passes), or through :func:`conv_bn_pairs` for one blank pass.
+
+    Attributes:
+        pairs: conv name -> name of the first BatchNorm its output fed.
+        bns: conv name -> that BatchNorm module.
+
+    Args:
+        model: the model whose convs and BatchNorms (``nn.modules.batchnorm._BatchNorm``
+            subclasses, e.g. timm's ``BatchNormAct2d``) are hooked.
+        convs: names of the convs to pair (default: all of :func:`conv_layers`).
+        on_pair: optional ``on_pair(conv_name, bn, bn_input, bn_output)``, called in the
+            BatchNorm's forward hook at every pairing (every call, every forward).
+    """
+
+    def __init__(self, model: nn.Module, convs: Iterable[str] | None = None,
+                 on_pair: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None] | None = None) -> None:
+        self.pairs: dict[str, str] = {}
+        self.bns: dict[str, nn.Module] = {}
+        self.on_pair = on_pair
+        self._outputs: dict[int, tuple[weakref.ref, str]] = {}
+        wanted = None if convs is None else set(convs)
+        self._handles = [conv.register_forward_hook(self._conv_hook(name))
+                         for name, conv in conv_layers(model) if wanted is None or name in wanted]
+        self._handles += [module.register_forward_hook(self._bn_hook(name))
+                          for name, module in model.named_modules() if isinstance(module, BatchNorm)]
+
+    def _conv_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            self._outputs[id(output)] = (weakref.ref(output), name)
+        return hook
+
+    def _bn_hook(self, bn_name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            x = inputs[0] if inputs else None
+            entry = self._outputs.get(id(x))
+            if entry is None or entry[0]() is not x:
+                return
+            name = entry[1]
+            if name not in self.pairs:
+                self.pairs[name], self.bns[name] = bn_name, module
+            if self.on_pair is not None:
+                self.on_pair(name, self.bns[name], x, output)
+        return hook
+
+    def clear(self) -> None:
+        """Forget the conv outputs seen so far (the pairs found are kept)."""
+        self._outputs.clear()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._outputs.clear()
+
+    def __enter__(self) -> "BatchNormPairing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def conv_bn_pairs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, str]:
+    """Conv name -> name of the BatchNorm whose input *is* that conv's output (see
+    :class:`BatchNormPairing`), from one eval-mode forward pass of one blank image of
+    ``input_size = (C, H, W)`` without gradients. Every module's mode is restored and the hooks
+    are removed after, also on error.
+
+    Raises:
+        ValueError: the model cannot run on ``input_size``.
+    """
+    device, dtype = device_dtype(model)
+    with BatchNormPairing(model) as pairing:
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+        except RuntimeError as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
+    return dict(pairing.pairs)

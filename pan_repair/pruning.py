@@ -45,7 +45,6 @@ report's) raises ``ValueError`` naming the layer before anything is changed.
 from __future__ import annotations
 
 import copy
-import weakref
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
@@ -58,7 +57,7 @@ from torch.nn.utils import prune
 from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.conv2d_same import Conv2dSameExport
 
-from .layers import conv_layers, conv_padding
+from .layers import conv_bn_pairs, conv_layers, conv_padding
 from .module_state import device_dtype, eval_mode
 from .report import KINDS, PanReport
 
@@ -149,31 +148,6 @@ def _run_eval(model: nn.Module, input_size: tuple[int, ...]) -> None:
     except RuntimeError as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
-
-
-def conv_bn_pairs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, str]:
-    """Conv name -> name of the BatchNorm whose input *is* that conv's output, from one eval
-    forward pass of zeros with hooks (nothing in the model changes; hooks removed after)."""
-    names = {id(m): n for n, m in model.named_modules()}
-    outputs: dict[int, tuple[weakref.ref, str]] = {}
-    pairs: dict[str, str] = {}
-
-    def conv_hook(module, inputs, output):
-        outputs[id(output)] = (weakref.ref(output), names[id(module)])
-
-    def bn_hook(module, inputs):
-        entry = outputs.get(id(inputs[0]))
-        if entry is not None and entry[0]() is inputs[0]:
-            pairs.setdefault(entry[1], names[id(module)])
-
-    handles = [m.register_forward_hook(conv_hook) for _, m in conv_layers(model)]
-    handles += [m.register_forward_pre_hook(bn_hook) for m in model.modules() if isinstance(m, _BN)]
-    try:
-        _run_eval(model, input_size)
-    finally:
-        for h in handles:
-            h.remove()
-    return pairs
 
 
 def _select(report: PanReport, kinds: Iterable[str], layers: Iterable[str] | None) -> dict[str, list[int]]:
