@@ -16,9 +16,13 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: venv demo test bench
 venv: $(VENV)/.installed
 
+DEMO_RUNS := baseline pruned pruned+finetuned replicate replicate+finetuned
+
 demo: $(VENV)/.installed
 	$(PY) recipes/scan_pretrained.py --config recipes/configs/scan_pretrained.yaml --out_dir runs/demo/lite0
 	$(PY) recipes/prune_finetune.py --config recipes/configs/demo.yaml
+	$(PY) recipes/padding_switch_finetune.py --config recipes/configs/demo.yaml --mode replicate --baseline runs/demo/baseline
+	$(VENV)/bin/pan-repair compare $(addprefix runs/demo/,$(DEMO_RUNS)) --out runs/demo/report
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

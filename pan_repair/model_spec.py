@@ -27,6 +27,28 @@ def _factory(spec: str) -> nn.Module:
     return model
 
 
+def load_weights(model: nn.Module, weights: str | Path, name: str) -> nn.Module:
+    """Load the state dict in file ``weights`` (or its ``"state_dict"``) into ``model``, after
+    checking every key and shape: a file that does not fit leaves ``model`` untouched and raises
+    ``ValueError`` naming the problem (``name`` names the model in the message)."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for unreadable files
+        raise ValueError(f"cannot read weights {weights}: {str(err).splitlines()[0]}") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"weights {weights} hold no state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or bad:
+        what = f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else \
+            f"shape mismatch at {bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}"
+        raise ValueError(f"weights {weights} do not fit {name}: {what}")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
 def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
     """Build the model named by ``spec`` and optionally load a state dict from ``weights``.
 
@@ -42,19 +64,5 @@ def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
     else:
         raise ValueError(f"unknown model {spec!r}: not a timm model name, 'module:factory' or {BUNDLED!r}")
     if weights is not None:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for unreadable files
-            raise ValueError(f"cannot read weights {weights}: {str(err).splitlines()[0]}") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise ValueError(f"weights {weights} hold no state dict")
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or bad:
-            what = f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else \
-                f"shape mismatch at {bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}"
-            raise ValueError(f"weights {weights} do not fit {spec}: {what}")
-        model.load_state_dict(state, strict=False)
+        load_weights(model, weights, spec)
     return model.eval()

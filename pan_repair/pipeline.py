@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,22 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from .callbacks.monitor import PANMonitorBase
+from .lightning import PANMonitor
 from .compare import build_report
 from .detector import find_pans
 from .data import LitDigitsCanvasDataModule
 from .lit_module import BiasAwareClassifier
+from .model_spec import load_weights
+from .models import SmallCNN
+from .pruning import clean_state_dict
 from .report import PanReport
-from .results import RunResult
+from .results import RESULTS_FILE, RunResult
 
-__all__ = ["Experiment", "Stage", "build_trainer", "digits_data", "evaluate", "finish_loggers", "fit_stage"]
+#: weights of a stage's model, beside its results.json
+MODEL_FILE = "model.pt"
+
+__all__ = ["MODEL_FILE", "DigitsSetup", "Experiment", "Stage", "build_trainer", "digits_data", "evaluate",
+           "finish_loggers", "fit_stage"]
 
 
 def build_trainer(run_dir: Path, name: str, group: str, max_epochs: int, callbacks: Sequence[Any] = (),
@@ -102,47 +111,99 @@ def fit_stage(module: BiasAwareClassifier, data: LitDigitsCanvasDataModule, swap
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
     finally:
         finish_loggers(trainer)
+    stage.dir.mkdir(parents=True, exist_ok=True)
+    torch.save(clean_state_dict(module.model), stage.dir / MODEL_FILE)  # loads into the unmodified model
     report = report_fn(module.model) if report_fn is not None else None
     history = next((cb.history.scans for cb in callbacks if isinstance(cb, PANMonitorBase)), None)
     return stage.record(metrics, curve, report, history)
 
 
-class Experiment:
-    """The shared frame of the digits recipes: data (training placement, validation placement and
-    the swapped placements), the probe size, one W&B group, stages under ``root`` and the closing
-    comparison.
+@dataclass(frozen=True)
+class DigitsSetup:
+    """The digits experiment the recipes share (YAML key ``setup``, options ``--setup.*``).
 
     Args:
-        recipe: recipe name (the W&B group is ``<recipe>-seed<seed>``).
-        out_dir: where the stages' runs and the report go.
-        placement, eval_placement, classes, batch_size, seed: the digits data (:func:`digits_data`).
-        wandb: log every stage to W&B (offline unless ``WANDB_MODE`` says otherwise).
+        placement: training placement of the digits: random, center, biased (class tied to the
+            top/bottom half: a placement shortcut) or swapped.
+        eval_placement: validation placement.
+        classes: digits to use (default all ten).
+        width: channels per conv of the SmallCNN.
+        depth: conv blocks.
+        strides: indices of the conv blocks that downsample by 2.
+        batch_size: batch size.
+        lr: AdamW learning rate (cosine schedule).
+        seed: seed of data, weights and training.
+        wandb: log every stage to W&B (offline unless WANDB_MODE says otherwise).
+        group: W&B group of the stages (default ``<recipe>-seed<seed>``); recipes that share a
+            group compare in one dashboard.
     """
 
-    def __init__(self, recipe: str, out_dir: str | Path, placement: str, eval_placement: str,
-                 classes: Sequence[int] | None, batch_size: int, seed: int, wandb: bool) -> None:
-        L.seed_everything(seed, verbose=False)
-        self.recipe, self.root, self.group = recipe, Path(out_dir), f"{recipe}-seed{seed}"
-        self.data, self.swapped = digits_data(placement, eval_placement, classes, batch_size, seed)
-        self.n_classes = len(classes) if classes else 10
-        self.input_size = (1, 32, 32)
-        self.wandb = wandb
-        self.runs: list[RunResult] = []
+    placement: str = "biased"
+    eval_placement: str = "random"
+    classes: tuple[int, ...] | None = None
+    width: int = 24
+    depth: int = 5
+    strides: tuple[int, ...] = (2,)
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    wandb: bool = True
+    group: str | None = None
 
+
+class Experiment:
+    """The shared frame of the digits recipes: data (training placement, validation placement and
+    the swapped placements), the model, the probe size, one W&B group, stages under ``out_dir``
+    and the closing comparison. The W&B group is ``<recipe>-seed<seed>``; ``thresholds``
+    (``border_threshold``, ``position_threshold``) are those of every scan and monitor."""
+
+    def __init__(self, recipe: str, out_dir: str | Path, setup: DigitsSetup, **thresholds: float) -> None:
+        L.seed_everything(setup.seed, verbose=False)
+        self.recipe, self.setup, self.root = recipe, setup, Path(out_dir)
+        self.group = setup.group or f"{recipe}-seed{setup.seed}"
+        self.data, self.swapped = digits_data(setup.placement, setup.eval_placement, setup.classes,
+                                              setup.batch_size, setup.seed)
+        self.n_classes = len(setup.classes) if setup.classes else 10
+        self.input_size = (1, 32, 32)
+        self.thresholds = thresholds
+        self.runs: list[RunResult] = []
+        #: run directories of other recipes whose weights :meth:`module` loaded
+        self.earlier: list[Path] = []
+
+    def module(self, model: torch.nn.Module | None = None, lr: float | None = None,
+               weights: str | Path | None = None) -> BiasAwareClassifier:
+        """A classifier around ``model`` (default: a fresh SmallCNN, seeded by ``setup.seed``, with
+        ``weights`` loaded if given: a state-dict file or a run directory holding ``model.pt``)."""
+        s = self.setup
+        if model is None:
+            L.seed_everything(s.seed, verbose=False)
+            model = SmallCNN(1, self.n_classes, width=s.width, depth=s.depth, strides=s.strides)
+            if weights is not None:
+                path = Path(weights)
+                load_weights(model, path / MODEL_FILE if path.is_dir() else path, "the recipe's SmallCNN")
+                if (path / RESULTS_FILE).is_file():  # a run of another recipe: it joins the report
+                    self.earlier.append(path)
+        return BiasAwareClassifier(model, self.n_classes, lr=s.lr if lr is None else lr, max_offset=16)
     def scan(self, model: torch.nn.Module) -> PanReport:
-        return find_pans(model, self.input_size)
+        return find_pans(model, self.input_size, **self.thresholds)
+
+    def monitor(self) -> PANMonitor:
+        """A ``PANMonitor`` scanning like :meth:`scan` once per epoch."""
+        return PANMonitor(input_size=self.input_size, **self.thresholds)
 
     def fit(self, module: BiasAwareClassifier, name: str, epochs: int, callbacks: Sequence[Any] = ()) -> RunResult:
         """Train ``module`` for ``epochs`` (0: evaluate only) as stage ``name``; kept in ``runs``."""
         run = fit_stage(module, self.data, self.swapped, Stage(self.root, name, self.group, self.recipe), epochs,
-                        callbacks, self.wandb, self.scan)
+                        callbacks, self.setup.wandb, self.scan)
         self.runs.append(run)
         return run
 
     def finish(self) -> Path:
-        """Build the comparison report of all stages, print their figures and the report's path."""
-        path = build_report([self.root / run.name for run in self.runs], self.root / "report")
-        for run in self.runs:
+        """Build the comparison report of all stages (after the runs whose weights were loaded),
+        print their figures and the report's path."""
+        dirs = self.earlier + [self.root / run.name for run in self.runs]
+        path = build_report(dirs, self.root / "report")
+        for run in [RunResult.load(d) for d in dirs]:
             m = run.metrics
             print(f"      {run.name:22s} acc {m['val/acc']:.3f}  swapped acc {m['swapped/acc']:.3f}  "
                   f"border gap {m.get('val/border_gap', float('nan')):+.3f}  "

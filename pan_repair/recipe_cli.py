@@ -20,7 +20,7 @@ def run_recipe(recipe: Callable[..., Any], argv: Sequence[str] | None = None) ->
     parser.add_function_arguments(recipe)
     try:
         config = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        kwargs = config.as_dict()
+        kwargs = vars(parser.instantiate_classes(config))  # nested dataclasses (setup) as instances
         kwargs.pop("config", None)
         recipe(**kwargs)
     except Exception as err:  # bad config, missing dataset, bad model spec: one line, no traceback

@@ -5,25 +5,20 @@ default) in one group and leaves a ``results.json``.
 
 Run: ``python recipes/padding_switch_finetune.py [--config recipes/configs/padding_switch.yaml] [--mode partial ...]``
 """
-from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from pan_repair import SmallCNN, converted_copy
-from pan_repair.lightning import PaddingSwitch, PANMonitor
-from pan_repair.lit_module import BiasAwareClassifier
+from pan_repair import converted_copy
+from pan_repair.lightning import PaddingSwitch
 from pan_repair.padding_switch import MODES
-from pan_repair.pipeline import Experiment
+from pan_repair.pipeline import DigitsSetup, Experiment
 from pan_repair.recipe_cli import run_recipe
 
 
 def padding_switch_finetune(out_dir: str = "runs/padding_switch", mode: str = "partial", layers: str = "all",
-                            epochs: int = 6, finetune_epochs: int = 3, placement: str = "biased",
-                            eval_placement: str = "random", classes: Sequence[int] | None = None,
-                            width: int = 24, depth: int = 5, strides: Sequence[int] = (2,),
-                            batch_size: int = 64, lr: float = 3e-3, seed: int = 0, wandb: bool = True) -> Path:
+                            epochs: int = 6, finetune_epochs: int = 3, baseline: str | None = None,
+                            setup: DigitsSetup = DigitsSetup()) -> Path:
     """Train, switch the padding, fine-tune; returns the comparison report's path.
 
     Args:
@@ -31,17 +26,12 @@ def padding_switch_finetune(out_dir: str = "runs/padding_switch", mode: str = "p
         mode: the new padding: reflect, replicate, circular or partial.
         layers: ``all`` (every padded layer) or ``pans`` (the padded layers holding PANs).
         epochs: training epochs of the baseline (zero padding).
-        finetune_epochs: fine-tuning epochs with the new padding (at most ``epochs``).
-        placement: training placement of the digits (random, center, biased, swapped).
-        eval_placement: validation placement.
-        classes: digits to use (default all ten).
-        width: channels per conv of the SmallCNN.
-        depth: conv blocks.
-        strides: indices of the conv blocks that downsample by 2.
-        batch_size: batch size.
-        lr: AdamW learning rate (cosine schedule); fine-tuning uses a third of it.
-        seed: seed of data, weights and training.
-        wandb: log every stage to W&B (offline unless WANDB_MODE says otherwise).
+        finetune_epochs: fine-tuning epochs with the new padding (at most ``epochs``), at a third
+            of the learning rate.
+        baseline: start from these weights instead of training (a run directory holding
+            ``model.pt``, e.g. ``runs/demo/baseline``, or a state-dict file); ``setup`` must
+            describe the same network.
+        setup: the digits experiment (placement, model, optimiser, seed, W&B).
     """
     if finetune_epochs > epochs:
         raise ValueError(f"finetune_epochs ({finetune_epochs}) exceeds the training budget ({epochs})")
@@ -49,20 +39,21 @@ def padding_switch_finetune(out_dir: str = "runs/padding_switch", mode: str = "p
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if layers not in ("all", "pans"):
         raise ValueError(f"layers must be 'all' or 'pans', got {layers!r}")
-    exp = Experiment("padding_switch_finetune", out_dir, placement, eval_placement, classes, batch_size, seed, wandb)
-    module = BiasAwareClassifier(SmallCNN(1, exp.n_classes, width=width, depth=depth, strides=strides),
-                                 exp.n_classes, lr=lr, max_offset=16)
-    print(f"[1/4] training the zero-padded baseline for {epochs} epochs")
-    report = exp.fit(module, "baseline", epochs, [PANMonitor(input_size=exp.input_size)]).pan_report()
+    exp = Experiment("padding_switch_finetune", out_dir, setup)
+    module = exp.module(weights=baseline)
+    if baseline is None:
+        print(f"[1/4] training the zero-padded baseline for {epochs} epochs")
+        exp.fit(module, "baseline", epochs, [exp.monitor()])
+    else:
+        print(f"[1/4] baseline weights from {baseline}")
+    report = exp.scan(module.model)
     print(f"      {report}")
-    chosen = None if layers == "all" else report
-    switched = BiasAwareClassifier(converted_copy(module.model, mode, chosen), exp.n_classes, lr=lr, max_offset=16)
     print(f"[2/4] switched to {mode} padding; evaluating before fine-tuning")
-    exp.fit(switched, f"{mode}", 0)
+    exp.fit(exp.module(converted_copy(module.model, mode, None if layers == "all" else report)), mode, 0)
     print(f"[3/4] fine-tuning with {mode} padding for {finetune_epochs} epochs")
-    module.hparams.lr = lr / 3
+    module.hparams.lr = setup.lr / 3
     switch = PaddingSwitch(mode, None if layers == "all" else "pans", input_size=exp.input_size, model_attr="model")
-    exp.fit(module, f"{mode}+finetuned", finetune_epochs, [switch, PANMonitor(input_size=exp.input_size)])
+    exp.fit(module, f"{mode}+finetuned", finetune_epochs, [switch, exp.monitor()])
     print("[4/4] results")
     return exp.finish()
 

@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from pan_repair import SmallCNN
 from pan_repair.recipe_cli import run_recipe
 from pan_repair.results import RunResult
 from pan_repair.wandb_offline import read_offline_run
@@ -27,7 +29,7 @@ def test_prune_finetune_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     out = tmp_path / "runs"
     code = run_recipe(_recipe("prune_finetune"), ["--out_dir", str(out), "--epochs", "2", "--finetune_epochs", "1",
-                                                  "--width", "12", "--depth", "4", "--classes", "[0, 1, 2, 3]"])
+                                                  "--setup.width", "12", "--setup.depth", "4", "--setup.classes", "[0, 1, 2, 3]"])
     assert code == 0
     runs = {name: RunResult.load(out / name) for name in ("baseline", "pruned", "pruned+finetuned")}
     base, pruned, tuned = runs.values()
@@ -47,6 +49,29 @@ def test_prune_finetune_end_to_end(tmp_path, monkeypatch):
     logged = read_offline_run(wandb_runs[0])
     assert logged.group == "prune_finetune-seed0"
     assert any("pan/count" in row for row in logged.history)
+
+    # as make demo goes on: the padding switch from the same trained baseline, into the same report
+    code = run_recipe(_recipe("padding_switch_finetune"), [
+        "--out_dir", str(out), "--epochs", "2", "--finetune_epochs", "1", "--mode", "replicate",
+        "--baseline", str(out / "baseline"), "--setup.width", "12", "--setup.depth", "4",
+        "--setup.classes", "[0, 1, 2, 3]", "--setup.wandb", "false"])
+    assert code == 0
+    switched = RunResult.load(out / "replicate")
+    assert switched.metrics["pan/count"] == switched.pan_report().count
+    assert not switched.pan_report().of_kind("border")
+    assert RunResult.load(out / "baseline").metrics == base.metrics  # loaded, not retrained
+    page = (out / "report" / "index.html").read_text()
+    assert all(name in page for name in ("baseline", "replicate", "replicate+finetuned"))
+
+
+@pytest.mark.parametrize("baseline, match", [("missing.pt", "cannot read weights"), ("narrow.pt", "do not fit")])
+def test_bad_baseline_weights_are_one_line(baseline, match, tmp_path, capsys):
+    torch.save(SmallCNN(1, 10, width=8).state_dict(), tmp_path / "narrow.pt")
+    argv = ["--out_dir", str(tmp_path / "runs"), "--baseline", str(tmp_path / baseline), "--setup.wandb", "false"]
+    assert run_recipe(_recipe("padding_switch_finetune"), argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing written
 
 
 def test_bad_config_key_is_one_line(tmp_path, capsys):
@@ -73,7 +98,7 @@ def test_repair_recipes_end_to_end(recipe, extra, stages, tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     out = tmp_path / "runs"
     code = run_recipe(_recipe(recipe), ["--out_dir", str(out), "--epochs", "2", "--finetune_epochs", "1",
-                                        "--width", "12", "--depth", "4", "--classes", "[0, 1, 2, 3]", *extra])
+                                        "--setup.width", "12", "--setup.depth", "4", "--setup.classes", "[0, 1, 2, 3]", *extra])
     assert code == 0
     runs = {name: RunResult.load(out / name) for name in stages}
     assert {r.group for r in runs.values()} == {f"{recipe}-seed0"}
@@ -96,6 +121,6 @@ def test_repair_recipes_end_to_end(recipe, extra, stages, tmp_path, monkeypatch)
     ("regularized_training", ["--weight", "-1", "--epochs", "0", "--finetune_epochs", "0"], "weight must be >= 0"),
 ])
 def test_repair_recipes_bad_input_is_one_line(recipe, argv, match, tmp_path, capsys):
-    assert run_recipe(_recipe(recipe), ["--out_dir", str(tmp_path), "--wandb", "false", *argv]) == 2
+    assert run_recipe(_recipe(recipe), ["--out_dir", str(tmp_path), "--setup.wandb", "false", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
