@@ -129,6 +129,27 @@ def test_probes_layout_and_rolls():
                        make_placement_probes((2, 24, 24), 3, 5, seed=1).images)
 
 
+def test_ink_probes_and_roll_stride():
+    probes = make_placement_probes((1, 24, 24), 3, 16, axes=("rows",), stride=(1, 1), pattern_size=8,
+                                   style="ink", contrast=6.0, level=-0.2, noise=0.0, n_constants=0)
+    assert probes.images.shape == (3 * 16, 1, 24, 24) and probes.n_positions == 16
+    grid = probes.grid(probes.images)  # (P, A, Q, C, H, W)
+    # placement 7 is the centre rolled up by 1: rows 7..14 hold the pattern, rows 0..3 the background
+    assert torch.allclose(grid[:, 0, 7, :, :4], torch.full_like(grid[:, 0, 7, :, :4], -0.2))
+    assert grid.max() > 2 and grid.min() >= -0.2 - 1e-6  # bright strokes on a flat background
+    for q in range(1, 16):  # stride-1 rolls: consecutive placements one or two pixels apart
+        shifts = [d for d in range(1, 3) if torch.equal(torch.roll(grid[:, 0, q - 1], d, dims=-2), grid[:, 0, q])]
+        assert shifts, q
+    model = SmallCNN(depth=3, width=8, strides=(0,))
+    penalty = PANPenalty(SIZE, n_patterns=2, n_positions=16, roll_stride=(1, 1), axes=("rows",), every=1,
+                         style="ink", bank=4)
+    assert penalty(model).item() > 0 and penalty.probes(model).n_positions == 16
+    with pytest.raises(ValueError, match="probe style"):
+        PANPenalty(SIZE, style="nope")
+    with pytest.raises(ValueError, match="probe style"):
+        make_placement_probes(SIZE, 2, 3, style="nope")
+
+
 def test_real_image_probes_circular_network_invariant():
     torch.manual_seed(0)
     model = _trained_bn(SmallCNN(depth=3, width=8, padding_mode="circular")).eval()
