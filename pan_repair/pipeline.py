@@ -20,6 +20,7 @@ from .lightning import PANMonitor
 from .compare import build_report
 from .detector import find_pans
 from .data import LitDigitsCanvasDataModule
+from .image_folder import ImageFolderDataModule
 from .lit_module import BiasAwareClassifier
 from .model_spec import load_weights
 from .models import SmallCNN
@@ -56,7 +57,7 @@ def finish_loggers(trainer: L.Trainer) -> None:
 
 
 @torch.no_grad()
-def evaluate(module: BiasAwareClassifier, data: LitDigitsCanvasDataModule,
+def evaluate(module: BiasAwareClassifier, data: L.LightningDataModule,
              swapped: LitDigitsCanvasDataModule | None = None) -> tuple[dict[str, float], list[float | None]]:
     """Validation metrics of ``module`` on ``data`` (and accuracy on ``swapped`` placements)."""
     # inference_mode=False: metric states reset here must stay usable when training resumes
@@ -97,7 +98,7 @@ def digits_data(placement: str, eval_placement: str, classes: Sequence[int] | No
     return data, swapped
 
 
-def fit_stage(module: BiasAwareClassifier, data: LitDigitsCanvasDataModule, swapped: LitDigitsCanvasDataModule,
+def fit_stage(module: BiasAwareClassifier, data: L.LightningDataModule, swapped: LitDigitsCanvasDataModule | None,
               stage: Stage, epochs: int, callbacks: Sequence[Any] = (), wandb: bool = True,
               report_fn=None) -> RunResult:
     """Train ``module`` for ``epochs`` (0: evaluate only), evaluate, record ``stage`` (with the
@@ -123,6 +124,10 @@ class DigitsSetup:
     """The digits experiment the recipes share (YAML key ``setup``, options ``--setup.*``).
 
     Args:
+        data: ``digits`` (the embedded digits on a canvas) or the path of your own image folder
+            (one sub-folder per class; :class:`~pan_repair.image_folder.ImageFolderDataModule`,
+            80/20 split by ``seed``; no placements, so no swapped accuracy or border gap).
+        image_size: side (px) images of an image folder are resized to.
         placement: training placement of the digits: random, center, biased (class tied to the
             top/bottom half: a placement shortcut) or swapped.
         eval_placement: validation placement.
@@ -138,6 +143,8 @@ class DigitsSetup:
             group compare in one dashboard.
     """
 
+    data: str = "digits"
+    image_size: int = 32
     placement: str = "biased"
     eval_placement: str = "random"
     classes: tuple[int, ...] | None = None
@@ -161,10 +168,15 @@ class Experiment:
         L.seed_everything(setup.seed, verbose=False)
         self.recipe, self.setup, self.root = recipe, setup, Path(out_dir)
         self.group = setup.group or f"{recipe}-seed{setup.seed}"
-        self.data, self.swapped = digits_data(setup.placement, setup.eval_placement, setup.classes,
-                                              setup.batch_size, setup.seed)
-        self.n_classes = len(setup.classes) if setup.classes else 10
-        self.input_size = (1, 32, 32)
+        if setup.data == "digits":
+            self.data, self.swapped = digits_data(setup.placement, setup.eval_placement, setup.classes,
+                                                  setup.batch_size, setup.seed)
+            self.n_classes = len(setup.classes) if setup.classes else 10
+            self.input_size = (1, 32, 32)
+        else:
+            self.data = ImageFolderDataModule(setup.data, setup.image_size, setup.batch_size, seed=setup.seed)
+            self.swapped = None
+            self.n_classes, self.input_size = self.data.num_classes, self.data.input_size
         self.thresholds = thresholds
         self.runs: list[RunResult] = []
         #: run directories of other recipes whose weights :meth:`module` loaded
@@ -177,7 +189,7 @@ class Experiment:
         s = self.setup
         if model is None:
             L.seed_everything(s.seed, verbose=False)
-            model = SmallCNN(1, self.n_classes, width=s.width, depth=s.depth, strides=s.strides)
+            model = SmallCNN(self.input_size[0], self.n_classes, width=s.width, depth=s.depth, strides=s.strides)
             if weights is not None:
                 path = Path(weights)
                 load_weights(model, path / MODEL_FILE if path.is_dir() else path, "the recipe's SmallCNN")
@@ -205,8 +217,9 @@ class Experiment:
         path = build_report(dirs, self.root / "report")
         for run in [RunResult.load(d) for d in dirs]:
             m = run.metrics
-            print(f"      {run.name:22s} acc {m['val/acc']:.3f}  swapped acc {m['swapped/acc']:.3f}  "
-                  f"border gap {m.get('val/border_gap', float('nan')):+.3f}  "
+            nan = float("nan")
+            print(f"      {run.name:22s} acc {m['val/acc']:.3f}  swapped acc {m.get('swapped/acc', nan):.3f}  "
+                  f"border gap {m.get('val/border_gap', nan):+.3f}  "
                   f"padding flips {m['val/padding_flip']:.3f}  PANs {int(m['pan/count'])}")
         print(f"report: {path.resolve()}")
         return path

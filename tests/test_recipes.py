@@ -124,3 +124,40 @@ def test_repair_recipes_bad_input_is_one_line(recipe, argv, match, tmp_path, cap
     assert run_recipe(_recipe(recipe), ["--out_dir", str(tmp_path), "--setup.wandb", "false", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+def _image_folder(root: Path, n: int = 6) -> Path:
+    """A tiny ImageFolder: classes 'bright' and 'dark', ``n`` 20x20 PNGs each."""
+    from PIL import Image
+    gen = torch.Generator().manual_seed(0)
+    for name, level in (("bright", 200), ("dark", 40)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            noise = torch.randint(0, 40, (20, 20, 3), generator=gen, dtype=torch.uint8)
+            Image.fromarray((noise + level).numpy()).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_recipe_on_your_own_image_folder(tmp_path):
+    data = _image_folder(tmp_path / "images")
+    out = tmp_path / "runs"
+    code = run_recipe(_recipe("padding_switch_finetune"), [
+        "--out_dir", str(out), "--epochs", "1", "--finetune_epochs", "1", "--mode", "replicate",
+        "--setup.data", str(data), "--setup.image_size", "16", "--setup.width", "8", "--setup.depth", "3",
+        "--setup.wandb", "false"])
+    assert code == 0
+    run = RunResult.load(out / "replicate+finetuned")
+    assert 0 <= run.metrics["val/acc"] <= 1 and "swapped/acc" not in run.metrics
+    assert run.pan_report().input_size == (3, 16, 16)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda root: root / "nowhere", "does not exist"),
+    (lambda root: root, "class folder"),
+])
+def test_missing_or_empty_dataset_path_is_one_line(make, match, tmp_path, capsys):
+    argv = ["--out_dir", str(tmp_path / "runs"), "--setup.data", str(make(tmp_path)), "--setup.wandb", "false"]
+    assert run_recipe(_recipe("prune_finetune"), argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
