@@ -45,6 +45,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -148,14 +149,21 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
     c = conv.out_channels
     rms = torch.zeros(4, c, device=x.device, dtype=torch.float32)
     mean = torch.zeros_like(rms)
-    for i, (rows, cols, (row, col)) in enumerate(windows):
+    # sides whose strips have one shape (top and bottom, left and right, usually) share a conv
+    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, tuple]]] = {}
+    for i, (rows, cols, line) in enumerate(windows):
         if rows is None or cols is None:
             continue
-        d = F.conv2d(_strip(x, rows, cols, padding), weight, None, conv.stride, 0, conv.dilation, conv.groups)
-        d = d[:, :, row, col]
-        d = d.float()
-        rms[i] = d.pow(2).mean(dim=(0, 2)).sqrt()
-        mean[i] = d[: len(d) // 2].mean(dim=(0, 2))
+        strip = _strip(x, rows, cols, padding)
+        groups.setdefault(tuple(strip.shape), []).append((i, strip, line))
+    n = len(x)
+    for members in groups.values():
+        strips = torch.cat([strip for _, strip, _ in members]) if len(members) > 1 else members[0][1]
+        out = F.conv2d(strips, weight, None, conv.stride, 0, conv.dilation, conv.groups)
+        for k, (i, _, (row, col)) in enumerate(members):
+            d = out[k * n:(k + 1) * n, :, row, col].float()
+            rms[i] = d.pow(2).mean(dim=(0, 2)).sqrt()
+            mean[i] = d[: n // 2].mean(dim=(0, 2))
     return rms, mean
 
 
@@ -217,6 +225,11 @@ class _Pooler:
         return torch.cat(parts)
 
 
+def _rectified(bn: nn.Module) -> bool:
+    """The BatchNorm's output is already rectified: timm's ``BatchNormAct2d`` with a ReLU."""
+    return type(bn) is BatchNormAct2d and type(bn.act) is nn.ReLU
+
+
 class _Recorder:
     """Forward hooks that collect per-layer statistics during probe forwards."""
 
@@ -250,7 +263,10 @@ class _Recorder:
         if not self.measure_ratio and stat.pooled_act is None:
             # what the next layer sees: the rectified, BatchNorm-scaled response
             with _one_thread(self.device):
-                stat.pooled_act = self._pool(output.detach(), "relu")
+                if _rectified(bn):  # relu(output) is output
+                    stat.pooled_act = output.detach().mean(dim=(2, 3), dtype=torch.float32)
+                else:
+                    stat.pooled_act = self._pool(output.detach(), "relu")
 
     def _conv_hook(self, name: str):
         def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:

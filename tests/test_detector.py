@@ -231,3 +231,54 @@ def test_every_conv_flavour_finds_the_planted_top_detector(make_conv):
     if isinstance(conv, timm.layers.Conv2dSame):  # TF "same" at stride 2, odd size: pads 1 on every side
         assert conv_padding(conv, (33, 33)).pads == (1, 1, 1, 1)
     assert border.get(0) == ("top",) and set(border) == {0}, border
+
+
+def test_batchnorm_pairing_by_identity_and_hooks_removed():
+    from pan_repair.layers import BatchNormPairing, conv_bn_pairs
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.c = nn.Conv2d(4, 4, 1)
+            self.bn_a, self.bn_b, self.bn_c = nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            a = self.a(x)
+            b = self.b(torch.relu(a))
+            y = self.bn_a(a) + self.bn_b(b)  # bn_a reads a's output after b ran
+            return self.bn_c(self.c(y) + 1)  # c's output is changed before its BatchNorm
+
+    net = Net()
+    assert conv_bn_pairs(net, (3, 8, 8)) == {"a": "bn_a", "b": "bn_b"}
+    calls = []
+    with BatchNormPairing(net, on_pair=lambda name, bn, x, out: calls.append((name, bn))) as pairing:
+        net.eval()(torch.randn(2, 3, 8, 8))
+    assert pairing.bns == {"a": net.bn_a, "b": net.bn_b} and calls == [("a", net.bn_a), ("b", net.bn_b)]
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_chunked_pooling_equals_full_size_statistics():
+    from pan_repair import detector
+
+    y = torch.randn(37, 5, 64, 48)
+    pool = detector._Pooler()
+    old = detector._CHUNK_BYTES
+    detector._CHUNK_BYTES = 3 * 5 * 64 * 48 * 4  # three images a chunk, the last one partial
+    try:
+        relu, square = pool(y, "relu"), pool(y, "square")
+    finally:
+        detector._CHUNK_BYTES = old
+    torch.testing.assert_close(relu, y.clamp_min(0).mean(dim=(2, 3)), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(square, y.pow(2).mean(dim=(2, 3)), rtol=1e-6, atol=1e-7)
+
+
+def test_scan_restores_the_thread_count():
+    net, _ = planted_net()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        find_pans(net, (3, 32, 32), n_patterns=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
