@@ -19,7 +19,11 @@ epochs (Adam ``--ft-lr``; at most the original budget), then evaluated on the va
   random non-PAN filters of the same layers. With the defaults the detector finds only 1-2 PANs
   in this network, so each is also run with lowered thresholds (``--low-border``,
   ``--low-position``; marked "low thr.");
-* ``PAN penalty``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` (settings below).
+* ``PAN penalty``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` with digit-like
+  "ink" probes (bright strokes on the data's dark noisy background, 8 patterns x 16 stride-1
+  vertical placements every step, weight 0.5; ``PENALTY``); ``PAN penalty, texture probes``:
+  the regulariser's original standardised textures (``PENALTY_TEXTURE``); ``replicate + PAN
+  penalty``: the padding switched to replicate, then fine-tuned with the ink penalty.
 
 Columns: accuracy on the training placement / swapped placement / random placement (after
 fine-tuning; "swapped, no FT" before it), PANs (find_pans defaults) before -> after, the share of
@@ -38,12 +42,15 @@ mitigation with the original model on 50 views of the 5 bundled photos (each pho
 
 Run: ``.venv/bin/python benchmarks/mitigations.py [--seeds 0 1] [--part a b] [--only NAME ...]
 [--ft-epochs 20] [--out benchmarks/results/mitigations.md]``. ``--only`` runs a subset of Part A's
-rows (names as in the table, e.g. ``--only reflect "PAN penalty"``).
+rows (names as in the table, e.g. ``--only reflect "PAN penalty"``). On a shared machine, seeds
+can run as separate processes, each with ``--part a --seeds S --jsonl a_S.jsonl``, and be
+tabulated together with ``--from-jsonl a_*.jsonl``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import platform
 import statistics
@@ -287,6 +294,9 @@ def mitigations(penalty: dict = PENALTY, low: dict = LOW_THRESHOLDS) -> dict[str
     return {
         "baseline": m_baseline,
         "fine-tune only": m_finetune_only,
+        "PAN penalty": m_penalty(penalty),
+        "replicate + PAN penalty": m_padding_penalty("replicate", penalty),
+        "PAN penalty, texture probes": m_penalty(PENALTY_TEXTURE),
         "reflect": m_padding("reflect"),
         "replicate": m_padding("replicate"),
         "partial": m_padding("partial"),
@@ -297,15 +307,13 @@ def mitigations(penalty: dict = PENALTY, low: dict = LOW_THRESHOLDS) -> dict[str
         "prune PANs, low thr.": m_prune(low),
         "prune + re-detect, low thr.": m_prune_redetect(low),
         "prune random, low thr. (control)": m_prune_random(low),
-        "PAN penalty, texture probes": m_penalty(PENALTY_TEXTURE),
-        "PAN penalty": m_penalty(penalty),
-        "replicate + PAN penalty": m_padding_penalty("replicate", penalty),
     }
 
 
 def run_part_a(data: Digits, seeds, rows: dict[str, Callable], ft: FineTune, epochs: int = EPOCHS,
-               width: int = 24, log=print) -> dict[str, list[dict]]:
-    """Every row for every seed: name -> list (one per seed) of result dicts."""
+               width: int = 24, log=print, jsonl: str | None = None) -> dict[str, list[dict]]:
+    """Every row for every seed: name -> list (one per seed) of result dicts; each result also
+    appended to the JSON-lines file ``jsonl`` as it comes (``--from-jsonl`` tabulates them)."""
     results: dict[str, list[dict]] = {name: [] for name in rows}
     for seed in seeds:
         start = time.perf_counter()
@@ -323,6 +331,9 @@ def run_part_a(data: Digits, seeds, rows: dict[str, Callable], ft: FineTune, epo
             res = {**evaluate(model, data), **info, "pans_before": before.count, "pans_after": after.count,
                    "removed": len(gone) / before.count if before.count else math.nan, "wall": wall}
             results[name].append(res)
+            if jsonl:
+                with open(jsonl, "a") as f:
+                    f.write(json.dumps({"row": name, "seed": seed, **res}) + "\n")
             log(f"  seed {seed} {name}: " + ", ".join(
                 f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     return results
@@ -338,7 +349,6 @@ def _pct(v: float) -> str:
 
 
 def table_a(results: dict[str, list[dict]]) -> str:
-    seeds = len(next(iter(results.values())))
     lines = [f"| mitigation | fine-tune budget | acc. training placement % | acc. swapped % (mean) | "
              f"swapped per seed | swapped, no FT % | acc. random placement % | PANs before -> after | "
              f"baseline PANs removed % | padding reliance (flip %) | border acc. gap (pts) | wall (s) |",
@@ -356,7 +366,7 @@ def table_a(results: dict[str, list[dict]]) -> str:
             f"{' / '.join(_pct(r['acc_swapped']) for r in rs)} | {_pct(m['swapped_no_ft'])} | "
             f"{_pct(m['acc_random'])} | {m['pans_before']:.3g} -> {m['pans_after']:.3g} | {_pct(m['removed'])} | "
             f"{_pct(m['reliance'])} | {_pct(m['border_gap'])} | {m['wall']:.1f} |")
-    return "\n".join(lines) + f"\n\n({seeds} seed{'s' * (seeds > 1)}; means over seeds.)"
+    return "\n".join(lines) + "\n\n(Means over the seeds whose values the per-seed column lists.)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,6 +457,9 @@ def main(argv=None) -> None:
     parser.add_argument("--no-scan", action="store_true", help="Part B: skip the PAN scans after each mitigation")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/mitigations.md")
+    parser.add_argument("--jsonl", default=None, help="append every Part A result to this JSON-lines file")
+    parser.add_argument("--from-jsonl", nargs="+", default=None,
+                        help="tabulate Part A from JSON-lines files (e.g. one run per seed) instead of running it")
     args = parser.parse_args(argv)
     if args.ft_epochs > args.epochs:
         parser.error("--ft-epochs must not exceed --epochs (the original training budget)")
@@ -460,12 +473,25 @@ def main(argv=None) -> None:
         rows = {n: f for n, f in rows.items() if n in args.only}
     out = [f"# Mitigations benchmark\n", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
            f"Machine: {machine()}\n"]
+    if args.from_jsonl:
+        results: dict[str, list[dict]] = {}
+        seen = set()
+        for path in args.from_jsonl:
+            for line in Path(path).read_text().splitlines():
+                r = json.loads(line)
+                if (r["row"], r["seed"]) not in seen:  # first of any duplicate (row, seed)
+                    seen.add((r["row"], r["seed"]))
+                    results.setdefault(r["row"], []).append(r)
+        for rs in results.values():
+            rs.sort(key=lambda r: r["seed"])
+        print(table_a(results))
+        return
     if "a" in args.part:
         data = load_digits()
         ft = FineTune(args.ft_epochs, args.ft_lr, args.rounds)
         print(f"Part A: {len(data.train[0])} training images, {len(data.swapped[0])} per evaluation set", flush=True)
         results = run_part_a(data, args.seeds, rows, ft, args.epochs,
-                             log=lambda s: print(s, flush=True))
+                             log=lambda s: print(s, flush=True), jsonl=args.jsonl)
         out += [f"## Part A: placement shortcut (digits {CLASSES}, {CANVAS}x{CANVAS}; baseline {args.epochs} "
                 f"epochs Adam {LR}; fine-tuning Adam {args.ft_lr} on the same biased data)\n",
                 f"PAN penalty settings: `PANPenalty({SIZE}, {', '.join(f'{k}={v}' for k, v in PENALTY.items())})`; "

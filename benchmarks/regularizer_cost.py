@@ -14,7 +14,7 @@ batch 32, 20 epochs (140 steps). Without the penalty it learns the placement, no
    (test split, "biased") and on the swapped placement.
 
 Run: ``.venv/bin/python benchmarks/regularizer_cost.py [--seeds 0 1 2] [--rounds 12] [--skip-train]
-[--time-batch 64]`` (step times at another batch size; the trainings always use 32). Timings on a
+[--time-batch 64] [--configs NAME ...]`` (step times at another batch size; the trainings always use 32). Timings on a
 shared 2-core machine vary by about +-0.1x between runs: compare rows of one run.
 """
 from __future__ import annotations
@@ -33,6 +33,8 @@ from pan_repair.regularizer import PANPenalty
 SIZE = (1, 24, 24)
 BATCH, EPOCHS, LR = 32, 20, 3e-3
 
+INK = dict(n_positions=16, roll_stride=(1, 1), axes=("rows",), style="ink", contrast=6.0, level=-0.22, noise=0.33,
+           pattern_size=8)
 #: name -> PANPenalty keyword arguments (None: no penalty)
 CONFIGS = {
     "none": None,
@@ -44,6 +46,10 @@ CONFIGS = {
     "w=2, 4 patterns, every 8": dict(n_patterns=4, every=8, weight=2.0),
     "w=1, 3 patterns, every 8": dict(n_patterns=3, every=8, weight=1.0),
     "w=1, 4 patterns, every 4, 16x16 probes": dict(n_patterns=4, every=4, weight=1.0, probe_size=16),
+    # digit-like "ink" probes, 16 stride-1 vertical placements: the fine-tuning repair of
+    # benchmarks/mitigations.py (see pan_repair/regularizer.py)
+    "w=0.5, ink 8 patterns x 16 rows, every step": dict(INK, n_patterns=8, every=1, weight=0.5),
+    "w=0.5, ink 8 patterns x 16 rows, every 4": dict(INK, n_patterns=8, every=4, weight=0.5),
 }
 
 
@@ -71,9 +77,9 @@ def step(model, opt, penalty, x, y) -> None:
     opt.step()
 
 
-def timing(train, rounds: int, batch: int = BATCH) -> dict[str, float]:
+def timing(train, rounds: int, batch: int = BATCH, configs=None) -> dict[str, float]:
     x, y = train
-    runs = {name: make(0, cfg) for name, cfg in CONFIGS.items()}
+    runs = {name: make(0, cfg) for name, cfg in CONFIGS.items() if configs is None or name in configs}
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, len(x), (batch,), generator=gen) for _ in range(16)]
     for model, opt, pen in runs.values():  # warm-up: first call builds the probe bank
@@ -114,27 +120,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-train", action="store_true", help="step times only")
     parser.add_argument("--time-batch", type=int, default=BATCH, help="batch size of the step timings")
+    parser.add_argument("--configs", nargs="+", default=None, help="a subset of the rows (names as in the table)")
     args = parser.parse_args()
+    configs = CONFIGS if args.configs is None else {n: c for n, c in CONFIGS.items() if n in args.configs or n == "none"}
     torch.set_num_threads(args.threads)
     train = tensors("train", "biased")
     tests = [tensors("test", "biased"), tensors("test", "swapped")]
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; training batch {BATCH}, timing batch {args.time_batch}, "
           f"{len(train[0])} training images")
-    per_step = timing(train, args.rounds, args.time_batch)
+    per_step = timing(train, args.rounds, args.time_batch, configs)
     base = per_step["none"]
     results = {}
     if not args.skip_train:
-        for name, cfg in CONFIGS.items():
+        for name, cfg in configs.items():
             results[name] = [train_and_test(s, cfg, train, tests) for s in args.seeds]
     seeds = ", ".join(map(str, args.seeds))
     print(f"| penalty | probe images / step | step (ms) | step / no penalty | "
           f"acc. training placement (seeds {seeds}) | acc. swapped (seeds {seeds}) | swapped mean | "
           f"PANs (find_pans defaults, of 96) |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, cfg in CONFIGS.items():
+    for name, cfg in configs.items():
         positions = 3 if cfg is not None and cfg.get("probe_size") == 16 else 5  # at total stride 4
-        images = 0.0 if cfg is None else cfg["n_patterns"] * 2 * positions / cfg.get("every", 1)
+        if cfg is not None and "roll_stride" in cfg:
+            positions = cfg["n_positions"]
+        axes = 2 if cfg is None else len(cfg.get("axes", ("rows", "cols")))
+        images = 0.0 if cfg is None else cfg["n_patterns"] * axes * positions / cfg.get("every", 1)
         row = f"| {name} | {images:g} | {1000 * per_step[name]:.1f} | {per_step[name] / base:.2f}x |"
         if results:
             accs = results[name]

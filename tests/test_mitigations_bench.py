@@ -20,12 +20,13 @@ ROWS = ["baseline", "replicate", "prune PANs, low thr.", "prune + re-detect, low
         "prune random, low thr. (control)", "PAN penalty"]
 
 
-def test_part_a_rows_and_columns():
+def test_part_a_rows_and_columns(tmp_path, capsys):
     data = bench.load_digits(limit=16)
     rows = {name: fn for name, fn in bench.mitigations().items() if name in ROWS}
+    jsonl = tmp_path / "a.jsonl"
     results = bench.run_part_a(data, [0], rows, bench.FineTune(epochs=1, rounds=2), epochs=1, width=8,
-                               log=lambda s: None)
-    assert list(results) == ROWS
+                               log=lambda s: None, jsonl=str(jsonl))
+    assert sorted(results) == sorted(ROWS)
     for name, (res,) in results.items():
         for key in ("acc_biased", "acc_swapped", "acc_random", "swapped_no_ft", "reliance", "wall", "pans_before",
                     "pans_after"):
@@ -39,6 +40,8 @@ def test_part_a_rows_and_columns():
     lines = table.splitlines()
     assert lines[0].count("|") == 13 and all(line.count("|") == 13 for line in lines[2:2 + len(ROWS)])
     assert all(any(line.startswith(f"| {name}") for line in lines) for name in ROWS)
+    bench.main(["--from-jsonl", str(jsonl)])  # the same table from the saved results
+    assert capsys.readouterr().out.strip() == table
 
 
 def test_part_b_agreement_on_a_small_model():
