@@ -104,7 +104,7 @@ from torch import nn
 
 from .detector import _clean_range, _side_windows, _strip, _total_stride
 from .module_state import eval_mode
-from .layers import Padding, conv_layers, conv_padding, effective_weight, pad_module_padding
+from .layers import BatchNormPairing, Padding, conv_layers, conv_padding, effective_weight, pad_module_padding
 from .probes import _texture
 
 __all__ = ["PlacementProbes", "make_placement_probes", "placements_of", "pan_penalty", "PANPenalty"]
@@ -283,19 +283,17 @@ class _Stop(Exception):
 
 class _Capture:
     """Forward hooks for one probe pass: outputs of the position layers, ``D^2`` and scale of
-    the border layers (and the BatchNorm each feeds, by tensor identity, as the detector)."""
+    the border layers (and the BatchNorm each feeds: :class:`~pan_repair.layers.BatchNormPairing`)."""
 
     def __init__(self, model: nn.Module, position_layers: list[str], border_layers: list[str],
                  n_constants: int) -> None:
         self.outputs: dict[str, torch.Tensor] = {}
         self.border: dict[str, torch.Tensor | None] = {}
         self.sigma_probe: dict[str, torch.Tensor] = {}
-        self.bn: dict[str, nn.modules.batchnorm._BatchNorm] = {}
         self.n_constants = n_constants
         self._position, self._borders = set(position_layers), set(border_layers)
         self._bn_pending = set(border_layers)  # the channel scale comes from the BatchNorm fed
         self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
-        self._last: dict[int, tuple[weakref.ref, str]] = {}
         self._handles = []
         modules = dict(model.named_modules())
         for name in self._position | self._borders:
@@ -304,18 +302,19 @@ class _Capture:
             for module in model.modules():
                 if pad_module_padding(module) is not None:
                     self._handles.append(module.register_forward_hook(self._pad_hook))
-                elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    self._handles.append(module.register_forward_pre_hook(self._bn_hook))
+        self._pairing = BatchNormPairing(model, border_layers, on_pair=self._paired) if border_layers else None
+
+    @property
+    def bn(self) -> dict[str, nn.Module]:
+        """Border layer -> the BatchNorm it feeds."""
+        return self._pairing.bns if self._pairing is not None else {}
 
     def _pad_hook(self, module, inputs, output):
         self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
 
-    def _bn_hook(self, module, inputs):
-        entry = self._last.get(id(inputs[0]))
-        if entry is not None and entry[0]() is inputs[0]:
-            self.bn.setdefault(entry[1], module)
-            self._bn_pending.discard(entry[1])
-            self._maybe_stop()
+    def _paired(self, name, bn, bn_input, bn_output):
+        self._bn_pending.discard(name)
+        self._maybe_stop()
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
@@ -333,7 +332,6 @@ class _Capture:
                     y = output.detach().float()
                     y = y[self.n_constants:] if len(y) > self.n_constants else y  # placements if any
                     self.sigma_probe[name] = y.transpose(0, 1).flatten(1).std(dim=1)
-                    self._last[id(output)] = (weakref.ref(output), name)
                 else:
                     self.border[name] = None
                     self._bn_pending.discard(name)
@@ -347,8 +345,9 @@ class _Capture:
     def remove(self):
         for h in self._handles:
             h.remove()
+        if self._pairing is not None:
+            self._pairing.remove()
         self._pad_outputs.clear()
-        self._last.clear()
 
 
 def _resolve(model: nn.Module, layers: Iterable[str], what: str) -> list[str]:
