@@ -35,6 +35,7 @@ from .module_state import device_dtype, eval_mode
 
 __all__ = [
     "BatchNormPairing",
+    "blank_forward",
     "Padding",
     "conv_bn_pairs",
     "conv_layers",
@@ -265,12 +266,18 @@ def conv_bn_pairs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[st
     Raises:
         ValueError: the model cannot run on ``input_size``.
     """
-    device, dtype = device_dtype(model)
     with BatchNormPairing(model) as pairing:
-        try:
-            with eval_mode(model), torch.no_grad():
-                model(torch.zeros(1, *input_size, device=device, dtype=dtype))
-        except RuntimeError as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
+        blank_forward(model, input_size)
     return dict(pairing.pairs)
+
+
+def blank_forward(model: nn.Module, input_size: tuple[int, ...]) -> None:
+    """One forward pass of one blank (zero) image of ``input_size`` in eval mode without
+    gradients; every module's mode restored. ``ValueError`` if the model cannot run on it."""
+    device, dtype = device_dtype(model)
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+    except RuntimeError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None

@@ -196,6 +196,18 @@ class Experiment:
                 if (path / RESULTS_FILE).is_file():  # a run of another recipe: it joins the report
                     self.earlier.append(path)
         return BiasAwareClassifier(model, self.n_classes, lr=s.lr if lr is None else lr, max_offset=16)
+    def baseline(self, epochs: int, weights: str | Path | None = None, what: str = "baseline") -> BiasAwareClassifier:
+        """The recipe's starting model: ``weights`` loaded (a run directory holding ``model.pt``,
+        or a state-dict file), else a fresh model trained ``epochs`` with a monitor as stage
+        ``baseline``."""
+        module = self.module(weights=weights)
+        if weights is None:
+            print(f"[1/4] training the {what} for {epochs} epochs")
+            self.fit(module, "baseline", epochs, [self.monitor()])
+        else:
+            print(f"[1/4] {what} weights from {weights}")
+        return module
+
     def scan(self, model: torch.nn.Module) -> PanReport:
         return find_pans(model, self.input_size, **self.thresholds)
 

@@ -57,8 +57,8 @@ from torch.nn.utils import prune
 from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.conv2d_same import Conv2dSameExport
 
-from .layers import conv_bn_pairs, conv_layers, conv_padding
-from .module_state import device_dtype, eval_mode
+from .layers import blank_forward, conv_bn_pairs, conv_padding
+from .module_state import eval_mode
 from .report import KINDS, PanReport
 
 __all__ = [
@@ -137,17 +137,6 @@ class PruneSummary:
 
 # ----------------------------------------------------------------------------------------------
 # pairing and validation
-
-
-def _run_eval(model: nn.Module, input_size: tuple[int, ...]) -> None:
-    """One forward pass of zeros in eval mode without gradients; every module's mode restored."""
-    device, dtype = device_dtype(model)
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
-    except RuntimeError as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
 
 
 def _select(report: PanReport, kinds: Iterable[str], layers: Iterable[str] | None) -> dict[str, list[int]]:
@@ -656,7 +645,7 @@ def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, s
     for name, module in new.items():
         _set_module(model, name, module)
     try:
-        _run_eval(model, input_size)
+        blank_forward(model, input_size)
     except Exception:
         for name, module in old.items():
             _set_module(model, name, module)

@@ -40,12 +40,7 @@ def padding_switch_finetune(out_dir: str = "runs/padding_switch", mode: str = "p
     if layers not in ("all", "pans"):
         raise ValueError(f"layers must be 'all' or 'pans', got {layers!r}")
     exp = Experiment("padding_switch_finetune", out_dir, setup)
-    module = exp.module(weights=baseline)
-    if baseline is None:
-        print(f"[1/4] training the zero-padded baseline for {epochs} epochs")
-        exp.fit(module, "baseline", epochs, [exp.monitor()])
-    else:
-        print(f"[1/4] baseline weights from {baseline}")
+    module = exp.baseline(epochs, baseline, "zero-padded baseline")
     report = exp.scan(module.model)
     print(f"      {report}")
     print(f"[2/4] switched to {mode} padding; evaluating before fine-tuning")

@@ -41,12 +41,7 @@ def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetu
         raise ValueError(f"finetune_epochs ({finetune_epochs}) exceeds the training budget ({epochs})")
     thresholds = dict(border_threshold=border_threshold, position_threshold=position_threshold)
     exp = Experiment("prune_finetune", out_dir, setup, **thresholds)
-    module = exp.module(weights=baseline)
-    if baseline is None:
-        print(f"[1/4] training the baseline for {epochs} epochs")
-        exp.fit(module, "baseline", epochs, [exp.monitor()])
-    else:
-        print(f"[1/4] baseline weights from {baseline}")
+    module = exp.baseline(epochs, baseline, "baseline")
     report = exp.scan(module.model)
     summary = prune_pans(module.model, report, kinds=kinds)
     print(f"[2/4] pruned {summary.count} PANs ({report}); evaluating")
