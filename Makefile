@@ -31,3 +31,5 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/scan_speed.py
 	$(PY) benchmarks/threshold_calibration.py
 	$(PY) benchmarks/monitor_overhead.py
+	$(PY) benchmarks/regularizer_cost.py
+	$(PY) benchmarks/mitigations.py
