@@ -269,3 +269,16 @@ def test_padding_switch_refuses_a_checkpoint_of_another_mode():
     with pytest.raises(ValueError, match="switched to 'partial'"):
         switch.load_state_dict({"mode": "partial", "switched": ["features.0"]})
 
+
+
+@pytest.mark.slow
+def test_padding_switch_resumed_with_another_mode_is_refused(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    ckpt = ns.pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _fit(ns, tmp_path, [ns.callbacks.PaddingSwitch("replicate", model_attr="model"), ckpt], enable_checkpointing=True)
+    trainer = _trainer(ns, tmp_path, callbacks=[ns.callbacks.PaddingSwitch("reflect", model_attr="model")],
+                       max_epochs=3)
+    net = ns.net()
+    with pytest.raises(ValueError, match="switched to 'replicate'"):
+        trainer.fit(net, _data(ns), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert all(type(net.model.features[i]) is nn.Conv2d for i in (0, 3, 6))  # nothing switched

@@ -80,7 +80,8 @@ class PaddingSwitchBase(ModelTarget):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(mode=self.mode, at_epoch=self.at_epoch, model_attr=self.model_attr)
+        # not the mode: a checkpoint switched to another mode must reach load_state_dict and be refused
+        return self._generate_state_key(at_epoch=self.at_epoch, model_attr=self.model_attr)
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:

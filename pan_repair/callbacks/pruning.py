@@ -97,7 +97,7 @@ class PANPruningBase(ModelTarget):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(kinds=self.kinds, model_attr=self.model_attr, prefix=self.prefix)
+        return self._generate_state_key(model_attr=self.model_attr, prefix=self.prefix)  # settings may change on resume
 
     @property
     def pruned(self) -> dict[str, list[int]]:

@@ -77,7 +77,7 @@ class PANRegularizerBase(ModelTarget):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(weight=self.weight, model_attr=self.model_attr, prefix=self.prefix)
+        return self._generate_state_key(model_attr=self.model_attr, prefix=self.prefix)  # weight may change on resume
 
     def _build(self) -> None:
         try:
