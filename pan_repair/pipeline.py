@@ -113,7 +113,9 @@ def fit_stage(module: BiasAwareClassifier, data: L.LightningDataModule, swapped:
     finally:
         finish_loggers(trainer)
     stage.dir.mkdir(parents=True, exist_ok=True)
-    torch.save(clean_state_dict(module.model), stage.dir / MODEL_FILE)  # loads into the unmodified model
+    tmp = stage.dir / f"{MODEL_FILE}.tmp"
+    torch.save(clean_state_dict(module.model), tmp)  # clean weights: load into the unmodified model
+    tmp.replace(stage.dir / MODEL_FILE)  # atomic: never a half-written model.pt
     report = report_fn(module.model) if report_fn is not None else None
     history = next((cb.history.scans for cb in callbacks if isinstance(cb, PANMonitorBase)), None)
     return stage.record(metrics, curve, report, history)
