@@ -12,6 +12,7 @@ Example:
     []
 """
 from .callbacks import PaddingSwitch, PANMonitor, PanHistory, PANPruning, PANRegularizer, read_monitor_json
+from .consistency import PaddingConsistency, padding_consistency
 from .data import DigitsCanvas, DigitsCanvasDataModule, LitDigitsCanvasDataModule
 from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
 from .metrics import BorderAccuracyGap, BorderActivationRatio, PaddingReliance, PANFraction
@@ -45,6 +46,8 @@ __all__ = [
     "PruneSummary",
     "pan_penalty",
     "PANPenalty",
+    "padding_consistency",
+    "PaddingConsistency",
     "convert_padding",
     "converted_copy",
     "ConversionSummary",

@@ -1,0 +1,58 @@
+"""Padding consistency: zero for a model already padded like its twin, gradients into the model's
+own parameters, running statistics untouched, and on the placement shortcut it removes the shortcut
+that fine-tuning alone keeps."""
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from pan_repair import SmallCNN
+from pan_repair.consistency import PaddingConsistency, padding_consistency
+
+
+def test_zero_for_a_model_padded_like_its_twin():
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 24, 24)
+    assert padding_consistency(SmallCNN(1, 3, width=8, depth=3, padding_mode="circular"), x).item() == 0.0
+    assert padding_consistency(SmallCNN(1, 3, width=8, depth=3), x).item() > 0
+
+
+def test_gradient_reaches_the_model_and_running_stats_are_untouched():
+    torch.manual_seed(0)
+    model = SmallCNN(1, 3, width=8, depth=3).train()
+    x = torch.randn(6, 1, 24, 24)
+    logits = model(x)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    consistency = PaddingConsistency(weight=2.0)
+    term = consistency(model, x, logits)
+    assert torch.allclose(term, 2.0 * padding_consistency(model, x, logits))
+    assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())  # the twin ran on copies
+    term.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.features.parameters())
+    assert consistency._twin is not None and consistency._twin is not model
+
+
+@pytest.mark.parametrize("make", [lambda: PaddingConsistency(mode="zeros"), lambda: PaddingConsistency(weight=-1)])
+def test_bad_arguments(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+@pytest.mark.slow
+def test_fine_tuning_with_it_removes_the_placement_shortcut():
+    spec = importlib.util.spec_from_file_location(
+        "bench", Path(__file__).resolve().parents[1] / "benchmarks" / "padding_consistency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from pan_repair import DigitsCanvas
+    ds = DigitsCanvas("train", canvas=24, scale=1, placement="biased", classes=(8, 9))
+    train_set = (torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))]))
+    swapped = bench.tensors("swapped")
+    base = bench.train(bench.net(0), train_set, 0)
+    plain = bench.train(copy.deepcopy(base), train_set, 0)
+    repaired = bench.train(copy.deepcopy(base), train_set, 0, PaddingConsistency())
+    assert bench.accuracy(base, swapped) < 30 and bench.accuracy(plain, swapped) < 30  # the shortcut, kept
+    assert bench.accuracy(repaired, swapped) > 80
+    assert bench.accuracy(repaired, bench.tensors("biased")) > 85
