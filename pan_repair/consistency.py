@@ -48,7 +48,8 @@ def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor 
     Args:
         model: the model being trained (its parameters receive the gradient of both branches).
         x: the input batch.
-        logits: ``model(x)`` if already computed (the training step's), else computed here.
+        logits: ``model(x)`` if already computed (the training step's), else computed here
+            (on copies of the buffers: no running statistic changes).
         mode: the twin's padding (one of :data:`pan_repair.padding_switch.MODES`).
         twin: a prebuilt twin (``PaddingConsistency`` caches one); default: built here.
 
@@ -70,10 +71,10 @@ def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor 
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     twin = _twin(model, mode) if twin is None else twin
     twin.train(model.training)
-    if logits is None:
-        logits = model(x)
     state = dict(model.named_parameters())
     state.update({name: b.clone() for name, b in model.named_buffers()})  # running stats untouched
+    if logits is None:
+        logits = functional_call(model, state, (x,))
     other = functional_call(twin, state, (x,))
     if not isinstance(logits, torch.Tensor) or not isinstance(other, torch.Tensor):
         raise TypeError("padding_consistency needs a model returning one tensor of logits")

@@ -282,3 +282,34 @@ def test_padding_switch_resumed_with_another_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="switched to 'replicate'"):
         trainer.fit(net, _data(ns), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert all(type(net.model.features[i]) is nn.Conv2d for i in (0, 3, 6))  # nothing switched
+
+
+# ------------------------------------------------------------------------------ PaddingConsistencyRegularizer
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
+def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, tmp_path):
+    from pan_repair.consistency import PaddingConsistency
+    ns = NAMESPACES[namespace]
+
+    class Plain(ns.net):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Manual(Plain):
+        def __init__(self):
+            super().__init__()
+            self.consistency = PaddingConsistency(0.5)
+
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) + self.consistency(self.model, batch[0])
+
+    nets = {}
+    for name, cls, callbacks in (("manual", Manual, []), ("plain", Plain, []),
+                                 ("callback", Plain, [ns.callbacks.PaddingConsistencyRegularizer(0.5, model_attr="model")])):
+        ns.pl.seed_everything(0, verbose=False)
+        nets[name] = cls()
+        _trainer(ns, tmp_path, callbacks=callbacks).fit(nets[name], _data(ns))
+    for (key, a), b in zip(nets["manual"].model.state_dict().items(), nets["callback"].model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=key)
+    assert not torch.equal(nets["callback"].model.features[0].weight, nets["plain"].model.features[0].weight)
+    with pytest.raises(ValueError, match="unknown mode"):
+        ns.callbacks.PaddingConsistencyRegularizer(mode="zeros")

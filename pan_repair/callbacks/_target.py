@@ -21,19 +21,25 @@ from ..layers import conv_layers
 from ..module_state import eval_mode
 from ..report import PanReport
 
-__all__ = ["ModelTarget", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule"]
+__all__ = ["ModelTarget", "images_in", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule"]
+
+
+def images_in(obj: Any) -> torch.Tensor | None:
+    """The first 4-D floating tensor in a tensor / tuple / list / dict (None if none)."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.ndim == 4 and obj.is_floating_point() else None
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    for item in items:
+        found = images_in(item)
+        if found is not None:
+            return found
+    return None
 
 
 def input_size_from(obj: Any) -> tuple[int, int, int] | None:
-    """(C, H, W) of the first 4-D floating tensor in a tensor / tuple / list / dict (None if none)."""
-    if isinstance(obj, torch.Tensor):
-        return tuple(int(v) for v in obj.shape[1:]) if obj.ndim == 4 and obj.is_floating_point() else None
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
-    for item in items:
-        size = input_size_from(item)
-        if size is not None:
-            return size
-    return None
+    """(C, H, W) of :func:`images_in` ``obj`` (None if none)."""
+    images = images_in(obj)
+    return None if images is None else tuple(int(v) for v in images.shape[1:])
 
 
 def datamodule_input_size(datamodule: Any) -> tuple[int, int, int] | None:

@@ -107,11 +107,10 @@ class PANRegularizerBase(ModelTarget):
                 self._build()
 
     def on_before_backward(self, trainer: Any, pl_module: nn.Module, loss: torch.Tensor) -> None:
-        if self.penalty is None or self.weight == 0:
+        if self.weight == 0:
             return
-        computes = self.penalty.step % self.penalty.every == 0
-        term = self.penalty(self._module(pl_module))
-        if not computes:
+        term = self._term(pl_module)
+        if term is None:
             return
         term = self.ramp(trainer.global_step) * term
         pl_module.log(f"{self.prefix}/penalty", term.detach(), on_step=True, on_epoch=False)
@@ -120,6 +119,14 @@ class PANRegularizerBase(ModelTarget):
         if scaler is not None:
             added = scaler.scale(added)
         loss.add_(added.to(loss.dtype))
+
+    def _term(self, pl_module: nn.Module) -> torch.Tensor | None:
+        """This step's penalty (weighted, before the ramp), or None on the steps it skips."""
+        if self.penalty is None:
+            return None
+        computes = self.penalty.step % self.penalty.every == 0
+        term = self.penalty(self._module(pl_module))
+        return term if computes else None
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
