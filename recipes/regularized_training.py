@@ -1,5 +1,6 @@
 """Recipe: train the same CNN on the embedded digits twice, side by side — plainly, and with the
-PAN penalty (``PANRegularizer``) — then fine-tune the plain one with the penalty (repair within
+PAN penalty (``PANRegularizer``) or the padding-consistency penalty
+(``PaddingConsistencyRegularizer``) — then fine-tune the plain one with the penalty (repair within
 the training budget) -> compare (HTML report). ``PANMonitor`` watches PANs in every stage; every
 stage is a W&B run (offline by default) in one group and leaves a ``results.json``.
 
@@ -9,22 +10,25 @@ Run: ``python recipes/regularized_training.py [--config recipes/configs/regulari
 import sys
 from pathlib import Path
 
-from pan_repair.lightning import PANRegularizer
+from pan_repair.lightning import PaddingConsistencyRegularizer, PANRegularizer
 from pan_repair.pipeline import DigitsSetup, Experiment
 from pan_repair.recipe_cli import run_recipe
 
 
-def regularized_training(out_dir: str = "runs/regularized", weight: float = 1.0, warmup_steps: int = 0,
-                         n_patterns: int = 4, every: int = 4, epochs: int = 6, finetune_epochs: int = 6,
+def regularized_training(out_dir: str = "runs/regularized", penalty: str = "pan", weight: float = 1.0,
+                         warmup_steps: int = 0, n_patterns: int = 4, every: int = 4, epochs: int = 6, finetune_epochs: int = 6,
                          setup: DigitsSetup = DigitsSetup()) -> Path:
     """Train with and without the PAN penalty, then repair the plain model by fine-tuning with it.
 
     Args:
         out_dir: where runs and the report go.
-        weight: weight of the penalty (``PANRegularizer``).
+        penalty: ``pan`` (the PAN penalty on synthetic probes, ``PANRegularizer``) or
+            ``consistency`` (agreement with the circular-padded twin on the training batch,
+            ``PaddingConsistencyRegularizer``).
+        weight: weight of the penalty.
         warmup_steps: optimizer steps of the penalty's linear warm-up.
-        n_patterns: probe patterns per penalty step (``PANPenalty``).
-        every: compute the penalty every this many steps (scaled by it).
+        n_patterns: probe patterns per penalty step (``pan`` only).
+        every: compute the penalty every this many steps, scaled by it (``pan`` only).
         epochs: training epochs of both trainings (from the same initial weights).
         finetune_epochs: epochs of the repair fine-tuning (at most ``epochs``; 0 skips it).
         setup: the digits experiment (placement, model, optimiser, seed, W&B).
@@ -34,14 +38,19 @@ def regularized_training(out_dir: str = "runs/regularized", weight: float = 1.0,
     exp = Experiment("regularized_training", out_dir, setup)
 
     def regularizer() -> PANRegularizer:
+        if penalty == "consistency":
+            return PaddingConsistencyRegularizer(weight, warmup_steps=warmup_steps, model_attr="model")
         return PANRegularizer(weight, warmup_steps=warmup_steps, n_patterns=n_patterns, every=every,
                               input_size=exp.input_size, model_attr="model", seed=setup.seed)
+
+    if penalty not in ("pan", "consistency"):
+        raise ValueError(f"penalty must be 'pan' or 'consistency', got {penalty!r}")
 
     regularizer()  # bad penalty settings fail here, before any training
     print(f"[1/4] training without the penalty for {epochs} epochs")
     plain = exp.module()
     exp.fit(plain, "plain", epochs, [exp.monitor()])
-    print(f"[2/4] training with the penalty (weight {weight}) for {epochs} epochs")
+    print(f"[2/4] training with the {penalty} penalty (weight {weight}) for {epochs} epochs")
     exp.fit(exp.module(), "regularized", epochs, [regularizer(), exp.monitor()])
     if finetune_epochs:
         print(f"[3/4] fine-tuning the plain model with the penalty for {finetune_epochs} epochs")

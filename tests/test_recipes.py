@@ -91,6 +91,7 @@ def test_finetune_budget_is_checked(capsys):
 @pytest.mark.parametrize("recipe, extra, stages", [
     ("padding_switch_finetune", ["--mode", "replicate"], ("baseline", "replicate", "replicate+finetuned")),
     ("regularized_training", ["--every", "1"], ("plain", "regularized", "plain+regularized_finetune")),
+    ("regularized_training", ["--penalty", "consistency"], ("plain", "regularized", "plain+regularized_finetune")),
 ])
 def test_repair_recipes_end_to_end(recipe, extra, stages, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -119,6 +120,7 @@ def test_repair_recipes_end_to_end(recipe, extra, stages, tmp_path, monkeypatch)
     ("padding_switch_finetune", ["--mode", "zeros", "--epochs", "0", "--finetune_epochs", "0"], "unknown mode"),
     ("padding_switch_finetune", ["--layers", "some"], "layers must be 'all' or 'pans'"),
     ("regularized_training", ["--weight", "-1", "--epochs", "0", "--finetune_epochs", "0"], "weight must be >= 0"),
+    ("regularized_training", ["--penalty", "l2"], "penalty must be 'pan' or 'consistency'"),
 ])
 def test_repair_recipes_bad_input_is_one_line(recipe, argv, match, tmp_path, capsys):
     assert run_recipe(_recipe(recipe), ["--out_dir", str(tmp_path), "--setup.wandb", "false", *argv]) == 2
