@@ -8,7 +8,7 @@ consistency penalty; the same training from scratch with it; circular padding fr
 (reference). Accuracy on val+test per placement. Step time: the plain and the penalised step on
 the same batches, interleaved, fastest of ``--rounds``.
 
-Run: ``.venv/bin/python benchmarks/padding_consistency.py [--seeds 0 1 2] [--weight 1.0]``
+Run: ``.venv/bin/python benchmarks/padding_consistency.py [--seeds 0 1 2] [--weight 0.5]``
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def step_times(train_set, weight: float, rounds: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--weight", type=float, default=1.0)
+    parser.add_argument("--weight", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -30,7 +30,7 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
     optimisation requirement are those of ``PANRegularizer``.
 
     Args:
-        weight: weight of the penalty.
+        weight: weight of the penalty (default 0.5, measured: :mod:`pan_repair.consistency`).
         mode: the twin's padding (default ``"circular"``).
         warmup_steps: optimizer steps of the linear warm-up (0: none).
         model_attr: submodule of the LightningModule to regularise (e.g. ``"model"``); it must
@@ -45,7 +45,7 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
         trainer = Trainer(max_epochs=20, callbacks=[PaddingConsistencyRegularizer(model_attr="model")])
     """
 
-    def __init__(self, weight: float = 1.0, *, mode: str = "circular", warmup_steps: int = 0,
+    def __init__(self, weight: float = 0.5, *, mode: str = "circular", warmup_steps: int = 0,
                  model_attr: str | None = None, prefix: str = "padding_consistency") -> None:
         self._init_target(None, model_attr)
         super(PANRegularizerBase, self).__init__()  # the Callback's, not PANRegularizer's
