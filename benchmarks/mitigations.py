@@ -61,14 +61,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pan_repair import DigitsCanvas, SmallCNN, converted_copy, find_pans, prune_pans
+from pan_repair import SmallCNN, converted_copy, find_pans, prune_pans
+from pan_repair.lit_module import border_distance
 from pan_repair.metrics.functional import border_accuracy_gap, padding_reliance
 from pan_repair.pruning import remove_pan_masks
 from pan_repair.regularizer import PANPenalty
 from pan_repair.report import Pan, PanReport
+from pan_repair.shortcut import accuracy, shortcut_data, train_plain
 
 SIZE = (1, 24, 24)
 CLASSES = (8, 9)
@@ -101,23 +102,13 @@ class Digits:
     max_offset: int
 
 
-def _tensors(splits, placement: str, classes, canvas: int):
-    xs, ys, ps = [], [], []
-    for split in splits:
-        ds = DigitsCanvas(split, canvas=canvas, scale=1, placement=placement, classes=classes)
-        for i in range(len(ds)):
-            x, y, p = ds[i]
-            xs.append(x), ys.append(y), ps.append(p)
-    return torch.stack(xs), torch.stack(ys), torch.stack(ps), ds.max_offset
-
-
 def load_digits(classes=CLASSES, canvas: int = CANVAS, limit: int | None = None) -> Digits:
     """The task's tensors; ``limit`` keeps the first images of every set (tests)."""
     cut = slice(None, limit)
-    train = _tensors(["train"], "biased", classes, canvas)
-    evals = {p: _tensors(["val", "test"], p, classes, canvas) for p in ("biased", "swapped", "random")}
+    train = shortcut_data(["train"], "biased", classes, canvas)
+    evals = {p: shortcut_data(["val", "test"], p, classes, canvas) for p in ("biased", "swapped", "random")}
     x, y, pos, L = evals["random"]
-    distance = torch.stack([pos[:, 0], pos[:, 1], L - pos[:, 0], L - pos[:, 1]]).amin(0)
+    distance = border_distance(pos, L)
     return Digits(train=(train[0][cut], train[1][cut]),
                   biased=(evals["biased"][0][cut], evals["biased"][1][cut]),
                   swapped=(evals["swapped"][0][cut], evals["swapped"][1][cut]),
@@ -132,21 +123,8 @@ def make_model(seed: int, width: int = 24) -> nn.Module:
 def train(model: nn.Module, data: Digits, epochs: int, *, lr: float, seed: int,
           penalty: Callable[[nn.Module], torch.Tensor] | None = None, batch: int = BATCH) -> None:
     """Adam on the biased training split, ``epochs`` epochs, seeded shuffling; optional penalty."""
-    x, y = data.train
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if penalty is not None:
-                loss = loss + penalty(model)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    train_plain(model, *data.train, epochs, lr=lr, seed=seed, batch=batch,
+                loss_term=None if penalty is None else lambda m, x, logits: penalty(m))
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
@@ -163,11 +141,6 @@ def plain_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((model(x).argmax(1) == y).float().mean())
-
-
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Digits) -> dict[str, float]:
     """Accuracies (training / swapped / random placement), padding reliance and border gap."""
     model.eval()
@@ -177,7 +150,7 @@ def evaluate(model: nn.Module, data: Digits) -> dict[str, float]:
     reliance = padding_reliance(logits, switched(x))["flip_rate"]
     far = min(4, data.max_offset // 2)
     gap = border_accuracy_gap(logits, y, distance, max_distance=far, near=1, far=far)
-    return {"acc_biased": _accuracy(model, *data.biased), "acc_swapped": _accuracy(model, *data.swapped),
+    return {"acc_biased": accuracy(model, *data.biased), "acc_swapped": accuracy(model, *data.swapped),
             "acc_random": float((logits.argmax(1) == y).float().mean()),
             "reliance": float(reliance), "border_gap": float(gap)}
 
@@ -212,14 +185,14 @@ class FineTune:
 
 
 def _then_tune(model, data, ft: FineTune, seed, info, penalty=None):
-    info["swapped_no_ft"] = _accuracy(model.eval(), *data.swapped)
+    info["swapped_no_ft"] = accuracy(model, *data.swapped)
     if ft.epochs:
         train(model, data, ft.epochs, lr=ft.lr, seed=seed, penalty=penalty)
     return model
 
 
 def m_baseline(model, data, ft, seed, info):
-    info["swapped_no_ft"] = _accuracy(model.eval(), *data.swapped)
+    info["swapped_no_ft"] = accuracy(model, *data.swapped)
     info["budget"] = "-"
     return model
 
@@ -266,7 +239,7 @@ def m_prune_redetect(thresholds: dict | None = None):
                 prune_pans(model, replace(report, pans=new))
                 pruned |= pan_keys(replace(report, pans=new))
             if r == 0:
-                info["swapped_no_ft"] = _accuracy(model.eval(), *data.swapped)
+                info["swapped_no_ft"] = accuracy(model, *data.swapped)
             if epochs:
                 train(model, data, epochs, lr=ft.lr, seed=seed + 100 * r)
         info["pruned"] = len(pruned)
@@ -349,9 +322,9 @@ def _pct(v: float) -> str:
 
 
 def table_a(results: dict[str, list[dict]]) -> str:
-    lines = [f"| mitigation | fine-tune budget | acc. training placement % | acc. swapped % (mean) | "
-             f"swapped per seed | swapped, no FT % | acc. random placement % | PANs before -> after | "
-             f"baseline PANs removed % | padding reliance (flip %) | border acc. gap (pts) | wall (s) |",
+    lines = ["| mitigation | fine-tune budget | acc. training placement % | acc. swapped % (mean) | "
+             "swapped per seed | swapped, no FT % | acc. random placement % | PANs before -> after | "
+             "baseline PANs removed % | padding reliance (flip %) | border acc. gap (pts) | wall (s) |",
              "|" + "---|" * 12]
     for name, rs in results.items():
         if not rs:
@@ -471,7 +444,7 @@ def main(argv=None) -> None:
         if unknown:
             parser.error(f"unknown rows {unknown}; choose from {list(rows)}")
         rows = {n: f for n, f in rows.items() if n in args.only}
-    out = [f"# Mitigations benchmark\n", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
+    out = ["# Mitigations benchmark\n", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
            f"Machine: {machine()}\n"]
     if args.from_jsonl:
         results: dict[str, list[dict]] = {}

@@ -19,18 +19,17 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from pan_repair import DigitsCanvas, SmallCNN, find_pans
+from pan_repair import SmallCNN, find_pans
 from pan_repair.consistency import PaddingConsistency
+from pan_repair.shortcut import accuracy as shortcut_accuracy
+from pan_repair.shortcut import shortcut_data, train_plain, train_step
 
 EPOCHS, LR, BATCH = 20, 3e-3, 32
 
 
 def tensors(placement: str) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = [DigitsCanvas(s, canvas=24, scale=1, placement=placement, classes=(8, 9)) for s in ("val", "test")]
-    items = [ds[i] for ds in parts for i in range(len(ds))]
-    return torch.stack([t[0] for t in items]), torch.stack([t[1] for t in items])
+    return shortcut_data(["val", "test"], placement)[:2]
 
 
 def net(seed: int, padding_mode: str = "zeros") -> SmallCNN:
@@ -38,31 +37,12 @@ def net(seed: int, padding_mode: str = "zeros") -> SmallCNN:
     return SmallCNN(1, 2, width=24, depth=4, strides=(0, 2), padding_mode=padding_mode)
 
 
-def step(model, opt, x, y, consistency) -> None:
-    model.train()
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    if consistency is not None:
-        loss = loss + consistency(model, x, logits)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-
-
 def train(model, train_set, seed: int, consistency=None) -> SmallCNN:
-    x, y = train_set
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(EPOCHS):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), BATCH):
-            step(model, opt, x[perm[i:i + BATCH]], y[perm[i:i + BATCH]], consistency)
-    return model.eval()
+    return train_plain(model, *train_set, EPOCHS, lr=LR, seed=seed, batch=BATCH, loss_term=consistency)
 
 
-@torch.no_grad()
 def accuracy(model, data) -> float:
-    return 100 * float((model.eval()(data[0]).argmax(1) == data[1]).float().mean())
+    return 100 * shortcut_accuracy(model, *data)
 
 
 def step_times(train_set, weight: float, rounds: int) -> tuple[float, float]:
@@ -76,7 +56,7 @@ def step_times(train_set, weight: float, rounds: int) -> tuple[float, float]:
         for k in (False, True):
             start = time.perf_counter()
             for idx in batches:
-                step(arms[k], opts[k], x[idx], y[idx], cons[k])
+                train_step(arms[k], opts[k], x[idx], y[idx], cons[k])
             best[k] = min(best[k], (time.perf_counter() - start) / len(batches))
     return best[False], best[True]
 
@@ -89,8 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ds = DigitsCanvas("train", canvas=24, scale=1, placement="biased", classes=(8, 9))
-    train_set = (torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))]))
+    train_set = shortcut_data(["train"], "biased")[:2]
     biased, swapped = tensors("biased"), tensors("swapped")
     plain, penalised = step_times(train_set, args.weight, args.rounds)
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "

@@ -25,9 +25,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from pan_repair import DigitsCanvas, SmallCNN, find_pans
+from pan_repair import SmallCNN, find_pans
+from pan_repair.shortcut import accuracy, shortcut_data, train_plain, train_step
 from pan_repair.regularizer import PANPenalty
 
 SIZE = (1, 24, 24)
@@ -54,9 +54,7 @@ CONFIGS = {
 
 
 def tensors(split: str, placement: str) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = DigitsCanvas(split, canvas=24, scale=1, placement=placement, classes=(8, 9))
-    xs, ys, _ = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(xs), torch.stack(ys)
+    return shortcut_data([split], placement)[:2]
 
 
 def make(seed: int, cfg: dict | None):
@@ -68,13 +66,7 @@ def make(seed: int, cfg: dict | None):
 
 
 def step(model, opt, penalty, x, y) -> None:
-    model.train()
-    loss = F.cross_entropy(model(x), y)
-    if penalty is not None:
-        loss = loss + penalty(model)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+    train_step(model, opt, x, y, None if penalty is None else lambda m, _x, _logits: penalty(m))
 
 
 def timing(train, rounds: int, batch: int = BATCH, configs=None) -> dict[str, float]:
@@ -99,18 +91,10 @@ def timing(train, rounds: int, batch: int = BATCH, configs=None) -> dict[str, fl
 
 
 def train_and_test(seed: int, cfg, train, tests) -> list[float]:
-    x, y = train
-    model, opt, pen = make(seed, cfg)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(EPOCHS):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), BATCH):
-            idx = perm[i:i + BATCH]
-            step(model, opt, pen, x[idx], y[idx])
-    model.eval()
-    with torch.no_grad():
-        accs = [float((model(tx).argmax(1) == ty).float().mean()) for tx, ty in tests]
-    return accs + [find_pans(model, SIZE).count]
+    model, _, pen = make(seed, cfg)
+    train_plain(model, *train, EPOCHS, lr=LR, seed=seed, batch=BATCH,
+                loss_term=None if pen is None else lambda m, _x, _logits: pen(m))
+    return [accuracy(model, tx, ty) for tx, ty in tests] + [find_pans(model, SIZE).count]
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ def main() -> None:
     size = (3, args.size, args.size)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, input {size}")
-    print(f"| model | probe images | forward (s) | scan (s) | scan / forward | PANs |")
-    print(f"|---|---|---|---|---|---|")
+    print("| model | probe images | forward (s) | scan (s) | scan / forward | PANs |")
+    print("|---|---|---|---|---|---|")
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name).eval()

@@ -10,6 +10,7 @@ import torch
 
 from pan_repair import SmallCNN
 from pan_repair.consistency import PaddingConsistency, padding_consistency
+from pan_repair.shortcut import shortcut_data
 
 
 def test_zero_for_a_model_padded_like_its_twin():
@@ -46,9 +47,7 @@ def test_fine_tuning_with_it_removes_the_placement_shortcut():
         "bench", Path(__file__).resolve().parents[1] / "benchmarks" / "padding_consistency.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    from pan_repair import DigitsCanvas
-    ds = DigitsCanvas("train", canvas=24, scale=1, placement="biased", classes=(8, 9))
-    train_set = (torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))]))
+    train_set = shortcut_data(["train"], "biased")[:2]
     swapped = bench.tensors("swapped")
     base = bench.train(bench.net(0), train_set, 0)
     plain = bench.train(copy.deepcopy(base), train_set, 0)

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pan_repair import SmallCNN
 from pan_repair.regularizer import PANPenalty, make_placement_probes, pan_penalty, placements_of
+from pan_repair.shortcut import accuracy, shortcut_data, train_plain
 
 torch.set_num_threads(2)
 
@@ -179,32 +179,16 @@ def test_bad_arguments():
 
 
 def _tensors(split: str, placement: str):
-    from pan_repair import DigitsCanvas
-    ds = DigitsCanvas(split, canvas=24, scale=1, placement=placement, classes=(8, 9))
-    xs, ys, _ = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(xs), torch.stack(ys)
+    return shortcut_data([split], placement)[:2]
 
 
 def _train_and_test(penalty, seed: int, data) -> float:
     (x, y), (xs, ys) = data
     torch.manual_seed(seed)
     model = SmallCNN(num_classes=2, depth=4, width=24, strides=(0, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(20):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 32):
-            idx = perm[i:i + 32]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if penalty is not None:
-                loss = loss + penalty(model)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        return float((model(xs).argmax(1) == ys).float().mean())
+    train_plain(model, x, y, 20, lr=3e-3, seed=seed,
+                loss_term=None if penalty is None else lambda m, _x, _logits: penalty(m))
+    return accuracy(model, xs, ys)
 
 
 @pytest.mark.slow
