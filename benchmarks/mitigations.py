@@ -207,19 +207,12 @@ def m_padding(mode: str):
     return run
 
 
-def m_prune(thresholds: dict | None = None):
+def m_prune(thresholds: dict | None = None, random: bool = False):
+    """Prune the detected PANs, or (``random``, the control) as many random filters of the same layers."""
     def run(model, data, ft, seed, info):
         report = find_pans(model, SIZE, **(thresholds or {}))
-        info["pruned"] = report.count
-        if report.count:
-            prune_pans(model, report)
-        return _then_tune(model, data, ft, seed, info)
-    return run
-
-
-def m_prune_random(thresholds: dict | None = None):
-    def run(model, data, ft, seed, info):
-        report = random_report(model, find_pans(model, SIZE, **(thresholds or {})), seed)
+        if random:
+            report = random_report(model, report, seed)
         info["pruned"] = report.count
         if report.count:
             prune_pans(model, report)
@@ -276,10 +269,10 @@ def mitigations(penalty: dict = PENALTY, low: dict = LOW_THRESHOLDS) -> dict[str
         "circular (reference)": m_padding("circular"),
         "prune PANs": m_prune(),
         "prune + re-detect": m_prune_redetect(),
-        "prune random (control)": m_prune_random(),
+        "prune random (control)": m_prune(random=True),
         "prune PANs, low thr.": m_prune(low),
         "prune + re-detect, low thr.": m_prune_redetect(low),
-        "prune random, low thr. (control)": m_prune_random(low),
+        "prune random, low thr. (control)": m_prune(low, random=True),
     }
 
 
