@@ -36,7 +36,6 @@ position kind: pattern nearest the edge vs centred), else -1.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import warnings
 import weakref
@@ -49,6 +48,7 @@ from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 from tqdm.auto import tqdm
 
+from .border_geometry import border_windows, strip
 from .layers import BatchNormPairing, Padding, conv_layers, conv_padding, effective_weight, \
     pad_module_padding, unsupported_layers
 from .metrics.functional import border_activation_ratio
@@ -56,7 +56,7 @@ from .module_state import device_dtype, eval_mode
 from .probes import ProbeBatch, make_probes
 from .report import SIDES, LayerInfo, Pan, PanReport
 
-__all__ = ["find_pans", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
+__all__ = ["find_pans", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
 
 #: Default threshold on the border score (channel-std units); see README "Why these thresholds".
 DEFAULT_BORDER_THRESHOLD = 2.7
@@ -89,63 +89,13 @@ class _LayerStats:
     ratio_output: torch.Tensor | None = None  # conv output on the real batch (confirmation pass)
 
 
-def _strip(x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], padding: Padding) -> torch.Tensor:
-    """``pad_constant(x) - pad_replicate(x)`` over the window ``rows x cols`` (unpadded coordinates)."""
-    h, w = x.shape[-2:]
-    (r0, r1), (c0, c1) = rows, cols
-    part = x[..., max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
-    pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
-    return F.pad(part, pads, value=padding.value) - F.pad(part, pads, mode="replicate")
-
-
-def _clean_range(size: int, kernel: int, stride: int, dilation: int, before: int, after: int) -> slice:
-    """Output indices along one axis whose windows touch no padding (all of them if none do)."""
-    span = dilation * (kernel - 1) + 1
-    n_out = (size + before + after - span) // stride + 1
-    first, last = -(-before // stride), (size + before - span) // stride
-    return slice(first, last + 1) if first <= last else slice(0, n_out)
-
-
-def _side_windows(size: int, kernel: int, stride: int, dilation: int, before: int, after: int
-                  ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """Input windows (unpadded coordinates) of the first and last output line, along one axis;
-    None where that line does not reach the padding. A window lying wholly in the padding is
-    widened into the input by whole strides, so the wanted line stays the first/last output."""
-    span = dilation * (kernel - 1) + 1
-    n_out = (size + before + after - span) // stride + 1
-    first = last = None
-    if before > 0:
-        end = span - before
-        if end <= 0:
-            end += stride * math.ceil((1 - end) / stride)
-        first = (-before, end)
-    start = (n_out - 1) * stride - before
-    if after > 0 and start + span > size:
-        end = start + span
-        if start >= size:
-            start -= stride * math.ceil((start - size + 1) / stride)
-        last = (start, end)
-    return first, last
-
-
 @torch.no_grad()
 def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
     """Per side and channel: rms of the padding's own effect ``D`` on the outermost line (corners
     excluded), and its
     mean over the images flagged ``bright`` (first half of the batch)."""
     weight = effective_weight(conv)
-    left, right, top, bottom = padding.pads
-    h, w = x.shape[-2:]
-    top_w, bottom_w = _side_windows(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0], top, bottom)
-    left_w, right_w = _side_windows(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1], left, right)
-    full_rows, full_cols = (-top, h + bottom), (-left, w + right)
-    # the line along a side, without the corners (which belong to two sides at once)
-    inner_cols = _clean_range(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1], left, right)
-    inner_rows = _clean_range(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0], top, bottom)
-    windows = [  # (rows, cols, which output line)
-        (top_w, full_cols, (0, inner_cols)), (bottom_w, full_cols, (-1, inner_cols)),
-        (full_rows, left_w, (inner_rows, 0)), (full_rows, right_w, (inner_rows, -1)),
-    ]
+    windows = border_windows(tuple(x.shape[-2:]), conv, padding)
     c = conv.out_channels
     rms = torch.zeros(4, c, device=x.device, dtype=torch.float32)
     mean = torch.zeros_like(rms)
@@ -154,11 +104,11 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
     for i, (rows, cols, line) in enumerate(windows):
         if rows is None or cols is None:
             continue
-        strip = _strip(x, rows, cols, padding)
-        groups.setdefault(tuple(strip.shape), []).append((i, strip, line))
+        part = strip(x, rows, cols, padding)
+        groups.setdefault(tuple(part.shape), []).append((i, part, line))
     n = len(x)
     for members in groups.values():
-        strips = torch.cat([strip for _, strip, _ in members]) if len(members) > 1 else members[0][1]
+        strips = torch.cat([part for _, part, _ in members]) if len(members) > 1 else members[0][1]
         out = F.conv2d(strips, weight, None, conv.stride, 0, conv.dilation, conv.groups)
         for k, (i, _, (row, col)) in enumerate(members):
             d = out[k * n:(k + 1) * n, :, row, col].float()
@@ -359,10 +309,13 @@ def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device
     return stride, pairing.bns
 
 
-def _total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-                  dtype: torch.dtype) -> tuple[int, int]:
+def total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                 dtype: torch.dtype) -> tuple[int, int]:
     """The network's total stride (rows, columns), see :func:`_prepass`."""
     return _prepass(model, input_size, device, dtype)[0]
+
+
+_total_stride = total_stride  # the former private name (benchmarks/scan_speed.py, tests)
 
 
 def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:

@@ -102,10 +102,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .detector import _clean_range, _side_windows, _strip, _total_stride
+from .border_geometry import border_windows, strip
+from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, total_stride
 from .module_state import eval_mode
 from .layers import BatchNormPairing, Padding, conv_layers, conv_padding, effective_weight, pad_module_padding
-from .probes import _texture
+from .probes import ProbeBatch, _texture, make_probes
 
 __all__ = ["PlacementProbes", "make_placement_probes", "placements_of", "pan_penalty", "PANPenalty"]
 
@@ -253,22 +254,14 @@ def _border_d2(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> torch.Tens
     """Per side and channel (4, C): mean of ``D^2`` over the images and the outermost output
     line (corners excluded), as the detector's ``_border_deviation`` but differentiable."""
     weight = effective_weight(conv)
-    left, right, top, bottom = padding.pads
-    h, w = x.shape[-2:]
-    k, s, d = conv.kernel_size, conv.stride, conv.dilation
-    top_w, bottom_w = _side_windows(h, k[0], s[0], d[0], top, bottom)
-    left_w, right_w = _side_windows(w, k[1], s[1], d[1], left, right)
-    full_rows, full_cols = (-top, h + bottom), (-left, w + right)
-    inner_cols = _clean_range(w, k[1], s[1], d[1], left, right)
-    inner_rows = _clean_range(h, k[0], s[0], d[0], top, bottom)
-    windows = [(top_w, full_cols, (0, inner_cols)), (bottom_w, full_cols, (-1, inner_cols)),
-               (full_rows, left_w, (inner_rows, 0)), (full_rows, right_w, (inner_rows, -1))]
+    windows = border_windows(tuple(x.shape[-2:]), conv, padding)
     out = []
     for rows, cols, (row, col) in windows:
         if rows is None or cols is None:
             out.append(x.new_zeros(conv.out_channels, dtype=torch.float32))
             continue
-        dev = F.conv2d(_strip(x, rows, cols, padding), weight, None, s, 0, d, conv.groups)[:, :, row, col]
+        dev = F.conv2d(strip(x, rows, cols, padding), weight, None, conv.stride, 0, conv.dilation,
+                       conv.groups)[:, :, row, col]
         out.append(dev.float().pow(2).mean(dim=(0, 2)))
     return torch.stack(out)
 
@@ -415,7 +408,7 @@ def pan_penalty(model: nn.Module, probes: PlacementProbes | None = None, *,
         if input_size is None:
             raise ValueError("pan_penalty needs probes or input_size")
         input_size = tuple(int(v) for v in input_size)
-        stride = _total_stride(model, input_size, device, dtype)
+        stride = total_stride(model, input_size, device, dtype)
         probes = make_placement_probes(input_size, n_patterns, n_positions, axes=axes, stride=stride,
                                        n_constants=_N_CONSTANTS if border_weight > 0 else 0, seed=seed)
     position_layers = _resolve(model, layers if layers is not None else _last_conv(model), "layers") \
@@ -527,7 +520,7 @@ class PANPenalty:
             device, dtype = _device_dtype(model)
             self._probes = make_placement_probes(
                 self.input_size, self.bank, self.n_positions, axes=self.axes,
-                stride=self.roll_stride or _total_stride(model, self.input_size, device, dtype),
+                stride=self.roll_stride or total_stride(model, self.input_size, device, dtype),
                 pattern_size=self.pattern_size, level=self.level,
                 n_constants=_N_CONSTANTS if self.border_weight > 0 else 0, seed=self.seed,
                 style=self.style, contrast=self.contrast, noise=self.noise)

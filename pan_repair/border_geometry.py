@@ -1,0 +1,81 @@
+"""Where a padded convolution's border lies: the geometry shared by the detector
+(:mod:`pan_repair.detector`) and the penalty (:mod:`pan_repair.regularizer`).
+
+All coordinates are in the *unpadded* input: row/column ``-1`` is the first padded line.
+For each side, the padding's own effect on the outermost output line is
+``D = conv(pad_constant(strip)) - conv(pad_replicate(strip))`` over a strip of the input just
+wide enough for that line (:func:`border_windows`, :func:`strip`); the bias cancels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Padding
+
+__all__ = ["strip", "clean_range", "side_windows", "border_windows", "SIDE_ORDER"]
+
+#: order of the sides in :func:`border_windows` and in every per-side (4, C) tensor
+SIDE_ORDER = ("top", "bottom", "left", "right")
+
+Window = tuple[int, int]
+
+
+def strip(x: torch.Tensor, rows: Window, cols: Window, padding: Padding) -> torch.Tensor:
+    """``pad_constant(x) - pad_replicate(x)`` over the window ``rows x cols`` (unpadded coordinates)."""
+    h, w = x.shape[-2:]
+    (r0, r1), (c0, c1) = rows, cols
+    part = x[..., max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+    pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
+    return F.pad(part, pads, value=padding.value) - F.pad(part, pads, mode="replicate")
+
+
+def clean_range(size: int, kernel: int, stride: int, dilation: int, before: int, after: int) -> slice:
+    """Output indices along one axis whose windows touch no padding (all of them if none do)."""
+    span = dilation * (kernel - 1) + 1
+    n_out = (size + before + after - span) // stride + 1
+    first, last = -(-before // stride), (size + before - span) // stride
+    return slice(first, last + 1) if first <= last else slice(0, n_out)
+
+
+def side_windows(size: int, kernel: int, stride: int, dilation: int, before: int, after: int
+                 ) -> tuple[Window | None, Window | None]:
+    """Input windows (unpadded coordinates) of the first and last output line, along one axis;
+    None where that line does not reach the padding. A window lying wholly in the padding is
+    widened into the input by whole strides, so the wanted line stays the first/last output."""
+    span = dilation * (kernel - 1) + 1
+    n_out = (size + before + after - span) // stride + 1
+    first = last = None
+    if before > 0:
+        end = span - before
+        if end <= 0:
+            end += stride * math.ceil((1 - end) / stride)
+        first = (-before, end)
+    start = (n_out - 1) * stride - before
+    if after > 0 and start + span > size:
+        end = start + span
+        if start >= size:
+            start -= stride * math.ceil((start - size + 1) / stride)
+        last = (start, end)
+    return first, last
+
+
+def border_windows(size: tuple[int, int], conv: nn.Conv2d, padding: Padding
+                   ) -> list[tuple[Window | None, Window | None, tuple]]:
+    """Per side (:data:`SIDE_ORDER`): ``(rows, cols, line)`` for an input of ``size = (h, w)``:
+    the input window (None on a side whose outermost output line touches no padding) and the
+    index ``(row, col)`` of that outermost line, corners excluded (they belong to two sides), in
+    the output of ``conv`` (no padding) applied to the window."""
+    h, w = size
+    k, s, d = conv.kernel_size, conv.stride, conv.dilation
+    left, right, top, bottom = padding.pads
+    top_w, bottom_w = side_windows(h, k[0], s[0], d[0], top, bottom)
+    left_w, right_w = side_windows(w, k[1], s[1], d[1], left, right)
+    full_rows, full_cols = (-top, h + bottom), (-left, w + right)
+    inner_cols = clean_range(w, k[1], s[1], d[1], left, right)
+    inner_rows = clean_range(h, k[0], s[0], d[0], top, bottom)
+    return [(top_w, full_cols, (0, inner_cols)), (bottom_w, full_cols, (-1, inner_cols)),
+            (full_rows, left_w, (inner_rows, 0)), (full_rows, right_w, (inner_rows, -1))]
