@@ -35,7 +35,23 @@ def test_gradient_reaches_the_model_and_running_stats_are_untouched():
     assert consistency._twin is not None and consistency._twin is not model
 
 
-@pytest.mark.parametrize("make", [lambda: PaddingConsistency(mode="zeros"), lambda: PaddingConsistency(weight=-1)])
+def test_every_k_computes_k_times_the_term_on_every_kth_call_and_keeps_its_count():
+    torch.manual_seed(0)
+    model = SmallCNN(1, 3, width=8, depth=3).eval()
+    x = torch.randn(6, 1, 24, 24)
+    full = padding_consistency(model, x)
+    consistency = PaddingConsistency(weight=0.5, every=3)
+    terms = [consistency(model, x) for _ in range(4)]
+    torch.testing.assert_close(terms[0], 3 * 0.5 * full)
+    torch.testing.assert_close(terms[3], terms[0])
+    assert [t.item() for t in terms[1:3]] == [0.0, 0.0]
+    resumed = PaddingConsistency(weight=0.5, every=3)
+    resumed.load_state_dict(consistency.state_dict())  # step 4: the next call skips, the one after computes
+    assert resumed(model, x).item() == 0.0 and not resumed.computes_next()
+
+
+@pytest.mark.parametrize("make", [lambda: PaddingConsistency(mode="zeros"), lambda: PaddingConsistency(weight=-1),
+                                  lambda: PaddingConsistency(every=0)])
 def test_bad_arguments(make):
     with pytest.raises(ValueError):
         make()

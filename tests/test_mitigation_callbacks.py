@@ -285,8 +285,9 @@ def test_padding_switch_resumed_with_another_mode_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------ PaddingConsistencyRegularizer
+@pytest.mark.parametrize("every", [1, 2])
 @pytest.mark.parametrize("namespace", list(NAMESPACES))
-def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, tmp_path):
+def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, every, tmp_path):
     from pan_repair.consistency import PaddingConsistency
     ns = NAMESPACES[namespace]
 
@@ -297,14 +298,15 @@ def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, tmp_pat
     class Manual(Plain):
         def __init__(self):
             super().__init__()
-            self.consistency = PaddingConsistency(0.5)
+            self.consistency = PaddingConsistency(0.5, every=every)
 
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx) + self.consistency(self.model, batch[0])
 
     nets = {}
     for name, cls, callbacks in (("manual", Manual, []), ("plain", Plain, []),
-                                 ("callback", Plain, [ns.callbacks.PaddingConsistencyRegularizer(0.5, model_attr="model")])):
+                                 ("callback", Plain, [ns.callbacks.PaddingConsistencyRegularizer(0.5, every=every,
+                                                                                            model_attr="model")])):
         ns.pl.seed_everything(0, verbose=False)
         nets[name] = cls()
         _trainer(ns, tmp_path, callbacks=callbacks).fit(nets[name], _data(ns))
@@ -313,3 +315,5 @@ def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, tmp_pat
     assert not torch.equal(nets["callback"].model.features[0].weight, nets["plain"].model.features[0].weight)
     with pytest.raises(ValueError, match="unknown mode"):
         ns.callbacks.PaddingConsistencyRegularizer(mode="zeros")
+    with pytest.raises(ValueError, match="every must be"):
+        ns.callbacks.PaddingConsistencyRegularizer(every=0)

@@ -32,6 +32,8 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
     Args:
         weight: weight of the penalty (default 0.5, measured: :mod:`pan_repair.consistency`).
         mode: the twin's padding (default ``"circular"``).
+        every: compute the penalty on every k-th step only, multiplied by k (the other steps
+            skip both extra passes).
         warmup_steps: optimizer steps of the linear warm-up (0: none).
         model_attr: submodule of the LightningModule to regularise (e.g. ``"model"``); it must
             return one tensor of logits.
@@ -45,7 +47,7 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
         trainer = Trainer(max_epochs=20, callbacks=[PaddingConsistencyRegularizer(model_attr="model")])
     """
 
-    def __init__(self, weight: float = 0.5, *, mode: str = "circular", warmup_steps: int = 0,
+    def __init__(self, weight: float = 0.5, *, mode: str = "circular", every: int = 1, warmup_steps: int = 0,
                  model_attr: str | None = None, prefix: str = "padding_consistency") -> None:
         self._init_target(None, model_attr)
         super(PANRegularizerBase, self).__init__()  # the Callback's, not PANRegularizer's
@@ -57,8 +59,10 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"PaddingConsistencyRegularizer: warmup_steps must be an integer >= 0, "
                              f"got {warmup_steps!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"PaddingConsistencyRegularizer: every must be an integer >= 1, got {every!r}")
         self.weight, self.warmup_steps, self.prefix, self.mode = float(weight), warmup_steps, prefix, mode
-        self.consistency = PaddingConsistency(self.weight, mode)
+        self.consistency = PaddingConsistency(self.weight, mode, every)
         self._images: torch.Tensor | None = None
 
     def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
@@ -73,10 +77,13 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
     def _term(self, pl_module: nn.Module) -> torch.Tensor | None:
         if self._images is None:
             return None
-        return self.consistency(self._module(pl_module), self._images)
+        computes = self.consistency.computes_next()
+        term = self.consistency(self._module(pl_module), self._images)
+        return term if computes else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"consistency": self.consistency.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass
+        if "consistency" in state_dict:
+            self.consistency.load_state_dict(state_dict["consistency"])
