@@ -79,8 +79,8 @@ FT_EPOCHS, FT_LR = 20, 1e-3
 #: the PAN penalty rows (see pan_repair/regularizer.py for the study): the standardised-texture
 #: probes (the regulariser's original probes, 8 patterns every step) and the digit-like "ink"
 #: probes (bright strokes on the data's dark, noisy background), vertical placements only
-PENALTY_TEXTURE = dict(n_patterns=8, every=1, weight=1.0)
-PENALTY = dict(n_patterns=8, n_positions=16, roll_stride=(1, 1), every=1, weight=0.5, axes=("rows",), style="ink",
+PENALTY_TEXTURE = dict(n_patterns=8, every=1, weight=1.0, probes="placement")
+PENALTY = dict(probes="placement", n_patterns=8, n_positions=16, roll_stride=(1, 1), every=1, weight=0.5, axes=("rows",), style="ink",
                contrast=6.0, level=-0.22, noise=0.33, pattern_size=8)
 LOW_THRESHOLDS = dict(border_threshold=1.0, position_threshold=0.5)
 

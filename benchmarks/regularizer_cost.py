@@ -33,19 +33,21 @@ from pan_repair.regularizer import PANPenalty
 SIZE = (1, 24, 24)
 BATCH, EPOCHS, LR = 32, 20, 3e-3
 
-INK = dict(n_positions=16, roll_stride=(1, 1), axes=("rows",), style="ink", contrast=6.0, level=-0.22, noise=0.33,
+INK = dict(probes="placement", n_positions=16, roll_stride=(1, 1), axes=("rows",), style="ink", contrast=6.0, level=-0.22, noise=0.33,
            pattern_size=8)
+#: the placement-probe penalty this benchmark studies (benchmarks/pan_penalty.py: the detector-probe default)
+P = dict(probes="placement")
 #: name -> PANPenalty keyword arguments (None: no penalty)
 CONFIGS = {
     "none": None,
-    "w=1, 8 patterns, every step": dict(n_patterns=8, every=1, weight=1.0),
-    "w=1, 8 patterns, every 4": dict(n_patterns=8, every=4, weight=1.0),
-    "w=1, 4 patterns, every 4": dict(n_patterns=4, every=4, weight=1.0),
-    "w=0.5, 4 patterns, every 8": dict(n_patterns=4, every=8, weight=0.5),
-    "w=1, 4 patterns, every 8": dict(n_patterns=4, every=8, weight=1.0),
-    "w=2, 4 patterns, every 8": dict(n_patterns=4, every=8, weight=2.0),
-    "w=1, 3 patterns, every 8": dict(n_patterns=3, every=8, weight=1.0),
-    "w=1, 4 patterns, every 4, 16x16 probes": dict(n_patterns=4, every=4, weight=1.0, probe_size=16),
+    "w=1, 8 patterns, every step": dict(P, n_patterns=8, every=1, weight=1.0),
+    "w=1, 8 patterns, every 4": dict(P, n_patterns=8, every=4, weight=1.0),
+    "w=1, 4 patterns, every 4": dict(P, n_patterns=4, every=4, weight=1.0),
+    "w=0.5, 4 patterns, every 8": dict(P, n_patterns=4, every=8, weight=0.5),
+    "w=1, 4 patterns, every 8": dict(P, n_patterns=4, every=8, weight=1.0),
+    "w=2, 4 patterns, every 8": dict(P, n_patterns=4, every=8, weight=2.0),
+    "w=1, 3 patterns, every 8": dict(P, n_patterns=3, every=8, weight=1.0),
+    "w=1, 4 patterns, every 4, 16x16 probes": dict(P, n_patterns=4, every=4, weight=1.0, probe_size=16),
     # digit-like "ink" probes, 16 stride-1 vertical placements: the fine-tuning repair of
     # benchmarks/mitigations.py (see pan_repair/regularizer.py)
     "w=0.5, ink 8 patterns x 16 rows, every step": dict(INK, n_patterns=8, every=1, weight=0.5),

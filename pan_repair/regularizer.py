@@ -1,96 +1,47 @@
 """A differentiable penalty on what the detector measures, to add to the training loss.
 
-:func:`pan_penalty` runs one forward pass of synthetic probes (no data) and returns a scalar
-tensor, differentiable with respect to the model's parameters:
+**The penalty** (:func:`detector_penalty`; :class:`PANPenalty` caches its probes and spaces it
+out). One eval-mode forward of the detector's own probes (:func:`pan_repair.probes.make_probes`,
+the constant images, and the placement images when the position term is on); for every conv
+``l`` and output channel ``c`` it recomputes the detector's two scores (:mod:`pan_repair.detector`)
+with gradients and hinges them:
 
-``penalty = weight * P + border_weight * B``
+``penalty = weight * (border_weight * B + position_weight * P)``
 
-* **Position term** ``P`` in [0, 1]: the detector's position score, made differentiable. Each of
-  ``n_patterns`` random textures sits on a canvas and is moved by circular rolls (multiples of
-  the network's total stride, the texture never wrapping) to ``n_positions`` places along each
-  axis. For every channel ``c`` of the chosen layers, with ``r_paq`` its globally pooled response
-  to pattern ``p`` at place ``q`` along axis ``a``:
-  ``eta2_ac = P * sum_q (mean_p r_paq - mean r_.a.)^2 / sum_pq (r_paq - mean r_.a.)^2``, the
-  share of the response's variance explained by *where* the content is (the detector's
-  formula, :mod:`pan_repair.detector`). ``P`` is the mean of ``eta2`` over axes, channels and
-  layers. A circular-padded network is exactly invariant to the rolls (``P = 0``).
-* **Border term** ``B`` (off by default): the detector's border score, squared and made
-  differentiable. On spatially constant probes, for every chosen conv whose own padding is a
-  constant frame, ``D = conv(zero_pad(x)) - conv(replicate_pad(x))`` on the outermost output
-  line of each side (corners excluded); ``B`` is the mean over layers, channels and sides of
-  ``mean(D^2) / sigma_c^2``, ``sigma_c`` the channel scale the detector uses (running std of the
-  BatchNorm the conv feeds, else the std of its output on the probes; detached). ``B = 0``
-  without border-making padding.
+* ``B = (1 / C_total) sum_{l,c} sum_s relu(b_lcs - border_margin)^2``; ``b_lcs = rms(D) / sigma_c``
+  is the detector's border score of side ``s`` (channel-std units): ``D = conv(pad_zero(x)) -
+  conv(pad_replicate(x))`` on the outermost output line (corners excluded), ``x`` the conv's
+  input under the constant probes; ``sigma_c`` the running std of the BatchNorm the conv feeds
+  (else the conv output's std over the probes), detached, floored at 5% of the layer median.
+  The strip geometry is shared with the detector (:mod:`pan_repair.border_geometry`).
+* ``P = (1 / C_total) sum_{l,c} sum_a relu(eta2_lca - position_margin)^2``; ``eta2`` in [0, 1] the
+  detector's position score of roll axis ``a``: share of the variance of the globally pooled
+  ``relu(bn(conv))`` over patterns x rolls explained by the roll.
 
-**Probes** (:func:`make_placement_probes`). Unlike the detector's (a texture an eighth of the
-side on a zero canvas), the penalty's are made to look like normalised input images: a texture a
-third of the side (an object, not a detail) with a random offset (``level``), the canvas
-standardised to mean 0 and std 1 per channel, so the background is a non-zero level that zero
-padding can see. :func:`placements_of` builds the same layout from real images instead.
+Channels below the margins (defaults: half the detector's thresholds, 1.35 and 0.45) cost
+nothing; ``C_total`` counts every channel of the measured convs. Tested: with a margin just
+above the largest score ``find_pans`` reports the term is exactly 0, just below it positive.
+BatchNorm uses its running statistics (differentiable in weight and bias; buffers untouched);
+every module's mode is restored; hooks removed; the global RNG untouched.
 
-**Mode and state.** The probe pass runs with every module in *eval* mode: exactly the network
-the detector scans and that is deployed. BatchNorm normalises with its running statistics
-(differentiable in its weight and bias), which are neither replaced by the probe batch's nor
-updated; dropout and drop-path are off, so the global RNG is not consumed. Every module's
-``training`` flag is restored afterwards, also on error. Hooks live only during the call, and
-the forward pass stops as soon as the chosen layers have been seen. (The alternative, BatchNorm
-on the probe batch's own statistics with the buffers swapped for copies, did worse on the
-placement shortcut below: 54.5% vs 60.1% swapped, dense probes, 3 seeds.)
+**Defaults** (``PANPenalty(input_size)``): border term only (``border_weight=1``,
+``position_weight=0``), ``weight=1``, ``every=4`` (computed on every 4th call, times 4), a bank of
+16 probe batches ``make_probes(seed=seed + i)`` with 2 patterns each, used in turn.
 
-**Cost.** One forward and backward of the probe batch up to the last chosen layer:
-``n_patterns * len(axes) * n_positions`` images (+4 constants with the border term).
-:class:`PANPenalty` caches a bank of probes, uses a different subset of patterns at each call,
-and with ``every=k`` runs on every k-th step only, scaled by ``k`` so the average gradient is
-unchanged. Measured on SmallCNN (2 CPU threads, 24x24 images; ranges over runs on a shared
-machine): the extra step time is roughly ``0.7 x probe images per step / batch size``. Batch 32:
-2.6-2.9x for 8 patterns every step, 1.23-1.35x for 4 patterns every 4 steps, 1.10-1.23x every
-8; batch 64: 2.1x, 1.09x and ~1.03x. Under 10% thus needs at most ~0.14 x batch probe images per
-step (the default, 4 patterns x 2 axes x 5 places every 4 steps, from batch ~70; every 8 from
-~40). A large ``every`` (16) with Adam made training collapse in one seed of two: the k-scaled
-kicks are too large.
+**Measured** (``benchmarks/pan_penalty.py``, ``benchmarks/results/pan_penalty.md``): 10-class
+digits (x3, random place on 48x48), resnet10t layout at 1/4 width with output stride 8 (780
+filters), Adam 3e-3, 6 epochs, 3 seeds, 1 CPU thread. RESULTS_PLACEHOLDER
 
-**Effect, measured** (``benchmarks/regularizer_cost.py``): placement shortcut, digits 8 (top) /
-9 (bottom) on 24x24, zero-padded SmallCNN(depth 4, strides (0, 2)), 20 epochs, 3 seeds.
-Swapped-placement accuracy 22.5% without the penalty, 60.1% with 8 patterns every step at
-weight 1, 57.7% with 4 patterns every 4 steps, 53% every 8 steps (training placement 85-100%).
-It weakens the shortcut but does not remove it here: the network becomes placement-invariant
-on the probes (``P`` ~ 0.001) faster than on digits. Measured (2 seeds) and dropped: the same
-statistic on the post-ReLU block output (training collapsed to chance: dead units have
-``eta2 = 0``) or on the logits (54-58%); pattern-centred or channel-std-normalised variants;
-zero-level, stroke-like or 3x3 textures, stride-1 rolls (all 44-72%, no better); 16x16 probes
-(33.8%, 3 seeds); rolled *training images* as probes (19.7%, one seed, on the block output:
-the invariance is learnt on the images seen, ``P`` on test images stays 4-8x higher).
-
-**Repair by fine-tuning, measured** (issue #4; ``benchmarks/mitigations.py`` and exploration
-scripts; same task, the biased model trained 20 epochs, then fine-tuned on the same biased data
-for 20 epochs, Adam 1e-3, batch 32; seed 0 unless stated, one seed is +-5 points). Swapped-
-placement accuracy: fine-tuning alone 13%; this penalty with the default texture probes (8
-patterns every step, weight 1) 33%; the design notes' recipe (8x8 smooth textures of contrast 2
-on a flat noisy canvas, 16 vertical stride-1 placements, weight 0.5, last conv) 37%. What
-mattered was the probes looking like the data: ``style="ink"`` (bright strokes, contrast 6, on
-the data's background level -0.22 with noise 0.33) 77% (training placement 93.5%); contrast 8
-and 16 patterns 73%, background 0 and noise 0.1 72%, random-pixel "ink" 66%, weight 2 75%; rolled
-*training images* (a data-based penalty, 8 images x 9 rolls, last conv) 67%; eta^2 with its
-denominator detached 54% (training placement 72%); on the BatchNorm output: collapse (53/53).
-With 5 stride-aligned positions (``PANPenalty`` as before) instead of 16 stride-1 ones
-(``n_positions=16, roll_stride=(1, 1)``) the ink probes gave 62%. Switching the padding to
-replicate first and then fine-tuning with the penalty works best: fine-tuning alone after the
-switch 72%; + texture penalty 78%; + ink penalty, 5 positions 82% (84% with 16 non-circular
-placements; 83% measured on every conv; 73% at learning rate 3e-3); + ink penalty, 16 stride-1
-positions **89.1%** (training placement 92.0%). Over two seeds (``benchmarks/results/
-mitigations.md``): ink penalty 76.8 / 84.1% (training placement 92.8 / 95.7%); replicate + ink
-penalty 89.1 / 79.0% (92.0 / 89.9%); replicate alone 71.7% (seed 0). So the goal, >= 90% swapped
-with training-placement accuracy within a point, is **not reached** by any setting found here;
-the best is ~80-89% with a 4-10 point loss on the training placement (the penalty costs fit on
-this tiny training set: 216 images). The design notes' 93.9% used another network and data
-pipeline; their recipe, transplanted (``style="texture"``-like probes), gave 37% here.
-
-Cost of that setting (8 patterns x 16 positions = 128 probe images every step, batch 32):
-estimated from the rule above at ``1 + 0.7 x 128 / 32`` = 3.8x the step time, far above the 10%
-target; ``every=4`` would bring it to ~1.7x (efficacy not measured). The rows are in
-``benchmarks/regularizer_cost.py`` but were not timed: the shared machine was saturated (load
-~7 on 2 cores) when this was written. (Measured wall times of the 20-epoch fine-tunings in the
-benchmark, same load: ~200 s with the penalty vs ~120 s without, i.e. ~1.7x per epoch.)
+**Placement probes** (``probes="placement"``: :func:`pan_penalty`, :func:`make_placement_probes`,
+:func:`placements_of`), the earlier study kept for ``benchmarks/mitigations.py`` and
+``benchmarks/regularizer_cost.py``: ``weight * P' + border_weight * B'`` with ``P'`` the mean
+(not hinged) eta^2 of chosen layers' pooled outputs over textures a third of the side (or
+digit-like ``style="ink"`` strokes), ``B'`` the mean ``D^2 / sigma^2`` on their own constants.
+On the 8-top / 9-bottom placement shortcut (SmallCNN depth 4, 24x24) it raised swapped-
+placement accuracy from 22.5% to 53-60% when trained with it, and to 77-89% as a fine-tuning
+repair with ink probes (after switching to replicate padding); but it does not measure what
+the detector measures: trained with it, the same network ended with 26-35 PANs instead of 1-2,
+at 1.25-3.7x the step time. Step cost there: about ``1 + 0.7 x probe images per step / batch``.
 """
 from __future__ import annotations
 
@@ -108,7 +59,8 @@ from .module_state import eval_mode
 from .layers import BatchNormPairing, Padding, conv_layers, conv_padding, effective_weight, pad_module_padding
 from .probes import ProbeBatch, _texture, make_probes
 
-__all__ = ["PlacementProbes", "make_placement_probes", "placements_of", "pan_penalty", "PANPenalty"]
+__all__ = ["PlacementProbes", "make_placement_probes", "placements_of", "pan_penalty", "detector_penalty",
+           "PANPenalty"]
 
 _AXES = {"rows": 0, "cols": 1, 0: 0, 1: 1}
 _N_CONSTANTS = 4
@@ -452,6 +404,150 @@ def pan_penalty(model: nn.Module, probes: PlacementProbes | None = None, *,
     return total
 
 
+# ----------------------------------------------------------------------------------------------
+# the detector-aligned penalty: the detector's probes, scores and responses
+
+
+class _DetectorCapture:
+    """Forward hooks for one probe pass over every conv: the padding's own effect ``D`` on the
+    constant probes (per side, differentiable), the response the detector pools (``relu(bn(y))``
+    for a conv feeding a BatchNorm, ``y`` otherwise) and the BatchNorm each conv feeds."""
+
+    def __init__(self, model: nn.Module, convs: list[str], n_constants: int, border: bool) -> None:
+        self.n_constants, self.border = n_constants, border
+        self.d2: dict[str, torch.Tensor] = {}       # (4, C) mean D^2 per side
+        self.outputs: dict[str, torch.Tensor] = {}  # conv outputs
+        self.bn_outputs: dict[str, torch.Tensor] = {}
+        self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
+        modules = dict(model.named_modules())
+        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in convs]
+        if border:
+            self._handles += [m.register_forward_hook(self._pad_hook) for m in model.modules()
+                              if pad_module_padding(m) is not None]
+        self.pairing = BatchNormPairing(model, convs, on_pair=self._paired)
+
+    def _pad_hook(self, module, inputs, output):
+        self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
+
+    def _paired(self, name, bn, bn_input, bn_output):
+        self.bn_outputs.setdefault(name, bn_output)
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if name in self.outputs:
+                return  # a module called several times per forward: its first call (as the detector)
+            self.outputs[name] = output
+            if not self.border:
+                return
+            x = inputs[0]
+            padding = conv_padding(module, tuple(x.shape[-2:]))
+            source = self._pad_outputs.pop(id(x), None)
+            if source is not None and source[0]() is x and not padding.is_padded:
+                padding, x = source[1], source[2]  # a ZeroPad2d before an unpadded conv
+            if padding.makes_border:
+                self.d2[name] = _border_d2(x[: self.n_constants], module, padding)
+        return hook
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self.pairing.remove()
+        self._pad_outputs.clear()
+
+
+def _eta2(pooled: torch.Tensor, probes: ProbeBatch) -> torch.Tensor:
+    """The detector's position score per axis and channel (2, C), differentiable: eta^2 of the
+    pooled responses over the placement grid (patterns x rolls)."""
+    grid = probes.grid(pooled.float())  # (P, 2, Q, C)
+    centred = grid - grid.mean(dim=(0, 2), keepdim=True)
+    total = centred.pow(2).sum(dim=(0, 2))
+    between = probes.n_patterns * centred.mean(dim=0).pow(2).sum(dim=1)
+    # a dead or constant channel (total ~ 0) scores 0, as in the detector
+    eps = 1e-6 * total.detach().mean().clamp_min(1e-12)
+    return between / (total + eps)
+
+
+def _hinge(score: torch.Tensor, margin: float) -> torch.Tensor:
+    return F.relu(score - margin).pow(2)
+
+
+def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
+                     input_size: tuple[int, int, int] | None = None, layers: Iterable[str] | None = None,
+                     border_weight: float = 1.0, position_weight: float = 1.0,
+                     border_margin: float = 0.5 * DEFAULT_BORDER_THRESHOLD,
+                     position_margin: float = 0.5 * DEFAULT_POSITION_THRESHOLD,
+                     n_patterns: int = 2, n_positions: int = 8, seed: int = 0) -> torch.Tensor:
+    """The detector's two scores (:func:`pan_repair.find_pans`), made differentiable and hinged:
+
+    ``border_weight * mean_c sum_s relu(b_cs - border_margin)^2
+    + position_weight * mean_c sum_a relu(eta2_ca - position_margin)^2``
+
+    over the channels ``c`` of ``layers`` (default: every conv), sides ``s`` and roll axes ``a``.
+    ``b_cs = sqrt(mean D^2) / sigma_c``: the detector's border score of one side (``D`` on the
+    constant probes, ``sigma_c`` the running std of the BatchNorm the conv feeds, else the
+    conv output's std over the probes; detached; both floored as in the detector); 0 for a conv
+    whose padding makes no border. ``eta2_ca``: the detector's position score of one axis, on
+    the response it pools (``relu(bn(conv))``). Channels below the margins cost nothing.
+
+    Args:
+        probes: a :class:`~pan_repair.probes.ProbeBatch` (the detector's construction; scale
+            images, if any, are skipped); default ``make_probes(input_size, n_patterns,
+            n_positions, total stride, seed=seed)``. With ``position_weight == 0`` only its
+            constants are run.
+
+    The pass runs in eval mode (BatchNorm on its running statistics, which stay untouched; every
+    module's mode restored after; hooks removed; the global RNG untouched).
+    """
+    if min(border_weight, position_weight, border_margin, position_margin) < 0:
+        raise ValueError("weights and margins must be >= 0")
+    device, dtype = _device_dtype(model)
+    total = torch.zeros((), device=device, dtype=torch.float32)
+    if border_weight == 0 and position_weight == 0:
+        return total
+    if probes is None:
+        if input_size is None:
+            raise ValueError("detector_penalty needs probes or input_size")
+        input_size = tuple(int(v) for v in input_size)
+        stride = total_stride(model, input_size, device, dtype)
+        probes = make_probes(input_size, n_patterns, n_positions, stride, seed=seed)
+    convs = [n for n, _ in conv_layers(model)] if layers is None else _resolve(model, layers, "layers")
+    if not convs:
+        raise ValueError("the model has no 2-D convolution (nn.Conv2d)")
+    not_conv = [n for n in convs if not isinstance(model.get_submodule(n), nn.Conv2d)]
+    if not_conv:
+        raise ValueError(f"layers must be convolutions: {', '.join(not_conv)}")
+    nc = probes.n_constants
+    place = probes.images[probes.placement_slice()]
+    images = probes.images[:nc] if position_weight == 0 else torch.cat([probes.images[:nc], place])
+    capture = _DetectorCapture(model, convs, nc, border_weight > 0)
+    try:
+        with eval_mode(model):
+            model(images.to(device, dtype))
+    finally:
+        capture.remove()
+    grid_probes = ProbeBatch(place, 0, probes.n_patterns, probes.n_positions, probes.distances)
+    border_terms, position_terms, n_channels = [], [], 0
+    for name in convs:
+        if name not in capture.outputs:
+            continue  # never executed
+        y = capture.outputs[name]
+        n_channels += y.shape[1]
+        bn = capture.pairing.bns.get(name)
+        if name in capture.d2:
+            sigma = _channel_sigma(bn, y.detach().float().transpose(0, 1).flatten(1).std(dim=1))
+            score = (capture.d2[name] / sigma.pow(2) + 1e-12).sqrt()  # (4, C)
+            border_terms.append(_hinge(score, border_margin).sum())
+        if position_weight > 0:
+            response = F.relu(capture.bn_outputs[name]) if name in capture.bn_outputs else y
+            pooled = _pool(response[nc:])
+            position_terms.append(_hinge(_eta2(pooled, grid_probes), position_margin).sum())
+    if border_terms:
+        total = total + border_weight * torch.stack(border_terms).sum() / n_channels
+    if position_terms:
+        total = total + position_weight * torch.stack(position_terms).sum() / n_channels
+    return total
+
+
 def _placement_only(probes: PlacementProbes) -> PlacementProbes:
     return PlacementProbes(probes.images[probes.n_constants:], 0, probes.n_patterns, probes.axes,
                            probes.n_positions)
@@ -461,49 +557,85 @@ def _pool(y: torch.Tensor) -> torch.Tensor:
     return y.mean(dim=tuple(range(2, y.ndim))) if y.ndim > 2 else y
 
 
-class PANPenalty:
-    """:func:`pan_penalty` made cheap enough for every training step.
+#: PANPenalty's defaults per probe kind (None in its signature: taken from here)
+_DEFAULTS = {
+    "detector": dict(n_patterns=2, n_positions=8, every=4, bank=16, border_weight=1.0),
+    "placement": dict(n_patterns=4, n_positions=5, every=4, bank=64, border_weight=0.0),
+}
+PROBE_KINDS = tuple(_DEFAULTS)
 
-    Builds a bank of ``bank`` patterns once (on the first call, when the model's total stride is
-    known) and uses ``n_patterns`` of them per call, cycling through the bank in a seeded order:
-    successive steps see different content at the cost of ``n_patterns``. ``every=k`` computes
-    the penalty on every k-th call only, multiplied by k (same average gradient); the other calls
-    return a constant zero without a probe pass. ``probe_size`` (a side in pixels) uses smaller
-    probe canvases than the training images (fully convolutional models only). Deterministic in
+
+class PANPenalty:
+    """The PAN penalty made cheap enough for every training step.
+
+    ``probes="detector"`` (default): ``weight * detector_penalty(...)`` (:func:`detector_penalty`:
+    the detector's own probes, scores and responses, hinged at ``border_margin`` /
+    ``position_margin``). A bank of ``bank`` probe batches (``make_probes`` with seeds ``seed``,
+    ``seed + 1``, ...; ``n_patterns`` patterns each) is built lazily; call ``i`` uses batch
+    ``i mod bank``. ``position_weight`` (default 0) switches the position term on.
+
+    ``probes="placement"``: ``pan_penalty`` on :func:`make_placement_probes` (the earlier study,
+    see the module docstring): a bank of ``bank`` patterns, ``n_patterns`` of them per call in a
+    seeded order; ``weight`` is the position term's weight, ``layers`` / ``border_layers`` /
+    ``axes`` / ``probe_size`` / ``pattern_size`` / ``level`` / ``style`` / ``contrast`` / ``noise``
+    / ``roll_stride`` shape those probes.
+
+    Both: ``every=k`` computes the penalty on every k-th call only, multiplied by k (same average
+    gradient); the other calls return a constant zero without a probe pass. Deterministic in
     ``seed``; the global RNG is not touched; ``state_dict``/``load_state_dict`` keep the step.
 
     Example:
         >>> from pan_repair import SmallCNN
         >>> from pan_repair.regularizer import PANPenalty
         >>> model = SmallCNN(num_classes=2, depth=3, width=8)
-        >>> penalty = PANPenalty((1, 24, 24), n_patterns=4)
+        >>> penalty = PANPenalty((1, 24, 24))
         >>> loss = penalty(model)  # + the task loss
         >>> loss.backward()
         >>> model.features[6].weight.grad is not None
         True
     """
 
-    def __init__(self, input_size: tuple[int, int, int], n_patterns: int = 4, n_positions: int = 5, *,
-                 layers: Iterable[str] | None = None, weight: float = 1.0, border_weight: float = 0.0,
-                 border_layers: Iterable[str] | None = None, axes: Iterable[int | str] = ("rows", "cols"),
-                 bank: int = 64, every: int = 4, probe_size: int | None = None,
-                 pattern_size: int | None = None, level: float = 1.0, seed: int = 0,
-                 style: str = "texture", contrast: float = 6.0, noise: float = 0.3,
+    def __init__(self, input_size: tuple[int, int, int], n_patterns: int | None = None,
+                 n_positions: int | None = None, *, probes: str = "detector", weight: float = 1.0,
+                 border_weight: float | None = None, position_weight: float = 0.0,
+                 border_margin: float = 0.5 * DEFAULT_BORDER_THRESHOLD,
+                 position_margin: float = 0.5 * DEFAULT_POSITION_THRESHOLD,
+                 layers: Iterable[str] | None = None, border_layers: Iterable[str] | None = None,
+                 axes: Iterable[int | str] = ("rows", "cols"), bank: int | None = None, every: int | None = None,
+                 probe_size: int | None = None, pattern_size: int | None = None, level: float = 1.0,
+                 seed: int = 0, style: str = "texture", contrast: float = 6.0, noise: float = 0.3,
                  roll_stride: tuple[int, int] | None = None) -> None:
+        if probes not in _DEFAULTS:
+            raise ValueError(f"unknown probes {probes!r}; expected one of {', '.join(PROBE_KINDS)}")
+        d = _DEFAULTS[probes]
+        n_patterns = d["n_patterns"] if n_patterns is None else n_patterns
+        n_positions = d["n_positions"] if n_positions is None else n_positions
+        every = d["every"] if every is None else every
+        bank = d["bank"] if bank is None else bank
+        border_weight = d["border_weight"] if border_weight is None else border_weight
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        if bank < n_patterns or n_patterns < 2:
+        if n_patterns < 2 or (probes == "placement" and bank < n_patterns) or bank < 1:
             raise ValueError(f"need 2 <= n_patterns <= bank, got n_patterns={n_patterns}, bank={bank}")
-        if weight < 0 or border_weight < 0:
-            raise ValueError(f"weights must be >= 0, got weight={weight}, border_weight={border_weight}")
+        if min(weight, border_weight, position_weight, border_margin, position_margin) < 0:
+            raise ValueError(f"weights and margins must be >= 0, got weight={weight}, "
+                             f"border_weight={border_weight}, position_weight={position_weight}")
+        placement_only = dict(border_layers=border_layers, probe_size=probe_size, pattern_size=pattern_size,
+                              roll_stride=roll_stride, style=None if style == "texture" else style)
+        given = [k for k, v in placement_only.items() if v is not None]
+        if probes == "detector" and given:
+            raise ValueError(f"{', '.join(given)}: options of probes='placement' only")
         c, h, w = (int(v) for v in input_size)
         if probe_size is not None:
             h = w = int(probe_size)
         self.input_size = (c, h, w)
+        self.kind = probes
         self.n_patterns, self.n_positions, self.bank, self.axes = n_patterns, n_positions, bank, _axes(axes)
         self.layers = None if layers is None else list(layers)
         self.border_layers = None if border_layers is None else list(border_layers)
         self.weight, self.border_weight = float(weight), float(border_weight)
+        self.position_weight = float(position_weight)
+        self.border_margin, self.position_margin = float(border_margin), float(position_margin)
         self.every, self.seed = int(every), seed
         if style not in STYLES:
             raise ValueError(f"unknown probe style {style!r}; expected one of {', '.join(STYLES)}")
@@ -512,10 +644,12 @@ class PANPenalty:
         self.roll_stride = None if roll_stride is None else tuple(int(v) for v in roll_stride)
         self.step = 0
         self._probes: PlacementProbes | None = None
+        self._bank: dict[int, ProbeBatch] = {}
+        self._stride: tuple[int, int] | None = None
         self._order = torch.randperm(bank, generator=torch.Generator().manual_seed(seed)).tolist()
 
     def probes(self, model: nn.Module) -> PlacementProbes:
-        """The probe bank (built on first use, rolled by ``model``'s total stride)."""
+        """The placement probe bank (built on first use, rolled by ``model``'s total stride)."""
         if self._probes is None:
             device, dtype = _device_dtype(model)
             self._probes = make_placement_probes(
@@ -526,10 +660,26 @@ class PANPenalty:
                 style=self.style, contrast=self.contrast, noise=self.noise)
         return self._probes
 
+    def detector_probes(self, model: nn.Module, i: int) -> ProbeBatch:
+        """Probe batch ``i`` of the detector-probe bank: ``make_probes(seed=seed + i)`` (cached)."""
+        i %= self.bank
+        if i not in self._bank:
+            if self._stride is None:
+                self._stride = total_stride(model, self.input_size, *_device_dtype(model))
+            self._bank[i] = make_probes(self.input_size, self.n_patterns, self.n_positions, self._stride,
+                                        seed=self.seed + i)
+        return self._bank[i]
+
     def __call__(self, model: nn.Module) -> torch.Tensor:
         step, self.step = self.step, self.step + 1
         if step % self.every:
             return torch.zeros((), device=_device_dtype(model)[0])
+        if self.kind == "detector":
+            probes = self.detector_probes(model, step // self.every)
+            return (self.every * self.weight) * detector_penalty(
+                model, probes, layers=self.layers, border_weight=self.border_weight,
+                position_weight=self.position_weight, border_margin=self.border_margin,
+                position_margin=self.position_margin)
         bank = self.probes(model)
         start = (step // self.every) * self.n_patterns
         chosen = [self._order[(start + i) % self.bank] for i in range(self.n_patterns)]

@@ -142,7 +142,7 @@ def _penalised(ns, every: int):
     class Net(ns.net):
         def __init__(self):
             super().__init__()
-            self.penalty = PANPenalty(INPUT, every=every, weight=0.5)
+            self.penalty = PANPenalty(INPUT, every=every, weight=0.5, border_margin=0.0)
 
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx) + self.penalty(self.model)
@@ -168,7 +168,7 @@ def test_regularizer_equals_adding_the_penalty_to_the_loss(namespace, accumulate
     _trainer(ns, tmp_path, accumulate_grad_batches=accumulate).fit(manual, _data(ns))
     ns.pl.seed_everything(0, verbose=False)
     regularised = Plain()
-    callback = ns.callbacks.PANRegularizer(weight=0.5, every=2, model_attr="model")
+    callback = ns.callbacks.PANRegularizer(weight=0.5, every=2, border_margin=0.0, model_attr="model")
     _trainer(ns, tmp_path, callbacks=[callback], accumulate_grad_batches=accumulate).fit(regularised, _data(ns))
     ns.pl.seed_everything(0, verbose=False)
     unregularised = Plain()
@@ -183,7 +183,8 @@ def test_regularizer_equals_adding_the_penalty_to_the_loss(namespace, accumulate
 
 def test_regularizer_warm_up_and_logged_penalty(tmp_path):
     ns = NAMESPACES["lightning.pytorch"]
-    callback = ns.callbacks.PANRegularizer(weight=1.0, warmup_steps=4, every=1, model_attr="model")
+    callback = ns.callbacks.PANRegularizer(weight=1.0, warmup_steps=4, every=1, border_margin=0.0,
+                                           model_attr="model")
     assert [callback.ramp(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     logger = ns.pl.loggers.CSVLogger(tmp_path, name="reg", version=0)
     _fit(ns, tmp_path, [callback], logger=logger, log_every_n_steps=1)

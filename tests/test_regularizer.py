@@ -1,16 +1,19 @@
-"""pan_penalty / PANPenalty: differentiable, zero where the detector finds nothing, leaves the
-model's state alone, and (slow) weakens the placement shortcut on the digits."""
+"""detector_penalty / pan_penalty / PANPenalty: the detector's scores made differentiable (zero
+exactly below the detector's scores, gradients everywhere, state untouched), training with it
+ends with lower detector scores; the placement-probe penalty (slow) weakens the placement shortcut."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from pan_repair import SmallCNN
-from pan_repair.regularizer import PANPenalty, make_placement_probes, pan_penalty, placements_of
+from pan_repair import SmallCNN, find_pans
+from pan_repair.detector import total_stride
+from pan_repair.probes import make_probes
+from pan_repair.regularizer import PANPenalty, detector_penalty, make_placement_probes, pan_penalty, placements_of
 from pan_repair.shortcut import accuracy, shortcut_data, train_plain
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a loaded 2-core machine: 2 threads made the training test 30x slower
 
 SIZE = (1, 24, 24)
 
@@ -99,7 +102,7 @@ def test_state_untouched_running_stats_rng_modes_hooks(train):
 def test_penalty_helper_caches_cycles_and_skips():
     torch.manual_seed(0)
     model = SmallCNN(depth=3, width=8)
-    penalty = PANPenalty(SIZE, n_patterns=3, every=2, bank=6, seed=3)
+    penalty = PANPenalty(SIZE, n_patterns=3, every=2, bank=6, seed=3, probes="placement")
     values = [penalty(model) for _ in range(4)]
     assert values[1].item() == 0.0 and values[3].item() == 0.0 and not values[1].requires_grad
     assert values[0].requires_grad and values[0].item() > 0
@@ -107,7 +110,7 @@ def test_penalty_helper_caches_cycles_and_skips():
     bank = penalty.probes(model)
     assert bank.n_patterns == 6 and penalty.state_dict() == {"step": 4}
     # the value is every * pan_penalty on the chosen patterns
-    again = PANPenalty(SIZE, n_patterns=3, every=2, bank=6, seed=3)
+    again = PANPenalty(SIZE, n_patterns=3, every=2, bank=6, seed=3, probes="placement")
     first = [again._order[i] for i in range(3)]
     expected = 2 * pan_penalty(model, bank.select(first))
     torch.testing.assert_close(values[0], expected)
@@ -142,10 +145,12 @@ def test_ink_probes_and_roll_stride():
         assert shifts, q
     model = SmallCNN(depth=3, width=8, strides=(0,))
     penalty = PANPenalty(SIZE, n_patterns=2, n_positions=16, roll_stride=(1, 1), axes=("rows",), every=1,
-                         style="ink", bank=4)
+                         style="ink", bank=4, probes="placement")
     assert penalty(model).item() > 0 and penalty.probes(model).n_positions == 16
     with pytest.raises(ValueError, match="probe style"):
-        PANPenalty(SIZE, style="nope")
+        PANPenalty(SIZE, style="nope", probes="placement")
+    with pytest.raises(ValueError, match="style: options of probes='placement' only"):
+        PANPenalty(SIZE, style="ink")
     with pytest.raises(ValueError, match="probe style"):
         make_placement_probes(SIZE, 2, 3, style="nope")
 
@@ -175,6 +180,99 @@ def test_bad_arguments():
 
 
 # ----------------------------------------------------------------------------------------------
+# the detector-aligned penalty
+
+
+def _detector_probes(model, size=SIZE):
+    """The probe batch find_pans builds at its defaults."""
+    return make_probes(size, 8, 8, total_stride(model, size, torch.device("cpu"), torch.float32), seed=0)
+
+
+def test_detector_penalty_is_zero_exactly_above_the_detectors_scores():
+    """Hinged at a margin just above the largest score find_pans reports, each term is 0; just
+    below it, positive: the penalty measures the detector's scores (same probes, channel scale,
+    response)."""
+    torch.manual_seed(0)
+    model = _trained_bn(SmallCNN(depth=3, width=8, strides=(1,))).eval()
+    scores = find_pans(model, SIZE).scores
+    b_max = max(max(v["border"]) for v in scores.values())
+    p_max = max(max(v["position"]) for v in scores.values())
+    assert b_max > 0.1 and p_max > 0.01
+    probes = _detector_probes(model)
+    border = [detector_penalty(model, probes, position_weight=0, border_margin=b_max * f).item()
+              for f in (1.001, 0.999)]
+    position = [detector_penalty(model, probes, border_weight=0, position_margin=p_max * f).item()
+                for f in (1.001, 0.99)]
+    assert border[0] == 0.0 and border[1] > 0
+    assert position[0] == 0.0 and position[1] > 0
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_detector_penalty_gradients_and_untouched_state(train):
+    torch.manual_seed(0)
+    model = _trained_bn(SmallCNN(depth=3, width=8, num_classes=2))
+    model.train(train)
+    modes = [m.training for m in model.modules()]
+    buffers = copy.deepcopy(dict(model.named_buffers()))
+    rng = torch.get_rng_state()
+    value = detector_penalty(model, input_size=SIZE, border_margin=0, position_margin=0, position_weight=1.0)
+    assert value.ndim == 0 and value.requires_grad and value.item() > 0
+    value.backward()
+    for i in (0, 3, 6):  # every conv, and the BatchNorm affine the position response passes
+        grad = model.features[i].weight.grad
+        assert grad is not None and grad.abs().sum() > 0, f"no gradient at features.{i}"
+    assert model.features[7].weight.grad.abs().sum() > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name, buf in model.named_buffers():
+        assert torch.equal(buf, buffers[name]), f"{name} changed"
+    assert [m.training for m in model.modules()] == modes
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_detector_penalty_zero_for_circular_padding_border_term():
+    torch.manual_seed(0)
+    model = _trained_bn(SmallCNN(depth=3, width=8, padding_mode="circular"))
+    assert detector_penalty(model, input_size=SIZE, border_margin=0, position_weight=0).item() == 0.0
+
+
+def test_penalty_helper_detector_bank_and_every():
+    torch.manual_seed(0)
+    model = _trained_bn(SmallCNN(depth=3, width=8))
+    penalty = PANPenalty(SIZE, every=2, bank=3, weight=0.5, border_margin=0.0, seed=5)
+    values = [penalty(model) for _ in range(8)]
+    assert all(v.item() == 0.0 and not v.requires_grad for v in values[1::2])
+    expected = [2 * 0.5 * detector_penalty(model, penalty.detector_probes(model, i), border_margin=0.0,
+                                           position_weight=0.0) for i in (0, 1, 2, 0)]
+    for v, e in zip(values[::2], expected):
+        torch.testing.assert_close(v, e)
+    assert values[0].item() != values[2].item()  # another probe batch: make_probes(seed=6)
+    assert torch.equal(penalty.detector_probes(model, 1).images,
+                       make_probes(SIZE, 2, 8, (1, 1), seed=6).images)
+    with pytest.raises(ValueError, match="unknown probes"):
+        PANPenalty(SIZE, probes="nope")
+
+
+def test_training_with_the_penalty_ends_with_lower_detector_scores():
+    """Digits (all classes, random place on 24x24), SmallCNN(depth 3, width 8), Adam 1e-2 for
+    3 epochs, with and without the default penalty (weight raised to 10 so that 3 epochs show
+    it): the detector's border scores of the trained models (seconds on the CPU)."""
+    x, y = shortcut_data(["val"], "random", tuple(range(10)))[:2]
+    scores = {}
+    for name, penalty in (("plain", None), ("penalty", PANPenalty(SIZE, weight=10.0, border_margin=0.5))):
+        torch.manual_seed(0)
+        model = SmallCNN(num_classes=10, depth=3, width=8, strides=(1,))
+        train_plain(model, x, y, 3, lr=1e-2, seed=0,
+                    loss_term=None if penalty is None else lambda m, _x, _logits: penalty(m))
+        report = find_pans(model, SIZE)
+        border = torch.tensor([v for s in report.scores.values() for v in s["border"]])
+        scores[name] = (border.mean().item(), (border >= 1.0).sum().item(), accuracy(model, x, y))
+    (plain_mean, plain_high, plain_acc), (pen_mean, pen_high, pen_acc) = scores["plain"], scores["penalty"]
+    assert pen_mean < 0.7 * plain_mean, scores
+    assert pen_high <= plain_high, scores
+    assert plain_high > 0, scores
+
+
+# ----------------------------------------------------------------------------------------------
 # the placement shortcut (slow)
 
 
@@ -200,7 +298,8 @@ def test_penalty_weakens_the_placement_shortcut():
     data = (_tensors("train", "biased"), _tensors("test", "swapped"))
     seeds = (0, 1)
     base = [_train_and_test(None, s, data) for s in seeds]
-    with_penalty = [_train_and_test(PANPenalty(SIZE, n_patterns=8, every=1, weight=1.0, seed=s), s, data) for s in seeds]
+    with_penalty = [_train_and_test(PANPenalty(SIZE, n_patterns=8, every=1, weight=1.0, seed=s, probes="placement"), s, data)
+                    for s in seeds]
     mean_base, mean_pen = sum(base) / 2, sum(with_penalty) / 2
     assert mean_base < 0.4, f"the shortcut should be taken without the penalty: {base}"
     assert mean_pen > mean_base + 0.2, f"penalty {with_penalty} vs none {base}"

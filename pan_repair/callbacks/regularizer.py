@@ -14,8 +14,9 @@ __all__ = ["PANRegularizerBase"]
 
 
 class PANRegularizerBase(ModelTarget):
-    """Adds ``ramp * PANPenalty(model)`` (:class:`~pan_repair.regularizer.PANPenalty`: data-free
-    probes, what the detector measures made differentiable) to every training loss.
+    """Adds ``ramp * PANPenalty(model)`` (:class:`~pan_repair.regularizer.PANPenalty`: the
+    detector's border score on its data-free probes, made differentiable and hinged; its defaults,
+    measured in ``benchmarks/pan_penalty.py``) to every training loss.
 
     Use the concrete class of your namespace: ``pan_repair.callbacks.PANRegularizer``
     (``import pytorch_lightning``) or ``pan_repair.lightning.PANRegularizer`` (``lightning.pytorch``).
@@ -34,14 +35,14 @@ class PANRegularizerBase(ModelTarget):
     term added (before the accumulation and AMP scaling).
 
     Args:
-        weight: weight of the position term (:class:`PANPenalty`'s ``weight``).
+        weight: overall weight of the penalty (:class:`PANPenalty`'s ``weight``).
         warmup_steps: optimizer steps of the linear warm-up (0: none).
         input_size: probe size ``(C, H, W)``; None to infer (example_input_array, datamodule
             ``input_size``, first training batch).
         model_attr: submodule of the LightningModule to regularise (e.g. ``"model"``).
         prefix: namespace of the logged key.
-        **penalty_options: further :class:`PANPenalty` arguments (``n_patterns``, ``every``,
-            ``layers``, ``border_weight``, ``seed``, ...).
+        **penalty_options: further :class:`PANPenalty` arguments (``every``, ``border_weight``,
+            ``position_weight``, ``border_margin``, ``layers``, ``seed``, ``probes``, ...).
 
     Example::
 
