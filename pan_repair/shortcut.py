@@ -48,16 +48,21 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def train_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, *, lr: float, seed: int,
-                batch: int = 32, loss_term: LossTerm | None = None) -> nn.Module:
+                batch: int = 32, loss_term: LossTerm | None = None, cosine: bool = False) -> nn.Module:
     """Adam at ``lr`` for ``epochs`` over ``(x, y)`` in batches shuffled by a generator seeded
-    with ``seed``; returns ``model`` in eval mode."""
+    with ``seed`` (``cosine``: the rate annealed to 0 over all steps, per step,
+    ``lr_t = lr (1 + cos(pi t / T)) / 2``); returns ``model`` in eval mode."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    steps = epochs * -(-len(x) // batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine and steps else None
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch):
             idx = perm[i:i + batch]
             train_step(model, opt, x[idx], y[idx], loss_term)
+            if schedule is not None:
+                schedule.step()
     return model.eval()
 
 

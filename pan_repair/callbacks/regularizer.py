@@ -55,7 +55,7 @@ class PANRegularizerBase(ModelTarget):
 
     def __init__(
         self,
-        weight: float = 1.0,
+        weight: float = 0.1,
         *,
         warmup_steps: int = 0,
         input_size: Sequence[int] | None = None,
