@@ -13,7 +13,7 @@ import timm
 import torch
 
 from pan_repair import find_pans
-from pan_repair.detector import _total_stride
+from pan_repair.detector import total_stride
 from pan_repair.probes import make_probes
 
 MODELS = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny"]
@@ -39,7 +39,7 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name).eval()
-        stride = _total_stride(model, size, torch.device("cpu"), torch.float32)
+        stride = total_stride(model, size, torch.device("cpu"), torch.float32)
         images = make_probes(size, stride=stride).images
         report = None
 

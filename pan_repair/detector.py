@@ -315,9 +315,6 @@ def total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.de
     return _prepass(model, input_size, device, dtype)[0]
 
 
-_total_stride = total_stride  # the former private name (benchmarks/scan_speed.py, tests)
-
-
 def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
     if len(input_size) != 3 or any(int(v) <= 0 for v in input_size):
         raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")

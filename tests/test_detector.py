@@ -70,8 +70,8 @@ def test_first_layer_border_score_matches_hand_computation():
     net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     report = find_pans(net, (1, 24, 24))
     from pan_repair.probes import make_probes
-    from pan_repair.detector import _total_stride
-    probes = make_probes((1, 24, 24), 8, 8, _total_stride(net, (1, 24, 24), torch.device("cpu"), torch.float32))
+    from pan_repair.detector import total_stride
+    probes = make_probes((1, 24, 24), 8, 8, total_stride(net, (1, 24, 24), torch.device("cpu"), torch.float32))
     x = probes.images
     constants = x[: probes.n_constants]
     rms_top = (2 * constants[:, 0, 0, :]).pow(2).mean().sqrt()  # D on the top row, constant probes
