@@ -1,7 +1,6 @@
 """The demo pipeline as a new user runs it, at a reduced size: every stage leaves results.json with
 the expected numbers, W&B offline runs in one group, and the comparison report."""
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
