@@ -49,13 +49,13 @@ class PANRegularizerBase(ModelTarget):
         from lightning.pytorch import Trainer
         from pan_repair.lightning import PANRegularizer
 
-        trainer = Trainer(max_epochs=6, callbacks=[PANRegularizer(weight=0.5, model_attr="model")])
+        trainer = Trainer(max_epochs=6, callbacks=[PANRegularizer(model_attr="model")])
         trainer.fit(model, datamodule)
     """
 
     def __init__(
         self,
-        weight: float = 0.1,
+        weight: float = 0.03,
         *,
         warmup_steps: int = 0,
         input_size: Sequence[int] | None = None,
