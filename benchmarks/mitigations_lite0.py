@@ -25,7 +25,8 @@ same data; ``fine-tune only`` is the same fine-tuning without a mitigation (the 
 * ``padding consistency``: fine-tuning with :class:`pan_repair.consistency.PaddingConsistency`
   (weight 0.5, every 2nd step);
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` (its
-  defaults: the detector's border score, weight 0.03, every 4th step).
+  defaults: the detector's border score, weight 0.03, every 8th step); ``PAN penalty, every
+  step``: the same on every step.
 
 **Columns.** Validation accuracy and its difference from the baseline and from ``fine-tune
 only``; PANs after (find_pans defaults at 3x128x128; border / position); the share of the
@@ -121,7 +122,7 @@ def rows(seed: int, ft_epochs: int) -> dict[str, Callable[[nn.Module, Tune], nn.
             model = tune(model, 1)
         return model
 
-    penalty = PANPenalty(SIZE, seed=seed)
+    penalty, every_step = PANPenalty(SIZE, seed=seed), PANPenalty(SIZE, seed=seed, every=1)
     return {
         "fine-tune only": lambda m, tune: tune(m, ft_epochs),
         **{mode: (lambda m, tune, mode=mode: tune(converted_copy(m, mode), ft_epochs))
@@ -131,6 +132,7 @@ def rows(seed: int, ft_epochs: int) -> dict[str, Callable[[nn.Module, Tune], nn.
         "prune random (control)": pruned(True),
         "padding consistency": lambda m, tune: tune(m, ft_epochs, PaddingConsistency(0.5, every=2)),
         "PAN penalty (default)": lambda m, tune: tune(m, ft_epochs, lambda model, x, logits: penalty(model)),
+        "PAN penalty, every step": lambda m, tune: tune(m, ft_epochs, lambda model, x, logits: every_step(model)),
     }
 
 
