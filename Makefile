@@ -32,4 +32,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/threshold_calibration.py
 	$(PY) benchmarks/monitor_overhead.py
 	$(PY) benchmarks/regularizer_cost.py
+	$(PY) benchmarks/pan_penalty.py
+	$(PY) benchmarks/padding_consistency.py
 	$(PY) benchmarks/mitigations.py
+	$(PY) benchmarks/mitigations_lite0.py
