@@ -468,11 +468,15 @@ def main(argv=None) -> None:
         rows_b = run_part_b(scan=not args.no_scan, views=views, log=lambda s: print(s, flush=True))
         out += ["## Part B: pretrained EfficientNet-Lite0, before any fine-tuning\n", table_b(rows_b, len(views)), ""]
     out.append(f"Total run time: {time.perf_counter() - start:.0f} s.")
-    text = "\n".join(out)
+    publish("\n".join(out), args.out)
+
+
+def publish(text: str, out: str | None) -> None:
+    """Print the report and write it to ``out`` (if given)."""
     print("\n" + text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import sys
 import time
@@ -62,7 +63,7 @@ from pan_repair.regularizer import PANPenalty
 from pan_repair.shortcut import LossTerm, train_plain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mitigations import pan_keys, plain_copy, random_report  # noqa: E402  (the sibling benchmark)
+from mitigations import pan_keys, plain_copy, publish, random_report  # noqa: E402  (the sibling benchmark)
 
 CANVAS, SCALE = 128, 8
 SIZE = (3, CANVAS, CANVAS)
@@ -192,14 +193,11 @@ def main(argv=None) -> None:
         after = r["after"]
         border = sum(p.kind == "border" for p in after.pans)
         removed = len(pan_keys(before) - pan_keys(after)) / before.count if before.count else float("nan")
+        vs_control = "-" if math.isnan(control) else f"{100 * (r['acc'] - control):+.1f}"
         lines.append(f"| {r['name']} | {100 * r['acc']:.1f} | {100 * (r['acc'] - base_acc):+.1f} | "
-                     f"{100 * (r['acc'] - control):+.1f} | {after.count} ({border} / {after.count - border}) | "
+                     f"{vs_control} | {after.count} ({border} / {after.count - border}) | "
                      f"{100 * removed:.1f} | {100 * r['reliance']:.1f} | {100 * r['border_gap']:.1f} | {r['wall']:.0f} |")
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
