@@ -11,7 +11,8 @@ Example:
     >>> find_pans(fixed, input_size=(3, 160, 160), n_patterns=2).of_kind("border")
     []
 """
-from .callbacks import PaddingSwitch, PANMonitor, PanHistory, PANPruning, PANRegularizer, read_monitor_json
+from .callbacks import (PaddingConsistencyRegularizer, PaddingSwitch, PANMonitor, PanHistory, PANPruning,
+                        PANRegularizer, read_monitor_json)
 from .consistency import PaddingConsistency, padding_consistency
 from .data import DigitsCanvas, DigitsCanvasDataModule, LitDigitsCanvasDataModule
 from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
@@ -20,7 +21,7 @@ from .models import SmallCNN
 from .padding_switch import ConversionSummary, convert_padding, converted_copy
 from .pruning import PruneSummary, prune_pans, remove_pan_masks
 from .pretrained import load_efficientnet_lite0, sample_images
-from .regularizer import PANPenalty, pan_penalty
+from .regularizer import PANPenalty, detector_penalty, pan_penalty
 from .report import KINDS, SIDES, LayerInfo, Pan, PanReport
 from .wandb_offline import read_offline_run
 
@@ -39,12 +40,14 @@ __all__ = [
     "PaddingSwitch",
     "PANPruning",
     "PANRegularizer",
+    "PaddingConsistencyRegularizer",
     "PanHistory",
     "read_monitor_json",
     "prune_pans",
     "remove_pan_masks",
     "PruneSummary",
     "pan_penalty",
+    "detector_penalty",
     "PANPenalty",
     "padding_consistency",
     "PaddingConsistency",
