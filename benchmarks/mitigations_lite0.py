@@ -26,7 +26,7 @@ same data; ``fine-tune only`` is the same fine-tuning without a mitigation (the 
   (weight 0.5, every 2nd step);
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` (its
   defaults: the detector's border score, weight 0.03, every 8th step); ``PAN penalty, every
-  step``: the same on every step.
+  step``: the same on every step; ``PAN penalty, weight 1, every step``: ``weight=1, every=1``.
 
 **Columns.** Validation accuracy and its difference from the baseline and from ``fine-tune
 only``; PANs after (find_pans defaults at 3x128x128; border / position); the share of the
@@ -124,6 +124,7 @@ def rows(seed: int, ft_epochs: int) -> dict[str, Callable[[nn.Module, Tune], nn.
         return model
 
     penalty, every_step = PANPenalty(SIZE, seed=seed), PANPenalty(SIZE, seed=seed, every=1)
+    strong = PANPenalty(SIZE, seed=seed, every=1, weight=1.0)
     return {
         "fine-tune only": lambda m, tune: tune(m, ft_epochs),
         **{mode: (lambda m, tune, mode=mode: tune(converted_copy(m, mode), ft_epochs))
@@ -134,6 +135,7 @@ def rows(seed: int, ft_epochs: int) -> dict[str, Callable[[nn.Module, Tune], nn.
         "padding consistency": lambda m, tune: tune(m, ft_epochs, PaddingConsistency(0.5, every=2)),
         "PAN penalty (default)": lambda m, tune: tune(m, ft_epochs, lambda model, x, logits: penalty(model)),
         "PAN penalty, every step": lambda m, tune: tune(m, ft_epochs, lambda model, x, logits: every_step(model)),
+        "PAN penalty, weight 1, every step": lambda m, tune: tune(m, ft_epochs, lambda model, x, logits: strong(model)),
     }
 
 
