@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-import weakref
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -49,8 +48,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .border_geometry import border_windows, strip
-from .layers import BatchNormPairing, Padding, conv_layers, conv_padding, effective_weight, \
-    pad_module_padding, unsupported_layers
+from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
+    untrained_bn
 from .metrics.functional import border_activation_ratio
 from .module_state import device_dtype, eval_mode
 from .probes import ProbeBatch, make_probes
@@ -191,21 +190,15 @@ class _Recorder:
         self.device = device_dtype(model)[0]
         self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
         for name, bn in self.feeds_bn.items():
-            if bn.running_var is not None and not _untrained(bn):
+            if bn.running_var is not None and not untrained_bn(bn):
                 self.stats[name].scale_bn = bn
-        self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
+        self._pads = PadTracker(model)
         self._pool = _Pooler()
         self._handles: list = []
         self.measure_ratio: set[str] = set()
         for name, stat in self.stats.items():
             self._handles.append(stat.conv.register_forward_hook(self._conv_hook(name)))
-        for module in model.modules():
-            if pad_module_padding(module) is not None:
-                self._handles.append(module.register_forward_hook(self._pad_hook))
         self._pairing = BatchNormPairing(model, on_pair=self._bn_hook)
-
-    def _pad_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
 
     def _bn_hook(self, name: str, bn: nn.Module, bn_input: torch.Tensor, output: torch.Tensor) -> None:
         stat = self.stats[name]
@@ -223,11 +216,7 @@ class _Recorder:
             stat = self.stats[name]
             if stat.ran and not self.measure_ratio:
                 return  # a conv called several times per forward is measured on its first call
-            x = inputs[0]
-            padding = conv_padding(conv, tuple(x.shape[-2:]))
-            source = self._pad_outputs.pop(id(x), None)
-            if source is not None and source[0]() is x and not padding.is_padded:
-                _, padding, x = source
+            padding, x = self._pads.resolve(conv, inputs[0])
             stat.padding = padding
             if self.measure_ratio:
                 if name in self.measure_ratio:
@@ -257,7 +246,7 @@ class _Recorder:
         for handle in self._handles:
             handle.remove()
         self._pairing.remove()
-        self._pad_outputs.clear()
+        self._pads.remove()
 
 
 @contextlib.contextmanager
@@ -331,18 +320,13 @@ def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
     bn = stat.bn
     if stat.sq_sum is None:  # not gathered: the BatchNorm found in the blank pass is trained
         bn = stat.scale_bn
-    if bn is not None and bn.running_var is not None and not _untrained(bn):
+    if bn is not None and bn.running_var is not None and not untrained_bn(bn):
         sigma = (bn.running_var.float() + bn.eps).sqrt()
     else:
         mean = stat.sum / stat.count
         sigma = (stat.sq_sum / stat.count - mean.pow(2)).clamp_min(0).sqrt()
     floor = _SIGMA_FLOOR * sigma.median().clamp_min(1e-12)
     return sigma.clamp_min(floor)
-
-
-def _untrained(bn: nn.modules.batchnorm._BatchNorm) -> bool:
-    """Running statistics still at their initial values (mean 0, var 1): they say nothing."""
-    return bool((bn.running_var == 1).all() and (bn.running_mean == 0).all())
 
 
 def _bn_sign(stat: _LayerStats) -> torch.Tensor:

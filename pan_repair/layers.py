@@ -35,6 +35,7 @@ from .module_state import device_dtype, eval_mode
 
 __all__ = [
     "BatchNormPairing",
+    "PadTracker",
     "blank_forward",
     "Padding",
     "conv_bn_pairs",
@@ -45,6 +46,7 @@ __all__ = [
     "pad_module_padding",
     "pool_padding",
     "unsupported_layers",
+    "untrained_bn",
     "BORDER_MODES",
 ]
 
@@ -186,7 +188,41 @@ def layer_padding(module: nn.Module, input_hw: tuple[int, int]) -> Padding | Non
     return pad_module_padding(module) or pool_padding(module, input_hw)
 
 
+class PadTracker:
+    """The padding each convolution really gets during forward passes: its own, or, for an
+    unpadded conv fed directly by a padding module (``nn.ZeroPad2d`` before a ``padding=0`` conv,
+    as some ports do), that module's padding and input. Forward hooks on every padding module of
+    ``model``; :meth:`remove` detaches them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
+        self._handles = [m.register_forward_hook(self._hook) for m in model.modules()
+                         if pad_module_padding(m) is not None]
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
+
+    def resolve(self, conv: nn.Conv2d, x: torch.Tensor) -> tuple[Padding, torch.Tensor]:
+        """``(padding, input)`` of ``conv`` called on ``x``: ``conv_padding`` and ``x``, or the
+        padding module's padding and unpadded input when ``x`` is its output."""
+        padding = conv_padding(conv, tuple(x.shape[-2:]))
+        source = self._outputs.pop(id(x), None)
+        if source is not None and source[0]() is x and not padding.is_padded:
+            return source[1], source[2]
+        return padding, x
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._outputs.clear()
+
+
 BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+def untrained_bn(bn: BatchNorm) -> bool:
+    """Running statistics still at their initial values (mean 0, var 1): they say nothing."""
+    return bool((bn.running_var == 1).all() and (bn.running_mean == 0).all())
 
 
 class BatchNormPairing:

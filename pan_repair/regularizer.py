@@ -52,7 +52,6 @@ at 1.25-3.7x the step time. Step cost there: about ``1 + 0.7 x probe images per 
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -62,8 +61,8 @@ from torch import nn
 
 from .border_geometry import border_windows, strip
 from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, total_stride
-from .module_state import eval_mode
-from .layers import BatchNormPairing, Padding, conv_layers, conv_padding, effective_weight, pad_module_padding
+from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
+from .module_state import device_dtype, eval_mode
 from .probes import ProbeBatch, _texture, make_probes
 
 __all__ = ["PlacementProbes", "make_placement_probes", "placements_of", "pan_penalty", "detector_penalty",
@@ -197,16 +196,21 @@ def placements_of(images: torch.Tensor, n_positions: int = 5, *, axes: Iterable[
 # the terms
 
 
+def _eta2(grid: torch.Tensor) -> torch.Tensor:
+    """eta^2 per axis and channel (A, C), differentiable: the share of the variance of responses
+    ``grid`` (patterns P, axes A, placements Q, channels C) explained by the placement."""
+    centred = grid - grid.mean(dim=(0, 2), keepdim=True)
+    total = centred.pow(2).sum(dim=(0, 2))
+    between = grid.shape[0] * centred.mean(dim=0).pow(2).sum(dim=1)
+    # dead or constant channels (total ~ 0) count as 0, not as rounding noise over rounding noise
+    eps = 1e-6 * total.detach().mean().clamp_min(1e-12)
+    return between / (total + eps)
+
+
 def position_term(pooled: torch.Tensor, probes: PlacementProbes) -> torch.Tensor:
     """Mean eta^2 (share of variance explained by the placement) over axes and channels of the
     per-image pooled responses ``pooled`` (B, C) of ``probes``."""
-    grid = probes.grid(pooled.float())  # (P, A, Q, C)
-    centred = grid - grid.mean(dim=(0, 2), keepdim=True)
-    total = centred.pow(2).sum(dim=(0, 2))  # (A, C)
-    between = probes.n_patterns * centred.mean(dim=0).pow(2).sum(dim=1)  # (A, C)
-    # dead or constant channels (total ~ 0) count as 0, not as rounding noise over rounding noise
-    eps = 1e-6 * total.detach().mean().clamp_min(1e-12)
-    return (between / (total + eps)).mean()
+    return _eta2(probes.grid(pooled.float())).mean()
 
 
 def _border_d2(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> torch.Tensor:
@@ -245,24 +249,17 @@ class _Capture:
         self.n_constants = n_constants
         self._position, self._borders = set(position_layers), set(border_layers)
         self._bn_pending = set(border_layers)  # the channel scale comes from the BatchNorm fed
-        self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
         self._handles = []
         modules = dict(model.named_modules())
         for name in self._position | self._borders:
             self._handles.append(modules[name].register_forward_hook(self._hook(name)))
-        if border_layers:
-            for module in model.modules():
-                if pad_module_padding(module) is not None:
-                    self._handles.append(module.register_forward_hook(self._pad_hook))
+        self._pads = PadTracker(model) if border_layers else None
         self._pairing = BatchNormPairing(model, border_layers, on_pair=self._paired) if border_layers else None
 
     @property
     def bn(self) -> dict[str, nn.Module]:
         """Border layer -> the BatchNorm it feeds."""
         return self._pairing.bns if self._pairing is not None else {}
-
-    def _pad_hook(self, module, inputs, output):
-        self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
 
     def _paired(self, name, bn, bn_input, bn_output):
         self._bn_pending.discard(name)
@@ -274,11 +271,7 @@ class _Capture:
                 return  # a module called several times per forward: its first call
             self.outputs[name] = output
             if name in self._borders:
-                x = inputs[0]
-                padding = conv_padding(module, tuple(x.shape[-2:]))
-                source = self._pad_outputs.get(id(x))
-                if source is not None and source[0]() is x and not padding.is_padded:
-                    padding, x = source[1], source[2]  # a ZeroPad2d before an unpadded conv
+                padding, x = self._pads.resolve(module, inputs[0])
                 if padding.makes_border:
                     self.border[name] = _border_d2(x[: self.n_constants], module, padding)
                     y = output.detach().float()
@@ -299,7 +292,8 @@ class _Capture:
             h.remove()
         if self._pairing is not None:
             self._pairing.remove()
-        self._pad_outputs.clear()
+        if self._pads is not None:
+            self._pads.remove()
 
 
 def _resolve(model: nn.Module, layers: Iterable[str], what: str) -> list[str]:
@@ -320,19 +314,11 @@ def _last_conv(model: nn.Module) -> list[str]:
 
 def _channel_sigma(bn, sigma_probe: torch.Tensor) -> torch.Tensor:
     """The detector's channel scale: running std of a trained BatchNorm, else the probe std."""
-    if bn is not None and bn.running_var is not None and not (
-            (bn.running_var == 1).all() and (bn.running_mean == 0).all()):
+    if bn is not None and bn.running_var is not None and not untrained_bn(bn):
         sigma = (bn.running_var.detach().float() + bn.eps).sqrt()
     else:
         sigma = sigma_probe
     return sigma.clamp_min(0.05 * sigma.median().clamp_min(1e-12))
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return device, dtype
 
 
 def pan_penalty(model: nn.Module, probes: PlacementProbes | None = None, *,
@@ -362,7 +348,7 @@ def pan_penalty(model: nn.Module, probes: PlacementProbes | None = None, *,
     """
     if weight < 0 or border_weight < 0:
         raise ValueError(f"weights must be >= 0, got weight={weight}, border_weight={border_weight}")
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     if probes is None:
         if input_size is None:
             raise ValueError("pan_penalty needs probes or input_size")
@@ -425,16 +411,10 @@ class _DetectorCapture:
         self.d2: dict[str, torch.Tensor] = {}       # (4, C) mean D^2 per side
         self.outputs: dict[str, torch.Tensor] = {}  # conv outputs
         self.bn_outputs: dict[str, torch.Tensor] = {}
-        self._pad_outputs: dict[int, tuple[weakref.ref, Padding, torch.Tensor]] = {}
         modules = dict(model.named_modules())
         self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in convs]
-        if border:
-            self._handles += [m.register_forward_hook(self._pad_hook) for m in model.modules()
-                              if pad_module_padding(m) is not None]
+        self._pads = PadTracker(model) if border else None
         self.pairing = BatchNormPairing(model, convs, on_pair=self._paired)
-
-    def _pad_hook(self, module, inputs, output):
-        self._pad_outputs[id(output)] = (weakref.ref(output), pad_module_padding(module), inputs[0])
 
     def _paired(self, name, bn, bn_input, bn_output):
         self.bn_outputs.setdefault(name, bn_output)
@@ -446,11 +426,7 @@ class _DetectorCapture:
             self.outputs[name] = output
             if not self.border:
                 return
-            x = inputs[0]
-            padding = conv_padding(module, tuple(x.shape[-2:]))
-            source = self._pad_outputs.pop(id(x), None)
-            if source is not None and source[0]() is x and not padding.is_padded:
-                padding, x = source[1], source[2]  # a ZeroPad2d before an unpadded conv
+            padding, x = self._pads.resolve(module, inputs[0])
             if padding.makes_border:
                 self.d2[name] = _border_d2(x[: self.n_constants], module, padding)
         return hook
@@ -459,19 +435,8 @@ class _DetectorCapture:
         for h in self._handles:
             h.remove()
         self.pairing.remove()
-        self._pad_outputs.clear()
-
-
-def _eta2(pooled: torch.Tensor, probes: ProbeBatch) -> torch.Tensor:
-    """The detector's position score per axis and channel (2, C), differentiable: eta^2 of the
-    pooled responses over the placement grid (patterns x rolls)."""
-    grid = probes.grid(pooled.float())  # (P, 2, Q, C)
-    centred = grid - grid.mean(dim=(0, 2), keepdim=True)
-    total = centred.pow(2).sum(dim=(0, 2))
-    between = probes.n_patterns * centred.mean(dim=0).pow(2).sum(dim=1)
-    # a dead or constant channel (total ~ 0) scores 0, as in the detector
-    eps = 1e-6 * total.detach().mean().clamp_min(1e-12)
-    return between / (total + eps)
+        if self._pads is not None:
+            self._pads.remove()
 
 
 def _hinge(score: torch.Tensor, margin: float) -> torch.Tensor:
@@ -507,7 +472,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
     """
     if min(border_weight, position_weight, border_margin, position_margin) < 0:
         raise ValueError("weights and margins must be >= 0")
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     total = torch.zeros((), device=device, dtype=torch.float32)
     if border_weight == 0 and position_weight == 0:
         return total
@@ -547,7 +512,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
         if position_weight > 0:
             response = F.relu(capture.bn_outputs[name]) if name in capture.bn_outputs else y
             pooled = _pool(response[nc:])
-            position_terms.append(_hinge(_eta2(pooled, grid_probes), position_margin).sum())
+            position_terms.append(_hinge(_eta2(grid_probes.grid(pooled.float())), position_margin).sum())
     if border_terms:
         total = total + border_weight * torch.stack(border_terms).sum() / n_channels
     if position_terms:
@@ -661,7 +626,7 @@ class PANPenalty:
     def probes(self, model: nn.Module) -> PlacementProbes:
         """The placement probe bank (built on first use, rolled by ``model``'s total stride)."""
         if self._probes is None:
-            device, dtype = _device_dtype(model)
+            device, dtype = device_dtype(model)
             self._probes = make_placement_probes(
                 self.input_size, self.bank, self.n_positions, axes=self.axes,
                 stride=self.roll_stride or total_stride(model, self.input_size, device, dtype),
@@ -675,7 +640,7 @@ class PANPenalty:
         i %= self.bank
         if i not in self._bank:
             if self._stride is None:
-                self._stride = total_stride(model, self.input_size, *_device_dtype(model))
+                self._stride = total_stride(model, self.input_size, *device_dtype(model))
             self._bank[i] = make_probes(self.input_size, self.n_patterns, self.n_positions, self._stride,
                                         seed=self.seed + i)
         return self._bank[i]
@@ -683,7 +648,7 @@ class PANPenalty:
     def __call__(self, model: nn.Module) -> torch.Tensor:
         step, self.step = self.step, self.step + 1
         if step % self.every:
-            return torch.zeros((), device=_device_dtype(model)[0])
+            return torch.zeros((), device=device_dtype(model)[0])
         if self.kind == "detector":
             probes = self.detector_probes(model, step // self.every)
             return (self.every * self.weight) * detector_penalty(
