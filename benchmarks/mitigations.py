@@ -19,11 +19,16 @@ epochs (Adam ``--ft-lr``; at most the original budget), then evaluated on the va
   random non-PAN filters of the same layers. With the defaults the detector finds only 1-2 PANs
   in this network, so each is also run with lowered thresholds (``--low-border``,
   ``--low-position``; marked "low thr.");
-* ``PAN penalty``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` with digit-like
+* ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` at its
+  defaults (the detector's border score on its constant probes, weight 0.03, every 8th step);
+  ``PAN penalty, ink probes``: the placement penalty (``probes="placement"``) with digit-like
   "ink" probes (bright strokes on the data's dark noisy background, 8 patterns x 16 stride-1
-  vertical placements every step, weight 0.5; ``PENALTY``); ``PAN penalty, texture probes``:
-  the regulariser's original standardised textures (``PENALTY_TEXTURE``); ``replicate + PAN
-  penalty``: the padding switched to replicate, then fine-tuned with the ink penalty.
+  vertical placements every step, weight 0.5; ``PENALTY_INK``); ``PAN penalty, texture probes``:
+  the placement penalty's standardised textures (``PENALTY_TEXTURE``); ``replicate + PAN
+  penalty, ink probes``: the padding switched to replicate, then fine-tuned with the ink penalty;
+* ``padding consistency``: fine-tuning with :class:`pan_repair.consistency.PaddingConsistency`
+  (weight 0.5, every step) at Adam ``CONSISTENCY_LR`` (3e-3, the rate it was tuned at in
+  benchmarks/padding_consistency.py; 1e-3 gave 84.5-86.7% there).
 
 Columns: accuracy on the training placement / swapped placement / random placement (after
 fine-tuning; "swapped, no FT" before it), PANs (find_pans defaults) before -> after, the share of
@@ -63,25 +68,26 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pan_repair import SmallCNN, converted_copy, find_pans, prune_pans
+from pan_repair import PaddingConsistency, SmallCNN, converted_copy, find_pans, prune_pans
 from pan_repair.lit_module import border_distance
 from pan_repair.metrics.functional import border_accuracy_gap, padding_reliance
 from pan_repair.pruning import remove_pan_masks
 from pan_repair.regularizer import PANPenalty
 from pan_repair.report import Pan, PanReport
-from pan_repair.shortcut import accuracy, shortcut_data, train_plain
+from pan_repair.shortcut import LossTerm, accuracy, shortcut_data, train_plain
 
 SIZE = (1, 24, 24)
 CLASSES = (8, 9)
 CANVAS = 24
 BATCH, EPOCHS, LR = 32, 20, 3e-3
 FT_EPOCHS, FT_LR = 20, 1e-3
-#: the PAN penalty rows (see pan_repair/regularizer.py for the study): the standardised-texture
-#: probes (the regulariser's original probes, 8 patterns every step) and the digit-like "ink"
-#: probes (bright strokes on the data's dark, noisy background), vertical placements only
+#: the placement-penalty rows (see pan_repair/regularizer.py for the study): the
+#: standardised-texture probes (8 patterns every step) and the digit-like "ink" probes (bright
+#: strokes on the data's dark, noisy background), vertical placements only
 PENALTY_TEXTURE = dict(n_patterns=8, every=1, weight=1.0, probes="placement")
-PENALTY = dict(probes="placement", n_patterns=8, n_positions=16, roll_stride=(1, 1), every=1, weight=0.5, axes=("rows",), style="ink",
+PENALTY_INK = dict(probes="placement", n_patterns=8, n_positions=16, roll_stride=(1, 1), every=1, weight=0.5, axes=("rows",), style="ink",
                contrast=6.0, level=-0.22, noise=0.33, pattern_size=8)
+CONSISTENCY_LR = 3e-3
 LOW_THRESHOLDS = dict(border_threshold=1.0, position_threshold=0.5)
 
 
@@ -121,10 +127,13 @@ def make_model(seed: int, width: int = 24) -> nn.Module:
 
 
 def train(model: nn.Module, data: Digits, epochs: int, *, lr: float, seed: int,
-          penalty: Callable[[nn.Module], torch.Tensor] | None = None, batch: int = BATCH) -> None:
-    """Adam on the biased training split, ``epochs`` epochs, seeded shuffling; optional penalty."""
-    train_plain(model, *data.train, epochs, lr=lr, seed=seed, batch=batch,
-                loss_term=None if penalty is None else lambda m, x, logits: penalty(m))
+          loss_term: LossTerm | None = None, batch: int = BATCH) -> None:
+    """Adam on the biased training split, ``epochs`` epochs, seeded shuffling; optional extra loss."""
+    train_plain(model, *data.train, epochs, lr=lr, seed=seed, batch=batch, loss_term=loss_term)
+
+
+def penalty_term(penalty: PANPenalty) -> LossTerm:
+    return lambda model, x, logits: penalty(model)
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
@@ -184,10 +193,10 @@ class FineTune:
     rounds: int = 3
 
 
-def _then_tune(model, data, ft: FineTune, seed, info, penalty=None):
+def _then_tune(model, data, ft: FineTune, seed, info, loss_term=None, lr=None):
     info["swapped_no_ft"] = accuracy(model, *data.swapped)
     if ft.epochs:
-        train(model, data, ft.epochs, lr=ft.lr, seed=seed, penalty=penalty)
+        train(model, data, ft.epochs, lr=ft.lr if lr is None else lr, seed=seed, loss_term=loss_term)
     return model
 
 
@@ -241,27 +250,29 @@ def m_prune_redetect(thresholds: dict | None = None):
     return run
 
 
-def m_penalty(settings: dict):
+def m_penalty(settings: dict, mode: str | None = None):
+    """Fine-tune with ``PANPenalty(**settings)`` (after switching the padding to ``mode``)."""
     def run(model, data, ft, seed, info):
         penalty = PANPenalty(SIZE, seed=seed, **settings)
-        return _then_tune(model, data, ft, seed, info, penalty=penalty)
+        model = model if mode is None else converted_copy(model, mode)
+        return _then_tune(model, data, ft, seed, info, loss_term=penalty_term(penalty))
     return run
 
 
-def m_padding_penalty(mode: str, settings: dict):
-    def run(model, data, ft, seed, info):
-        penalty = PANPenalty(SIZE, seed=seed, **settings)
-        return _then_tune(converted_copy(model, mode), data, ft, seed, info, penalty=penalty)
-    return run
+def m_consistency(model, data, ft, seed, info):
+    info["budget"] = f"{ft.epochs} ep, lr {CONSISTENCY_LR:g}"
+    return _then_tune(model, data, ft, seed, info, loss_term=PaddingConsistency(), lr=CONSISTENCY_LR)
 
 
-def mitigations(penalty: dict = PENALTY, low: dict = LOW_THRESHOLDS) -> dict[str, Callable]:
+def mitigations(ink: dict = PENALTY_INK, low: dict = LOW_THRESHOLDS) -> dict[str, Callable]:
     """Part A's rows: name -> mitigation function."""
     return {
         "baseline": m_baseline,
         "fine-tune only": m_finetune_only,
-        "PAN penalty": m_penalty(penalty),
-        "replicate + PAN penalty": m_padding_penalty("replicate", penalty),
+        "PAN penalty (default)": m_penalty({}),
+        "padding consistency": m_consistency,
+        "PAN penalty, ink probes": m_penalty(ink),
+        "replicate + PAN penalty, ink probes": m_penalty(ink, mode="replicate"),
         "PAN penalty, texture probes": m_penalty(PENALTY_TEXTURE),
         "reflect": m_padding("reflect"),
         "replicate": m_padding("replicate"),
@@ -460,7 +471,7 @@ def main(argv=None) -> None:
                              log=lambda s: print(s, flush=True), jsonl=args.jsonl)
         out += [f"## Part A: placement shortcut (digits {CLASSES}, {CANVAS}x{CANVAS}; baseline {args.epochs} "
                 f"epochs Adam {LR}; fine-tuning Adam {args.ft_lr} on the same biased data)\n",
-                f"PAN penalty settings: `PANPenalty({SIZE}, {', '.join(f'{k}={v}' for k, v in PENALTY.items())})`; "
+                f"Ink-probe penalty: `PANPenalty({SIZE}, {', '.join(f'{k}={v}' for k, v in PENALTY_INK.items())})`; "
                 f"texture probes: `PANPenalty({SIZE}, {', '.join(f'{k}={v}' for k, v in PENALTY_TEXTURE.items())})`; "
                 f"low thresholds: {LOW_THRESHOLDS}.\n", table_a(results), ""]
     if "b" in args.part:
