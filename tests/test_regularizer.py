@@ -10,7 +10,8 @@ from torch import nn
 from pan_repair import SmallCNN, find_pans
 from pan_repair.detector import total_stride
 from pan_repair.probes import make_probes
-from pan_repair.regularizer import PANPenalty, detector_penalty, make_placement_probes, pan_penalty, placements_of
+from pan_repair.placement_probes import make_placement_probes, placements_of
+from pan_repair.regularizer import PANPenalty, detector_penalty, pan_penalty
 from pan_repair.shortcut import accuracy, shortcut_data, train_plain
 
 torch.set_num_threads(1)  # a loaded 2-core machine: 2 threads made the training test 30x slower
