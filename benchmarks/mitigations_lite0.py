@@ -8,8 +8,11 @@ are measured here, where the detector finds hundreds.
 
 **Task.** Digits (all 10 classes; DigitsCanvas, digit 64 px = scale 8) at random places on a
 128x128 noisy canvas, as 3 channels; 1078 training and 359 validation images (each digit's
-distance to the nearest edge kept). 128 px is the smallest side at which find_pans still gets
-4 roll positions at Lite0's total stride 32.
+distance to the nearest edge kept). At 128 px find_pans rolls its textures to only 3 places per
+axis at Lite0's total stride 32, and warns that the position scores are unreliable (5 places need
+191 px, ``pan_repair.probes.min_side(32)``): the position-PAN counts below are rough. The border
+scores, from constant probes, do not depend on the rolls, and border PANs are 90% of the count;
+128 px keeps a run near 1 h on the CPU.
 
 **Baseline.** :func:`pan_repair.load_efficientnet_lite0` with a new 10-class head (seeded),
 fine-tuned ``--epochs`` epochs (Adam ``--lr``, batch 32, seeded shuffling). **Each mitigation**

@@ -3,12 +3,12 @@
 Example:
     >>> import timm
     >>> from pan_repair import find_pans
-    >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 160, 160), n_patterns=2)
+    >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 192, 192), n_patterns=2)
     >>> report.total_filters
     2936
     >>> from pan_repair import converted_copy
     >>> fixed = converted_copy(timm.create_model("resnet10t"), "replicate")
-    >>> find_pans(fixed, input_size=(3, 160, 160), n_patterns=2).of_kind("border")
+    >>> find_pans(fixed, input_size=(3, 192, 192), n_patterns=2).of_kind("border")
     []
 """
 from .callbacks import (PaddingConsistencyRegularizer, PaddingSwitch, PANMonitor, PanHistory, PANPruning,

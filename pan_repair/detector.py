@@ -52,7 +52,7 @@ from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effectiv
     untrained_bn
 from .metrics.functional import border_activation_ratio
 from .module_state import device_dtype, eval_mode
-from .probes import ProbeBatch, make_probes
+from .probes import ProbeBatch, make_probes, min_side
 from .report import SIDES, LayerInfo, Pan, PanReport
 
 __all__ = ["find_pans", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
@@ -431,7 +431,7 @@ def find_pans(
     Example:
         >>> import timm
         >>> from pan_repair import find_pans
-        >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 160, 160), n_patterns=2)
+        >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 192, 192), n_patterns=2)
         >>> report.total_filters
         2936
     """
@@ -445,7 +445,7 @@ def find_pans(
     if probes.n_positions < 4:
         warnings.warn(f"input size {input_size[1:]} holds only {probes.n_positions} roll positions at "
                       f"the network's total stride {stride}: position scores are unreliable; use a "
-                      f"side >= {5 * max(stride)}", stacklevel=2)
+                      f"side >= {min_side(max(stride))}", stacklevel=2)
     with _inspection(model, probes.n_constants, probes.n_constants + 2 * probes.n_positions, progress,
                      feeds_bn) as rec:
         _run(model, probes.images.to(device, dtype), input_size)

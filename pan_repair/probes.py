@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ProbeBatch", "make_probes"]
+__all__ = ["ProbeBatch", "make_probes", "min_side"]
 
 
 @dataclass
@@ -61,6 +61,26 @@ def _texture(gen: torch.Generator, channels: int, h: int, w: int) -> torch.Tenso
     return (fine - fine.mean()) / fine.std().clamp_min(1e-6)
 
 
+def _pattern_side(side: int) -> int:
+    return max(3, side // 3)  # an object, not a detail
+
+
+def min_side(stride: int, positions: int = 4) -> int:
+    """The smallest input side on which :func:`make_probes` rolls a pattern to at least
+    ``positions`` places at total stride ``stride`` (the positions are ``2 r + 1`` for a reach of
+    ``r`` strides from the centre, ``r = floor(floor((side - side // 3) / 2) / stride)``).
+
+    Example:
+        >>> min_side(32)  # EfficientNet, ResNet: 5 positions from 191 px
+        191
+    """
+    reach = -(-(positions - 1) // 2)
+    side = 3
+    while (side - _pattern_side(side)) // 2 < reach * stride:
+        side += 1
+    return side
+
+
 def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positions: int = 8,
                 stride: tuple[int, int] = (1, 1), n_constants: int = 4, seed: int = 0) -> ProbeBatch:
     """Build the probe batch for ``input_size = (C, H, W)``; deterministic in ``seed``.
@@ -74,7 +94,7 @@ def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positio
         raise ValueError(f"n_constants must be an even number >= 2, got {n_constants}")
     if n_patterns < 2 or n_positions < 2:
         raise ValueError("n_patterns and n_positions must be >= 2")
-    ph, pw = max(3, h // 3), max(3, w // 3)  # an object, not a detail
+    ph, pw = _pattern_side(h), _pattern_side(w)
     contrast = math.sqrt(h * w / (ph * pw))  # image std about 1, like a normalised input
     room = ((h - ph) // 2, (w - pw) // 2)  # how far the texture can move from the centre
     step = tuple(max(s, 2 * r // (n_positions - 1) // s * s) for r, s in zip(room, stride))

@@ -1,5 +1,6 @@
 """The detector on networks whose PANs are known by construction, and its contract."""
 import copy
+import warnings
 
 import pytest
 import timm
@@ -282,3 +283,16 @@ def test_scan_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_few_roll_positions_warn_with_a_side_that_suffices():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1))  # total stride 8
+    with pytest.warns(UserWarning, match=r"only 3 roll positions .* use a side >= 47$"):
+        find_pans(net, (1, 40, 40), n_patterns=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_pans(net, (1, 47, 47), n_patterns=2).total_filters == 12
+        with pytest.raises(UserWarning):
+            find_pans(net, (1, 46, 46), n_patterns=2)

@@ -1,11 +1,23 @@
-"""The public API's docstring examples run (doctest)."""
+"""Every docstring example in the package runs (doctest)."""
 import doctest
+import importlib
+import inspect
+import pkgutil
+
+import pytest
 
 import pan_repair
-import pan_repair.detector
+
+MODULES = ["pan_repair"] + [m.name for m in pkgutil.walk_packages(pan_repair.__path__, "pan_repair.")]
+WITH_EXAMPLES = [name for name in MODULES if ">>> " in inspect.getsource(importlib.import_module(name))]
 
 
-def test_package_docstring_examples():
-    for module in (pan_repair, pan_repair.detector):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.attempted > 0 and result.failed == 0, module.__name__
+def test_the_public_modules_have_examples():
+    assert {"pan_repair", "pan_repair.detector", "pan_repair.consistency", "pan_repair.pruning",
+            "pan_repair.regularizer", "pan_repair.metrics.bias"} <= set(WITH_EXAMPLES)
+
+
+@pytest.mark.parametrize("name", WITH_EXAMPLES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, name
