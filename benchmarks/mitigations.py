@@ -16,9 +16,9 @@ epochs (Adam ``--ft-lr``; at most the original budget), then evaluated on the va
 * ``prune PANs``: :func:`pan_repair.prune_pans` (mask mode) of what :func:`pan_repair.find_pans`
   detects with its defaults; ``prune + re-detect``: ``--rounds`` rounds of detect, prune,
   fine-tune (the budget split over the rounds); ``prune random``: the control, the same number of
-  random non-PAN filters of the same layers. With the defaults the detector finds only 1-2 PANs
-  in this network, so each is also run with lowered thresholds (``--low-border``,
-  ``--low-position``; marked "low thr.");
+  filters of the same layers drawn uniformly at random (``random_report``). With the defaults
+  the detector finds only 1-2 PANs in this network, so each is also run with lowered thresholds
+  (``LOW_THRESHOLDS``: border 1.0, position 0.5; marked "low thr.");
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` at its
   defaults (the detector's border score on its constant probes, weight 0.03, every 8th step);
   ``PAN penalty, ink probes``: the placement penalty (``probes="placement"``) with digit-like
@@ -169,14 +169,14 @@ def pan_keys(report: PanReport) -> set[tuple[str, int]]:
 
 
 def random_report(model: nn.Module, report: PanReport, seed: int) -> PanReport:
-    """As many random non-PAN filters per layer as ``report`` has PANs there (the control)."""
+    """The control: per layer, as many filters as ``report`` has PANs there, drawn uniformly at
+    random from all of the layer's filters (PANs included: a random pick, not a complement)."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     pans = []
     for layer, found in report.by_layer().items():
-        taken = {p.channel for p in found}
-        free = [c for c in range(model.get_submodule(layer).out_channels) if c not in taken]
-        pick = torch.randperm(len(free), generator=gen)[:len(found)].tolist()
-        pans += [Pan(layer, free[i], (), 1, 0.0, p.kind) for i, p in zip(pick, found)]
+        n = len({p.channel for p in found})
+        pick = torch.randperm(model.get_submodule(layer).out_channels, generator=gen)[:n].tolist()
+        pans += [Pan(layer, c, (), 1, 0.0, "border") for c in pick]
     return replace(report, pans=pans)
 
 
@@ -222,7 +222,7 @@ def m_prune(thresholds: dict | None = None, random: bool = False):
         report = find_pans(model, SIZE, **(thresholds or {}))
         if random:
             report = random_report(model, report, seed)
-        info["pruned"] = report.count
+        info["pruned"] = len(pan_keys(report))
         if report.count:
             prune_pans(model, report)
         return _then_tune(model, data, ft, seed, info)

@@ -24,7 +24,7 @@ same data; ``fine-tune only`` is the same fine-tuning without a mitigation (the 
 * ``prune PANs``: :func:`pan_repair.prune_pans` (masks) of what find_pans detects (defaults);
   ``prune + re-detect each epoch``: before each fine-tuning epoch, detect and mask the PANs not
   yet masked (what ``PANPruning(apply_pruning=True)`` does); ``prune random (control)``: as many
-  random non-PAN filters of the same layers as the first detection found;
+  filters of the same layers as the first detection found, drawn uniformly at random;
 * ``padding consistency``: fine-tuning with :class:`pan_repair.consistency.PaddingConsistency`
   (weight 0.5, every 2nd step);
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` (its

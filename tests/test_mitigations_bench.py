@@ -35,7 +35,7 @@ def test_part_a_rows_and_columns(tmp_path, capsys):
     assert results["replicate"][0]["reliance"] == 0.0  # already replicate: switching changes nothing
     pruned = results["prune PANs, low thr."][0]["pruned"]
     control = results["prune random, low thr. (control)"][0]["pruned"]
-    assert 0 < control <= pruned
+    assert control == pruned > 0  # the same count, drawn at random
     table = bench.table_a(results)
     lines = table.splitlines()
     assert lines[0].count("|") == 13 and all(line.count("|") == 13 for line in lines[2:2 + len(ROWS)])
