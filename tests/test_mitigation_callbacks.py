@@ -318,3 +318,35 @@ def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, every, 
         ns.callbacks.PaddingConsistencyRegularizer(mode="zeros")
     with pytest.raises(ValueError, match="every must be"):
         ns.callbacks.PaddingConsistencyRegularizer(every=0)
+
+
+def test_consistency_and_penalty_callbacks_compose(tmp_path):
+    """Both regularisers at once (each adds its term to the loss in place) equal adding both terms
+    in ``training_step``."""
+    from pan_repair.consistency import PaddingConsistency
+    ns = NAMESPACES["lightning.pytorch"]
+
+    class Plain(ns.net):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Manual(Plain):
+        def __init__(self):
+            super().__init__()
+            self.consistency = PaddingConsistency(0.5)
+            self.penalty = PANPenalty(INPUT, every=1, weight=0.5, border_margin=0.0)
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss + self.consistency(self.model, batch[0]) + self.penalty(self.model)
+
+    nets = {}
+    callbacks = [ns.callbacks.PaddingConsistencyRegularizer(0.5, model_attr="model"),
+                 ns.callbacks.PANRegularizer(weight=0.5, every=1, border_margin=0.0, model_attr="model")]
+    for name, cls, cbs in (("manual", Manual, []), ("callbacks", Plain, callbacks)):
+        ns.pl.seed_everything(0, verbose=False)
+        nets[name] = cls()
+        _trainer(ns, tmp_path, callbacks=cbs).fit(nets[name], _data(ns))
+    for (key, a), b in zip(nets["manual"].model.state_dict().items(), nets["callbacks"].model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=key)
+    assert callbacks[1].penalty.step == 6 and callbacks[0].consistency.step == 6
