@@ -45,7 +45,7 @@ mitigation with the original model on 50 views of the 5 bundled photos (each pho
 288 px, the 4 corner and the centre 224 px crops, and their mirror images; inputs in [-1, 1] as
 :func:`pan_repair.load_efficientnet_lite0` expects), and the PANs that find_pans detects after it.
 
-Run: ``.venv/bin/python benchmarks/mitigations.py [--seeds 0 1] [--part a b] [--only NAME ...]
+Run: ``.venv/bin/python benchmarks/mitigations.py [--seeds 0 1 2 3 4] [--part a b] [--only NAME ...]
 [--ft-epochs 20] [--out benchmarks/results/mitigations.md]``. ``--only`` runs a subset of Part A's
 rows (names as in the table, e.g. ``--only reflect "PAN penalty"``). On a shared machine, seeds
 can run as separate processes, each with ``--part a --seeds S --jsonl a_S.jsonl``, and be
@@ -424,7 +424,7 @@ def machine() -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--part", nargs="+", default=["a", "b"], choices=["a", "b"])
     parser.add_argument("--only", nargs="+", default=None, help="Part A rows to run (names as in the table)")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="baseline training epochs")

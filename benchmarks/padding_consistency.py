@@ -9,7 +9,7 @@ training from scratch with it; circular padding from scratch (reference). Accura
 per placement. Step time: the plain and the penalised steps on the same batches, interleaved,
 fastest of ``--rounds``.
 
-Run: ``.venv/bin/python benchmarks/padding_consistency.py [--seeds 0 1 2 3 4] [--weight 0.5]``
+Run: ``.venv/bin/python benchmarks/padding_consistency.py [--seeds 0 ... 9] [--weight 0.5]``
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def step_times(train_set, weight: float, rounds: int) -> dict[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--weight", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
