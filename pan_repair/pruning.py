@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+from timm.layers import (BatchNormAct2d, Conv2dSame, MixedConv2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d,
+                         StdConv2dSame)
 from timm.layers.conv2d_same import Conv2dSameExport
 
 from .layers import blank_forward, conv_bn_pairs, conv_padding
@@ -91,9 +92,12 @@ class PruneSummary:
         channels: conv layer -> the PAN channels silenced (masked or removed), sorted.
         batchnorms: conv layer -> the BatchNorm it feeds (masked or cut with it).
         masked: conv layer -> channels masked (all of ``channels`` in mask mode; in remove mode
-            the layers that could not be removed, with ``fallback="mask"``).
-        removed: conv layer -> output channels physically removed (remove mode). Includes the
-            channels of depthwise convs the removal propagated through.
+            the layers that could not be removed, with ``fallback="mask"``, as indices of the
+            returned model: a depthwise conv after a removed layer loses channels, and those
+            removed with it need no mask).
+        removed: conv layer -> output channels physically removed (remove mode; indices of the
+            original model). Includes the channels of depthwise convs the removal propagated
+            through.
         not_removable: conv layer -> why its channels could not be removed.
         not_silenced: conv layer -> why its masked channels still output a constant (e.g. a
             BatchNorm without affine parameters).
@@ -122,9 +126,14 @@ class PruneSummary:
         lines = [f"prune_pans(mode={self.mode!r}): {self.count} PAN channels in {len(self.channels)} layers; "
                  f"parameters {self.params_before} -> {self.params_after}"]
         for layer, chans in self.channels.items():
-            how = "removed" if layer in self.removed else "masked"
             bn = f" (+ {self.batchnorms[layer]})" if layer in self.batchnorms else ""
-            lines.append(f"  {layer}{bn}: {how} {chans}")
+            if self.mode == "remove" and layer not in self.not_removable:
+                how = f"removed {chans}"
+            else:
+                how = f"masked {self.masked[layer]}" if layer in self.masked else f"left as they are {chans}"
+                if layer in self.removed:
+                    how += f"; channels {self.removed[layer]} removed with the layer feeding it"
+            lines.append(f"  {layer}{bn}: {how}")
         for layer, chans in self.removed.items():
             if layer not in self.channels:
                 lines.append(f"  {layer}: removed {chans} (depthwise, fed only by removed channels)")
@@ -358,8 +367,13 @@ class _Plan:
 class _Tracer:
     """Follows removed channels from a conv node to their consumers in an fx graph."""
 
-    def __init__(self, gm: torch.fx.GraphModule, modules: dict[str, nn.Module], pairs: dict[str, str]):
+    def __init__(self, gm: torch.fx.GraphModule, modules: dict[str, nn.Module], pairs: dict[str, str],
+                 masked_later: dict[str, list[int]]):
         self.gm, self.modules, self.pairs = gm, modules, pairs
+        # the PAN channels of depthwise convs, masked after the removal (depthwise convs are never
+        # removed): in the masked model they output 0 from the conv, and from its BatchNorm
+        self.masked_later = {k: list(v) for k, v in masked_later.items()}
+        self.zero_at_bn = {pairs[k]: list(v) for k, v in masked_later.items() if k in pairs}
         self.calls = defaultdict(int)
         for node in gm.graph.nodes:
             if node.op == "call_module":
@@ -433,6 +447,8 @@ class _Tracer:
                 plan.bn_remove[node.target] |= chans
                 if const is not None:
                     const = self._apply(node, const)
+                    if module.affine and node.target in self.zero_at_bn:
+                        const[self.zero_at_bn[node.target]] = 0
                 return self._follow(node, chans, plan, const, None, flat)
             if isinstance(module, _ZERO_MODULES) and getattr(module, "num_parameters", 1) == 1:
                 if const is not None:
@@ -527,9 +543,10 @@ class _Tracer:
             plan.out_remove[node.target] |= outs
             # in the masked model a zero input gives the bias (0 without) on every pixel, for any
             # padding mode; from here on the channels carry that constant
-            bias = conv.bias.detach() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+            const = conv.bias.detach().clone() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+            const[self.masked_later.get(node.target, [])] = 0
             nxt_bn = self.pairs.get(node.target)
-            return self._follow(node, outs, plan, bias.clone(), nxt_bn, None)
+            return self._follow(node, outs, plan, const, nxt_bn, None)
         raise _NotRemovable(f"grouped conv {node.target!r} (groups={conv.groups}) consumes the channels")
 
 
@@ -588,14 +605,34 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+class _LeafTracer(torch.fx.Tracer):
+    """``torch.fx`` tracing that keeps whole the layers fx cannot trace through: timm's dynamic
+    "same" padding (computed from the input size in Python), its BatchNormAct2d (an input-rank
+    check), weight-standardised and mixed convs, and pan_repair's own padded convs."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from .padding_switch import PaddedConv2d
+        leaves = (Conv2dSame, Conv2dSameExport, *_STD_CONVS, MixedConv2d, BatchNormAct2d, PaddedConv2d)
+        return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module) -> torch.fx.GraphModule:
+    tracer = _LeafTracer()
+    graph = tracer.trace(model)
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, str],
-            input_size: tuple[int, ...], summary: PruneSummary) -> dict[str, list[int]]:
-    """Cut out what can be cut; returns the layers that could not be (to mask instead)."""
+            input_size: tuple[int, ...], summary: PruneSummary,
+            mask_rest: bool) -> tuple[dict[str, list[int]], dict[str, nn.Module]]:
+    """Cut out what can be cut. Returns the layers that could not be, with the channel indices
+    they have after the cut (to mask instead when ``mask_rest``, which the constants folded into
+    the consumers' biases take into account), and the modules swapped out (name -> original)."""
     modules = dict(model.named_modules())
     leftover: dict[str, list[int]] = {}
     with eval_mode(model):
         try:
-            gm = torch.fx.symbolic_trace(model)
+            gm = _trace(model)
             param = next(iter(model.parameters()))
             with torch.no_grad():
                 from torch.fx.passes.shape_prop import ShapeProp
@@ -605,8 +642,8 @@ def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, s
             for layer, chans in selected.items():
                 summary.not_removable[layer] = f"the model cannot be traced by torch.fx ({first[:120]})"
                 leftover[layer] = chans
-            return leftover
-        tracer = _Tracer(gm, modules, pairs)
+            return leftover, {}
+        tracer = _Tracer(gm, modules, pairs, selected if mask_rest else {})
         nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
         plan = _Plan()
         with torch.no_grad():
@@ -652,7 +689,17 @@ def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, s
         raise
     for name, rm in plan.out_remove.items():
         summary.removed[name] = sorted(rm)
-    return leftover
+    # a layer left to masking may have lost output channels to a removal propagated into it (a
+    # depthwise conv after a removed layer): its PAN channels get their new indices, and those
+    # already removed need no mask
+    for layer, chans in list(leftover.items()):
+        cut = plan.out_remove.get(layer, set())
+        kept = [c - sum(r < c for r in cut) for c in chans if c not in cut]
+        if kept:
+            leftover[layer] = kept
+        else:
+            del leftover[layer]
+    return leftover, old
 
 
 def prune_pans(model: nn.Module, report: PanReport, *, kinds: Iterable[str] = KINDS, mode: str = "mask",
@@ -699,11 +746,17 @@ def prune_pans(model: nn.Module, report: PanReport, *, kinds: Iterable[str] = KI
         summary.params_after = summary.params_before
         return summary
     pairs = conv_bn_pairs(model, report.input_size)
-    to_mask = selected
+    to_mask, swapped = selected, {}
     if mode == "remove":
-        to_mask = _remove(model, selected, pairs, report.input_size, summary)
+        to_mask, swapped = _remove(model, selected, pairs, report.input_size, summary, mask_rest=fallback == "mask")
         if fallback == "skip":
             to_mask = {}
-    _apply_masks(_plan_masks(model, to_mask, pairs, summary))
+    try:
+        plan = _plan_masks(model, to_mask, pairs, summary)
+    except Exception:  # the model as it was: the removed modules put back
+        for name, module in swapped.items():
+            _set_module(model, name, module)
+        raise
+    _apply_masks(plan)
     summary.params_after = _count(model)
     return summary

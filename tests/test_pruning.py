@@ -310,3 +310,81 @@ def test_docstring_example():
     import pan_repair.pruning
     result = doctest.testmod(pan_repair.pruning, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_remove_then_mask_a_depthwise_conv_that_lost_channels():
+    """A depthwise conv holding PANs of its own cannot be removed, so it is masked; when the
+    removal of the layer feeding it has already cut some of its channels, its masks use the new
+    indices (and skip the channels already gone): removed and masked models agree."""
+    torch.manual_seed(0)
+    model = _trained_looking(_Mobile())
+    # stem channel 5 removed -> dw outputs 10, 11 go; dw's PANs 11 (gone), 12, 15 (now 10, 13)
+    report = _report(model, (3, 16, 16), {"stem.0": [5], "dw.0": [11, 12, 15]})
+    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
+    prune_pans(masked, report)
+    summary = prune_pans(removed, report, mode="remove")
+    assert summary.removed == {"stem.0": [5], "dw.0": [10, 11]}
+    assert "depthwise" in summary.not_removable["dw.0"]
+    assert summary.masked == {"dw.0": [10, 13]}
+    assert removed.dw[0].out_channels == 14
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-5)
+    text = str(summary)
+    assert "dw.0 (+ dw.1): masked [10, 13]; channels [10, 11] removed with the layer feeding it" in text
+    assert "stem.0 (+ stem.1): removed [5]" in text
+    # every PAN of dw's removed channels: nothing left to mask there
+    summary = prune_pans(copy.deepcopy(model), _report(model, (3, 16, 16), {"stem.0": [5], "dw.0": [10, 11]}),
+                         mode="remove")
+    assert summary.masked == {} and summary.removed["dw.0"] == [10, 11]
+    # fallback="skip": dw's PANs stay as they are, so the folded constants are the unmasked ones
+    only_stem = copy.deepcopy(model)
+    prune_pans(only_stem, _report(model, (3, 16, 16), {"stem.0": [5]}))
+    skipped = copy.deepcopy(model)
+    summary = prune_pans(skipped, report, mode="remove", fallback="skip")
+    assert summary.masked == {}
+    with torch.no_grad():
+        torch.testing.assert_close(skipped(x), only_stem(x), atol=1e-5, rtol=1e-5)
+
+
+def test_remove_puts_the_modules_back_when_masking_the_rest_fails(monkeypatch):
+    """Fault injection: a failure after the cut (planning the masks of the layers left over)
+    leaves the model as it was."""
+    import pan_repair.pruning as pruning
+    torch.manual_seed(0)
+    model = _trained_looking(_Mobile())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(pruning, "_plan_masks", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        prune_pans(model, _report(model, (3, 16, 16), {"stem.0": [5], "dw.0": [12]}), mode="remove")
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert model.stem[0].out_channels == 8 and model.dw[0].out_channels == 16
+
+
+def test_remove_traces_through_timm_same_padding_and_batchnorm_act():
+    """tf_efficientnet_lite0 (Conv2dSame, BatchNormAct2d: layers fx cannot trace into) is traced
+    with them as leaves: expansion convs are cut, the depthwise convs after them follow."""
+    import timm
+    torch.manual_seed(0)
+    model = _trained_looking(timm.create_model("tf_efficientnet_lite0", num_classes=4))
+    chans = {"blocks.1.0.conv_pw": [0, 7], "blocks.2.1.conv_pw": [3], "blocks.1.0.conv_dw": [2, 5]}
+    layers = [LayerInfo(name, type(m).__name__, m.out_channels, "zeros", (1, 1, 1, 1), True)
+              for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    report = PanReport([Pan(layer, c, ("top",), 1, 5.0, "border", 5.0, 0.0) for layer, cs in chans.items() for c in cs],
+                       layers, (3, 64, 64), 2.7, 0.95)
+    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
+    prune_pans(masked, report)
+    summary = prune_pans(removed, report, mode="remove")
+    assert summary.removed["blocks.1.0.conv_pw"] == [0, 7] and summary.removed["blocks.2.1.conv_pw"] == [3]
+    assert summary.removed["blocks.1.0.conv_dw"] == [0, 7]  # followed the cut
+    assert "depthwise" in summary.not_removable["blocks.1.0.conv_dw"]
+    assert summary.masked == {"blocks.1.0.conv_dw": [1, 4]}  # its own PANs, new indices
+    assert removed.blocks[1][0].conv_pw.out_channels == 94 and summary.params_after < summary.params_before
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(removed(x), masked(x), atol=1e-4, rtol=1e-4)
