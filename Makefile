@@ -35,4 +35,5 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/pan_penalty.py
 	$(PY) benchmarks/padding_consistency.py
 	$(PY) benchmarks/mitigations.py
+	$(PY) benchmarks/pruning_removal.py
 	$(PY) benchmarks/mitigations_lite0.py
