@@ -136,7 +136,8 @@ class PruneSummary:
             lines.append(f"  {layer}{bn}: {how}")
         for layer, chans in self.removed.items():
             if layer not in self.channels:
-                lines.append(f"  {layer}: removed {chans} (depthwise, fed only by removed channels)")
+                lines.append(f"  {layer}: removed {chans} (channels that only fed, or were fed "
+                             "only by, removed PAN channels)")
         for layer, why in self.not_removable.items():
             lines.append(f"  {layer}: not removable: {why}")
         for layer, why in self.not_silenced.items():
@@ -330,6 +331,7 @@ _ZERO_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
                    torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
                    F.max_pool2d}
 _ZERO_METHODS = {"relu", "relu_", "tanh", "contiguous", "flatten", "clone"}
+_SPATIAL_FUNCTIONS = {torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 #: convs whose forward is F.conv2d of ``weight`` (possibly with their own padding): inputs
 #: and outputs can be sliced; weight-standardised convs only their outputs
@@ -368,12 +370,13 @@ class _Tracer:
     """Follows removed channels from a conv node to their consumers in an fx graph."""
 
     def __init__(self, gm: torch.fx.GraphModule, modules: dict[str, nn.Module], pairs: dict[str, str],
-                 masked_later: dict[str, list[int]]):
+                 silenced: dict[str, list[int]]):
         self.gm, self.modules, self.pairs = gm, modules, pairs
-        # the PAN channels of depthwise convs, masked after the removal (depthwise convs are never
-        # removed): in the masked model they output 0 from the conv, and from its BatchNorm
-        self.masked_later = {k: list(v) for k, v in masked_later.items()}
-        self.zero_at_bn = {pairs[k]: list(v) for k, v in masked_later.items() if k in pairs}
+        # the PAN channels that end up silenced (removed, or masked after the removal): in the
+        # masked model a depthwise conv's silenced channels output 0 from the conv and from its
+        # BatchNorm, which the constants carried through it must respect
+        self.silenced = {k: list(v) for k, v in silenced.items()}
+        self.zero_at_bn = {pairs[k]: list(v) for k, v in silenced.items() if k in pairs}
         self.calls = defaultdict(int)
         for node in gm.graph.nodes:
             if node.op == "call_module":
@@ -402,13 +405,45 @@ class _Tracer:
                                 "make them permanent or undo them first")
         if _conv_kind(conv) == "other":
             raise _NotRemovable(f"unsupported conv type {type(conv).__name__}")
-        if conv.groups != 1:
-            raise _NotRemovable("grouped/depthwise conv: removing an output channel needs its input "
-                                "channel removed too")
         plan = _Plan()
+        if conv.groups != 1:
+            if conv.groups == conv.in_channels != conv.out_channels:
+                raise _NotRemovable(f"depthwise conv with channel multiplier {conv.out_channels // conv.in_channels}: "
+                                    "each input channel feeds several outputs")
+            if conv.groups != conv.in_channels:
+                raise _NotRemovable(f"grouped conv (groups={conv.groups})")
+            # depthwise: output c reads input c alone, so input c goes too, back to its producer
+            plan.in_remove[layer] |= chans
+            self._back(conv_node.args[0], chans, plan)
         plan.out_remove[layer] |= chans
         self._follow(conv_node, set(chans), plan, const=None, bn_allowed=self.pairs.get(layer))
         return plan
+
+    def _back(self, node, chans: set[int], plan: _Plan) -> None:
+        """Remove ``chans`` from the producer of a depthwise conv's input ``node``: back through
+        channel-wise steps (BatchNorm, activations) to a conv whose output channels they are.
+        Every tensor on the way must feed nothing else."""
+        desc = self._desc(node)
+        if len(node.users) != 1:
+            raise _NotRemovable(f"depthwise conv whose input ({desc}) also feeds other layers")
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if self.calls[node.target] > 1 or _pruning_hooks(module):
+                raise _NotRemovable(f"depthwise conv fed by {desc}, called more than once or masked")
+            if isinstance(module, nn.Conv2d) and module.groups == 1 and _conv_kind(module) != "other":
+                plan.out_remove[node.target] |= chans
+                return
+            if isinstance(module, _BN):
+                plan.bn_remove[node.target] |= chans
+                return self._back(node.args[0], chans, plan)
+            if isinstance(module, _ZERO_MODULES) and getattr(module, "num_parameters", 1) == 1:
+                return self._back(node.args[0], chans, plan)
+        elif node.op in ("call_function", "call_method") and node.args and isinstance(node.args[0], torch.fx.Node):
+            elementwise = node.target in _ZERO_FUNCTIONS - _SPATIAL_FUNCTIONS or (
+                node.op == "call_method" and node.target in _ZERO_METHODS - {"flatten"})
+            if elementwise:
+                return self._back(node.args[0], chans, plan)
+        raise _NotRemovable(f"depthwise conv fed by {desc}, which cannot lose channels")
 
     def _follow(self, node, chans: set[int], plan: _Plan, const: torch.Tensor | None,
                 bn_allowed: str | None, flat: int | None = None) -> None:
@@ -544,7 +579,7 @@ class _Tracer:
             # in the masked model a zero input gives the bias (0 without) on every pixel, for any
             # padding mode; from here on the channels carry that constant
             const = conv.bias.detach().clone() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
-            const[self.masked_later.get(node.target, [])] = 0
+            const[self.silenced.get(node.target, [])] = 0
             nxt_bn = self.pairs.get(node.target)
             return self._follow(node, outs, plan, const, nxt_bn, None)
         raise _NotRemovable(f"grouped conv {node.target!r} (groups={conv.groups}) consumes the channels")
@@ -643,24 +678,32 @@ def _remove(model: nn.Module, selected: dict[str, list[int]], pairs: dict[str, s
                 summary.not_removable[layer] = f"the model cannot be traced by torch.fx ({first[:120]})"
                 leftover[layer] = chans
             return leftover, {}
-        tracer = _Tracer(gm, modules, pairs, selected if mask_rest else {})
         nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
-        plan = _Plan()
-        with torch.no_grad():
-            for layer, chans in selected.items():
-                try:
-                    if layer not in nodes:
-                        raise _NotRemovable("the conv does not appear in the traced graph")
-                    layer_plan = tracer.plan(layer, set(chans), nodes[layer])
-                    if len(layer_plan.out_remove[layer]) >= modules[layer].out_channels:
-                        raise _NotRemovable("all its channels are PANs")
-                except _NotRemovable as why:
-                    summary.not_removable[layer] = str(why)
-                    leftover[layer] = chans
-                    continue
-                plan.merge(layer_plan)
-                if layer in pairs:
-                    summary.batchnorms[layer] = pairs[layer]
+
+        def plan_all(silenced: dict[str, list[int]]) -> _Plan:
+            tracer, plan = _Tracer(gm, modules, pairs, silenced), _Plan()
+            leftover.clear()
+            with torch.no_grad():
+                for layer, chans in selected.items():
+                    try:
+                        if layer not in nodes:
+                            raise _NotRemovable("the conv does not appear in the traced graph")
+                        layer_plan = tracer.plan(layer, set(chans), nodes[layer])
+                        if len(layer_plan.out_remove[layer]) >= modules[layer].out_channels:
+                            raise _NotRemovable("all its channels are PANs")
+                    except _NotRemovable as why:
+                        summary.not_removable[layer] = str(why)
+                        leftover[layer] = chans
+                        continue
+                    plan.merge(layer_plan)
+            return plan
+
+        plan = plan_all(selected)
+        if leftover and not mask_rest:  # the layers left as they are keep their channels' values
+            plan = plan_all({k: v for k, v in selected.items() if k not in leftover})
+        for layer in selected:
+            if layer in pairs and layer not in leftover:
+                summary.batchnorms[layer] = pairs[layer]
     # several layers may now need the same module cut more than any single plan allowed
     for name, rm in list(plan.out_remove.items()) + list(plan.bn_remove.items()):
         size = getattr(modules[name], "out_channels", None) or modules[name].num_features

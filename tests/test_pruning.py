@@ -368,11 +368,14 @@ def test_remove_puts_the_modules_back_when_masking_the_rest_fails(monkeypatch):
 
 def test_remove_traces_through_timm_same_padding_and_batchnorm_act():
     """tf_efficientnet_lite0 (Conv2dSame, BatchNormAct2d: layers fx cannot trace into) is traced
-    with them as leaves: expansion convs are cut, the depthwise convs after them follow."""
+    with them as leaves. An expansion conv's PANs are cut, and the depthwise convs after them
+    follow; a depthwise conv's own PANs are cut back into the expansion conv that alone feeds
+    them; a projection conv that feeds a residual add is masked."""
     import timm
     torch.manual_seed(0)
     model = _trained_looking(timm.create_model("tf_efficientnet_lite0", num_classes=4))
-    chans = {"blocks.1.0.conv_pw": [0, 7], "blocks.2.1.conv_pw": [3], "blocks.1.0.conv_dw": [2, 5]}
+    chans = {"blocks.1.0.conv_pw": [0, 7], "blocks.2.1.conv_pw": [3], "blocks.1.0.conv_dw": [2, 5, 7],
+             "blocks.2.1.conv_pwl": [1]}
     layers = [LayerInfo(name, type(m).__name__, m.out_channels, "zeros", (1, 1, 1, 1), True)
               for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     report = PanReport([Pan(layer, c, ("top",), 1, 5.0, "border", 5.0, 0.0) for layer, cs in chans.items() for c in cs],
@@ -380,11 +383,38 @@ def test_remove_traces_through_timm_same_padding_and_batchnorm_act():
     masked, removed = copy.deepcopy(model), copy.deepcopy(model)
     prune_pans(masked, report)
     summary = prune_pans(removed, report, mode="remove")
-    assert summary.removed["blocks.1.0.conv_pw"] == [0, 7] and summary.removed["blocks.2.1.conv_pw"] == [3]
-    assert summary.removed["blocks.1.0.conv_dw"] == [0, 7]  # followed the cut
-    assert "depthwise" in summary.not_removable["blocks.1.0.conv_dw"]
-    assert summary.masked == {"blocks.1.0.conv_dw": [1, 4]}  # its own PANs, new indices
-    assert removed.blocks[1][0].conv_pw.out_channels == 94 and summary.params_after < summary.params_before
+    assert summary.removed == {"blocks.1.0.conv_pw": [0, 2, 5, 7], "blocks.1.0.conv_dw": [0, 2, 5, 7],
+                               "blocks.2.1.conv_pw": [3], "blocks.2.1.conv_dw": [3]}
+    assert "residual add" in summary.not_removable["blocks.2.1.conv_pwl"]
+    assert summary.masked == {"blocks.2.1.conv_pwl": [1]}
+    block = removed.blocks[1][0]
+    assert block.conv_pw.out_channels == block.bn1.num_features == block.conv_dw.groups == 92
+    assert block.conv_pwl.in_channels == 92 and summary.params_after < summary.params_before
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(removed(x), masked(x), atol=1e-4, rtol=1e-4)
+    text = str(summary)
+    assert "blocks.1.0.conv_dw (+ blocks.1.0.bn2): removed [2, 5, 7]" in text
+    assert "blocks.2.1.conv_pwl (+ blocks.2.1.bn3): masked [1]" in text
+
+
+def test_depthwise_fed_by_a_shared_tensor_is_masked():
+    """A depthwise conv whose input also feeds another layer cannot take its input channels away."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pw = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+            self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU())
+            self.side = nn.Conv2d(8, 8, 1)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x):
+            x = self.pw(x)
+            y = torch.cat([self.dw(x), self.side(x)], 1)
+            return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+    torch.manual_seed(0)
+    model = _trained_looking(Shared())
+    summary = prune_pans(model, _report(model, (3, 16, 16), {"dw.0": [1, 4]}), mode="remove")
+    assert "also feeds other layers" in summary.not_removable["dw.0"] and summary.masked == {"dw.0": [1, 4]}
