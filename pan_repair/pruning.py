@@ -26,14 +26,17 @@ holds ``weight_orig``/``weight_mask`` instead of ``weight``. For checkpoints:
 **Remove** (``mode="remove"``). The channels are cut out of the model where its data flow
 allows: the conv's output channels, its BatchNorm's, and the consumer's input channels, for a
 consumer that is a conv (plain kernel: not weight-standardised), or a Linear after global
-pooling and flattening. Channel-wise steps in between are followed (activations with
+pooling and flattening. A depthwise conv's PAN channel ``c`` reads only its input channel ``c``:
+that goes too, back through channel-wise steps to the conv producing it, when nothing else reads
+it (channel multiplier 1). Channel-wise steps in between are followed (activations with
 ``f(0) = 0``, pooling, dropout, flatten); a depthwise conv on the way propagates the removal to
 its own output channels, whose constant output in the masked model (bias through BatchNorm and
 activation) is folded into the next consumer's bias when that is exact (a 1x1 conv without
 padding, or a Linear after global pooling). So a removed model computes exactly what the masked
 model computes (eval mode). The data flow comes from :func:`torch.fx.symbolic_trace`; a layer
 whose PAN channels meet a residual ``add``, a concatenation, the model's output, a grouped conv
-or anything unknown cannot be removed: it is listed in :attr:`PruneSummary.not_removable` with
+or anything unknown cannot be removed (timm's layers that fx cannot trace into, such as
+``Conv2dSame`` and ``BatchNormAct2d``, are traced as whole modules): it is listed in :attr:`PruneSummary.not_removable` with
 the reason and, by default, masked instead. All new modules are built before any is swapped in,
 then one forward pass checks the result; on any failure the original modules are put back.
 Removal replaces parameters: build the optimizer after it.
