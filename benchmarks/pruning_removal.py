@@ -68,6 +68,9 @@ from torch import nn
 
 from pan_repair import SmallCNN, find_pans, prune_pans
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mitigations import publish  # noqa: E402  (the sibling benchmark)
+
 LOW_THRESHOLDS = dict(border_threshold=1.0, position_threshold=0.5)
 THRESHOLDS: dict[str, dict] = {"default": {}, "low": LOW_THRESHOLDS}
 
@@ -302,14 +305,6 @@ def main(argv=None) -> None:
         f"Total run time: {time.perf_counter() - start:.0f} s.",
     ])
     publish(text, args.out)
-
-
-def publish(text: str, out: str | None) -> None:
-    """Print the report and write it to ``out`` (if given)."""
-    print("\n" + text)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
