@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import platform
 import re
 import sys
