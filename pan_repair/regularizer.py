@@ -46,8 +46,9 @@ less accuracy. At a constant learning rate the final accuracy swings by 10-20 po
 (not hinged) eta^2 of chosen layers' pooled outputs over textures a third of the side (or
 digit-like ``style="ink"`` strokes), ``B'`` the mean ``D^2 / sigma^2`` on their own constants.
 On the 8-top / 9-bottom placement shortcut (SmallCNN depth 4, 24x24) it raised swapped-
-placement accuracy from 22.5% to 53-60% when trained with it, and to 77-89% as a fine-tuning
-repair with ink probes (after switching to replicate padding); but it does not measure what
+placement accuracy from 22.5% to 53-60% when trained with it, and, as a 20-epoch fine-tuning
+repair with ink probes, from 27.2% to 83.3% (84.2% after switching to replicate padding; 5
+seeds, ``benchmarks/mitigations.py``); but it does not measure what
 the detector measures: trained with it, the same network ended with 26-35 PANs instead of 1-2,
 at 1.25-3.7x the step time. Step cost there: about ``1 + 0.7 x probe images per step / batch``.
 """
