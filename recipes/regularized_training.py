@@ -26,7 +26,7 @@ def regularized_training(out_dir: str = "runs/regularized", penalty: str = "pan"
         penalty: ``pan`` (the PAN penalty on synthetic probes, ``PANRegularizer``) or
             ``consistency`` (agreement with the circular-padded twin on the training batch,
             ``PaddingConsistencyRegularizer``).
-        weight: weight of the penalty (default: the callback's, 0.1 for ``pan``, 0.5 for ``consistency``).
+        weight: weight of the penalty (default: the callback's, 0.03 for ``pan``, 0.5 for ``consistency``).
         warmup_steps: optimizer steps of the penalty's linear warm-up.
         n_patterns: probe patterns per penalty step (``pan`` only; default ``PANPenalty``'s).
         every: compute the penalty every this many steps, scaled by it (default the callback's).
@@ -38,7 +38,7 @@ def regularized_training(out_dir: str = "runs/regularized", penalty: str = "pan"
         raise ValueError(f"finetune_epochs ({finetune_epochs}) exceeds the training budget ({epochs})")
     exp = Experiment("regularized_training", out_dir, setup)
 
-    def regularizer() -> PANRegularizer:
+    def regularizer() -> PANRegularizer | PaddingConsistencyRegularizer:
         options = {k: v for k, v in (("weight", weight), ("every", every)) if v is not None}
         if penalty == "consistency":
             return PaddingConsistencyRegularizer(warmup_steps=warmup_steps, model_attr="model", **options)
