@@ -89,7 +89,9 @@ class PaddingConsistency:
 
     ``weight`` multiplies the penalty (default 0.5: measured best, see above). ``every=k``
     computes it on every k-th call only, multiplied by ``k`` (the same average gradient); the
-    other calls return a constant zero without running the twin. Rebuild the twin (``reset()``)
+    other calls return a constant zero without running the twin. ``warmup=n`` ramps the weight
+    linearly over the first ``n`` calls (call ``t``, from 1: ``weight * min(1, t / n)``).
+    Rebuild the twin (``reset()``)
     after changing the model's structure (pruning with removal, a padding switch).
     ``state_dict``/``load_state_dict`` keep the call count.
 
@@ -104,14 +106,16 @@ class PaddingConsistency:
         >>> loss.backward()
     """
 
-    def __init__(self, weight: float = 0.5, mode: str = "circular", every: int = 1) -> None:
+    def __init__(self, weight: float = 0.5, mode: str = "circular", every: int = 1, warmup: int = 0) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
-        self.weight, self.mode, self.every = float(weight), mode, every
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+        self.weight, self.mode, self.every, self.warmup = float(weight), mode, every, warmup
         self.step = 0
         self._twin: nn.Module | None = None
 
@@ -128,7 +132,8 @@ class PaddingConsistency:
             return torch.zeros((), device=x.device)
         if self._twin is None:
             self._twin = _twin(model, self.mode)
-        return self.every * self.weight * padding_consistency(model, x, logits, self.mode, self._twin)
+        ramp = min(1.0, self.step / self.warmup) if self.warmup else 1.0
+        return ramp * self.every * self.weight * padding_consistency(model, x, logits, self.mode, self._twin)
 
     def state_dict(self) -> dict:
         return {"step": self.step}

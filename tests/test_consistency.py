@@ -50,8 +50,21 @@ def test_every_k_computes_k_times_the_term_on_every_kth_call_and_keeps_its_count
     assert resumed(model, x).item() == 0.0 and not resumed.computes_next()
 
 
+def test_warmup_ramps_the_weight_over_the_first_calls():
+    torch.manual_seed(0)
+    model = SmallCNN(1, 3, width=8, depth=3).eval()
+    x = torch.randn(6, 1, 24, 24)
+    full = 0.5 * padding_consistency(model, x)
+    consistency = PaddingConsistency(weight=0.5, warmup=4)
+    terms = torch.stack([consistency(model, x) for _ in range(5)])
+    torch.testing.assert_close(terms, full * torch.tensor([0.25, 0.5, 0.75, 1.0, 1.0]))
+    resumed = PaddingConsistency(weight=0.5, warmup=4)
+    resumed.load_state_dict({"step": 1})
+    torch.testing.assert_close(resumed(model, x), 0.5 * full)
+
+
 @pytest.mark.parametrize("make", [lambda: PaddingConsistency(mode="zeros"), lambda: PaddingConsistency(weight=-1),
-                                  lambda: PaddingConsistency(every=0)])
+                                  lambda: PaddingConsistency(every=0), lambda: PaddingConsistency(warmup=-1)])
 def test_bad_arguments(make):
     with pytest.raises(ValueError):
         make()
