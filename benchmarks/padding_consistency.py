@@ -15,18 +15,27 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from pan_repair import SmallCNN, find_pans
 from pan_repair.consistency import PaddingConsistency
 from pan_repair.shortcut import accuracy as shortcut_accuracy
+from pan_repair.regularizer import PANPenalty
 from pan_repair.shortcut import shortcut_data, train_plain, train_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mitigations import PENALTY_INK  # noqa: E402  (the sibling benchmark's ink-probe placement penalty)
+
 EPOCHS, LR, BATCH = 20, 3e-3, 32
+WARMUP = 35  # steps of the weight's linear warm-up: a quarter of the 140-step fine-tuning
 
 
 def tensors(placement: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,37 +78,81 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", nargs="+", default=None, help="run only these rows (names as in the table)")
+    parser.add_argument("--jsonl", default=None, help="append every result to this JSON-lines file")
+    parser.add_argument("--no-timing", action="store_true", help="skip the step-time comparison")
+    parser.add_argument("--from-jsonl", nargs="+", default=None,
+                        help="tabulate the results of earlier runs (e.g. one per range of seeds) instead of running")
     args = parser.parse_args()
+    rows: dict[str, list[tuple[int, float, float, int]]] = {}
+    if args.from_jsonl:
+        for path in args.from_jsonl:
+            for line in Path(path).read_text().splitlines():
+                r = json.loads(line)
+                rows.setdefault(r["row"], []).append((r["seed"], r["biased"], r["swapped"], r["pans"]))
+        for vals in rows.values():
+            vals.sort()
+        print(table(rows))
+        return
     torch.set_num_threads(args.threads)
     train_set = shortcut_data(["train"], "biased")[:2]
     biased, swapped = tensors("biased"), tensors("swapped")
-    times = step_times(train_set, args.weight, args.rounds)
+    known = runs(net(0), 0, args.weight, train_set)
+    if args.rows and set(args.rows) - set(known):
+        parser.error(f"unknown rows {sorted(set(args.rows) - set(known))}; choose from {list(known)}")
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"{len(train_set[0])} training images, batch {BATCH}, {EPOCHS} epochs, weight {args.weight}")
-    print(f"step: plain {1000 * times[0]:.1f} ms; with consistency every step {1000 * times[1]:.1f} ms "
-          f"({times[1] / times[0]:.2f}x), every 2nd step {1000 * times[2]:.1f} ms ({times[2] / times[0]:.2f}x)")
-    rows: dict[str, list[tuple[float, float, int]]] = {}
+    if not args.no_timing:
+        times = step_times(train_set, args.weight, args.rounds)
+        print(f"step: plain {1000 * times[0]:.1f} ms; with consistency every step {1000 * times[1]:.1f} ms "
+              f"({times[1] / times[0]:.2f}x), every 2nd step {1000 * times[2]:.1f} ms ({times[2] / times[0]:.2f}x)")
     for seed in args.seeds:
         base = train(net(seed), train_set, seed)
-        runs = {
-            "baseline (zero padding)": base,
-            "baseline + fine-tune 20 ep": train(copy.deepcopy(base), train_set, seed),
-            "baseline + fine-tune 20 ep with consistency": train(copy.deepcopy(base), train_set, seed,
-                                                                 PaddingConsistency(args.weight)),
-            "baseline + fine-tune 20 ep with consistency every 2nd step": train(
-                copy.deepcopy(base), train_set, seed, PaddingConsistency(args.weight, every=2)),
-            "from scratch with consistency": train(net(seed), train_set, seed, PaddingConsistency(args.weight)),
-            "circular padding (reference)": train(net(seed, "circular"), train_set, seed),
-        }
-        for name, model in runs.items():
-            rows.setdefault(name, []).append((accuracy(model, biased), accuracy(model, swapped),
-                                              find_pans(model, (1, 24, 24)).count))
-    seeds = " / ".join(map(str, args.seeds))
-    print(f"| run | acc. training placement % (seeds {seeds}) | acc. swapped % | swapped mean | PANs |")
-    print("|---|---|---|---|---|")
+        for name, run in runs(base, seed, args.weight, train_set).items():
+            if args.rows and name not in args.rows:
+                continue
+            model = run()
+            res = (seed, accuracy(model, biased), accuracy(model, swapped), find_pans(model, (1, 24, 24)).count)
+            rows.setdefault(name, []).append(res)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps({"row": name, "seed": res[0], "biased": res[1], "swapped": res[2],
+                                        "pans": res[3]}) + "\n")
+    print(table(rows))
+
+
+def runs(base: SmallCNN, seed: int, weight: float, train_set) -> dict[str, Callable[[], SmallCNN]]:
+    """The rows: name -> a function training that row's model (from ``base``, the seed's baseline)."""
+    ink = PANPenalty((1, 24, 24), seed=seed, **PENALTY_INK)
+    return {
+        "baseline (zero padding)": lambda: base,
+        "baseline + fine-tune 20 ep": lambda: train(copy.deepcopy(base), train_set, seed),
+        "baseline + fine-tune 20 ep with consistency": lambda: train(
+            copy.deepcopy(base), train_set, seed, PaddingConsistency(weight)),
+        "baseline + fine-tune 20 ep with consistency every 2nd step": lambda: train(
+            copy.deepcopy(base), train_set, seed, PaddingConsistency(weight, every=2)),
+        "baseline + fine-tune 20 ep with consistency, warm-up 35 steps": lambda: train(
+            copy.deepcopy(base), train_set, seed, PaddingConsistency(weight, warmup=WARMUP)),
+        "baseline + fine-tune 20 ep with consistency, warm-up 35 steps, + ink-probe penalty": lambda: train(
+            copy.deepcopy(base), train_set, seed, both(PaddingConsistency(weight, warmup=WARMUP), ink)),
+        "from scratch with consistency": lambda: train(net(seed), train_set, seed, PaddingConsistency(weight)),
+        "circular padding (reference)": lambda: train(net(seed, "circular"), train_set, seed),
+    }
+
+
+def both(consistency: PaddingConsistency, penalty: PANPenalty):
+    return lambda model, x, logits: consistency(model, x, logits) + penalty(model)
+
+
+def table(rows: dict[str, list[tuple[int, float, float, int]]]) -> str:
+    """Markdown table: per row, the per-seed values and the mean swapped-placement accuracy."""
+    seeds = " / ".join(str(v[0]) for v in next(iter(rows.values()))) if rows else ""
+    lines = [f"| run | acc. training placement % (seeds {seeds}) | acc. swapped % | swapped mean | PANs |",
+             "|---|---|---|---|---|"]
     for name, vals in rows.items():
-        print(f"| {name} | {' / '.join(f'{v[0]:.1f}' for v in vals)} | {' / '.join(f'{v[1]:.1f}' for v in vals)} | "
-              f"**{statistics.mean(v[1] for v in vals):.1f}** | {' / '.join(str(v[2]) for v in vals)} |", flush=True)
+        lines.append(f"| {name} | {' / '.join(f'{v[1]:.1f}' for v in vals)} | {' / '.join(f'{v[2]:.1f}' for v in vals)} | "
+                     f"**{statistics.mean(v[2] for v in vals):.1f}** | {' / '.join(str(v[3]) for v in vals)} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
