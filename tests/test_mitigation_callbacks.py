@@ -136,19 +136,26 @@ def test_padding_switch_only_the_pan_layers(tmp_path):
 
 
 # ------------------------------------------------------------------------------ PANRegularizer
-def _penalised(ns, every: int):
-    """The namespace's test net whose training_step adds the PANPenalty to the loss itself."""
+def _sgd(ns):
+    """The namespace's test net trained by plain SGD (the regularisers' parity tests)."""
 
-    class Net(ns.net):
+    class Plain(ns.net):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return Plain
+
+
+def _penalised(ns, every: int):
+    """The SGD test net whose training_step adds the PANPenalty to the loss itself."""
+
+    class Net(_sgd(ns)):
         def __init__(self):
             super().__init__()
             self.penalty = PANPenalty(INPUT, every=every, weight=0.5, border_margin=0.0)
 
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx) + self.penalty(self.model)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
 
     return Net
 
@@ -158,9 +165,7 @@ def _penalised(ns, every: int):
 def test_regularizer_equals_adding_the_penalty_to_the_loss(namespace, accumulate, tmp_path):
     ns = NAMESPACES[namespace]
 
-    class Plain(ns.net):
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
+    Plain = _sgd(ns)
 
     reference = _penalised(ns, every=2)
     ns.pl.seed_everything(0, verbose=False)
@@ -292,9 +297,7 @@ def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, every, 
     from pan_repair.consistency import PaddingConsistency
     ns = NAMESPACES[namespace]
 
-    class Plain(ns.net):
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
+    Plain = _sgd(ns)
 
     class Manual(Plain):
         def __init__(self):
@@ -326,9 +329,7 @@ def test_consistency_and_penalty_callbacks_compose(tmp_path):
     from pan_repair.consistency import PaddingConsistency
     ns = NAMESPACES["lightning.pytorch"]
 
-    class Plain(ns.net):
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
+    Plain = _sgd(ns)
 
     class Manual(Plain):
         def __init__(self):
