@@ -17,7 +17,8 @@ sys.modules[_spec.name] = bench  # dataclasses look their module up
 _spec.loader.exec_module(bench)
 
 ROWS = ["baseline", "replicate", "prune PANs, low thr.", "prune + re-detect, low thr.",
-        "prune random, low thr. (control)", "PAN penalty (default)", "padding consistency"]
+        "prune random, low thr. (control)", "PAN penalty (default)", "padding consistency",
+        "padding consistency, warm-up + ink probes"]
 
 
 def test_part_a_rows_and_columns(tmp_path, capsys):
