@@ -85,12 +85,12 @@ class _NotRemovable(Exception):
 _ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
                  nn.Hardswish, nn.Tanh, nn.Hardtanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink,
                  nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.PReLU)
-_ZERO_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-                   F.hardswish, F.hardtanh, torch.relu, torch.tanh, F.tanh, F.dropout, F.dropout2d,
-                   torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
-                   F.max_pool2d}
-_ZERO_METHODS = {"relu", "relu_", "tanh", "contiguous", "flatten", "clone"}
-_SPATIAL_FUNCTIONS = {torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
+_ELEMENTWISE_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+                          F.hardswish, F.hardtanh, torch.relu, torch.tanh, F.tanh, F.dropout, F.dropout2d}
+_ZERO_FUNCTIONS = _ELEMENTWISE_FUNCTIONS | {torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                                            F.avg_pool2d, F.max_pool2d}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "tanh", "contiguous", "clone"}
+_ZERO_METHODS = _ELEMENTWISE_METHODS | {"flatten"}
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 #: convs whose forward is F.conv2d of ``weight`` (possibly with their own padding): inputs
 #: and outputs can be sliced; weight-standardised convs only their outputs
@@ -198,9 +198,8 @@ class _Tracer:
             if isinstance(module, _ZERO_MODULES) and getattr(module, "num_parameters", 1) == 1:
                 return self._back(node.args[0], chans, plan)
         elif node.op in ("call_function", "call_method") and node.args and isinstance(node.args[0], torch.fx.Node):
-            elementwise = node.target in _ZERO_FUNCTIONS - _SPATIAL_FUNCTIONS or (
-                node.op == "call_method" and node.target in _ZERO_METHODS - {"flatten"})
-            if elementwise:
+            if node.target in _ELEMENTWISE_FUNCTIONS or (
+                    node.op == "call_method" and node.target in _ELEMENTWISE_METHODS):
                 return self._back(node.args[0], chans, plan)
         raise _NotRemovable(f"depthwise conv fed by {desc}, which cannot lose channels")
 
@@ -425,8 +424,7 @@ def remove_channels(model: nn.Module, selected: dict[str, list[int]], pairs: dic
     consumers' biases), else left as they are. Nothing changes when the model cannot be traced;
     on a failed check the original modules are put back and the error raised."""
     modules = dict(model.named_modules())
-    leftover: dict[str, list[int]] = {}
-    result = Removal(leftover)
+    result = Removal({})
     with eval_mode(model):
         try:
             gm = _trace(model)
@@ -436,15 +434,15 @@ def remove_channels(model: nn.Module, selected: dict[str, list[int]], pairs: dic
                 ShapeProp(gm).propagate(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
         except Exception as err:  # noqa: BLE001 - any tracing failure means: cannot plan removal
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            for layer, chans in selected.items():
-                result.not_removable[layer] = f"the model cannot be traced by torch.fx ({first[:120]})"
-                leftover[layer] = chans
+            result.not_removable = {layer: f"the model cannot be traced by torch.fx ({first[:120]})"
+                                    for layer in selected}
+            result.leftover = dict(selected)
             return result
         nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
 
-        def plan_all(silenced: dict[str, list[int]]) -> _Plan:
-            tracer, plan = _Tracer(gm, modules, pairs, silenced), _Plan()
-            leftover.clear()
+        def plan_all(silenced: dict[str, list[int]]) -> tuple[_Plan, dict[str, list[int]]]:
+            """The merged plan of every removable layer, and the layers that are not."""
+            tracer, plan, leftover = _Tracer(gm, modules, pairs, silenced), _Plan(), {}
             with torch.no_grad():
                 for layer, chans in selected.items():
                     try:
@@ -458,14 +456,12 @@ def remove_channels(model: nn.Module, selected: dict[str, list[int]], pairs: dic
                         leftover[layer] = chans
                         continue
                     plan.merge(layer_plan)
-            return plan
+            return plan, leftover
 
-        plan = plan_all(selected)
+        plan, leftover = plan_all(selected)
         if leftover and not mask_rest:  # the layers left as they are keep their channels' values
-            plan = plan_all({k: v for k, v in selected.items() if k not in leftover})
-        for layer in selected:
-            if layer in pairs and layer not in leftover:
-                result.batchnorms[layer] = pairs[layer]
+            plan, leftover = plan_all({k: v for k, v in selected.items() if k not in leftover})
+        result.batchnorms = {layer: pairs[layer] for layer in selected if layer in pairs and layer not in leftover}
     # several layers may now need the same module cut more than any single plan allowed
     for name, rm in list(plan.out_remove.items()) + list(plan.bn_remove.items()):
         size = getattr(modules[name], "out_channels", None) or modules[name].num_features
@@ -483,26 +479,21 @@ def remove_channels(model: nn.Module, selected: dict[str, list[int]], pairs: dic
     for name, rm in plan.bn_remove.items():
         new[name] = _slice_bn(modules[name], rm)
     # ... then swap, check one forward, and put everything back on failure
-    old = {name: modules[name] for name in new}
+    result.swapped = {name: modules[name] for name in new}
     for name, module in new.items():
         set_module(model, name, module)
     try:
         blank_forward(model, input_size)
     except Exception:
-        for name, module in old.items():
-            set_module(model, name, module)
+        result.undo(model)
         raise
-    result.swapped = old
-    for name, rm in plan.out_remove.items():
-        result.removed[name] = sorted(rm)
+    result.removed = {name: sorted(rm) for name, rm in plan.out_remove.items()}
     # a layer left to masking may have lost output channels to a removal propagated into it (a
     # depthwise conv after a removed layer): its PAN channels get their new indices, and those
     # already removed need no mask
-    for layer, chans in list(leftover.items()):
+    for layer, chans in leftover.items():
         cut = plan.out_remove.get(layer, set())
         kept = [c - sum(r < c for r in cut) for c in chans if c not in cut]
         if kept:
-            leftover[layer] = kept
-        else:
-            del leftover[layer]
+            result.leftover[layer] = kept
     return result

@@ -43,6 +43,14 @@ def _report(model: nn.Module, input_size, chans: dict[str, list[int]], kind: str
     return PanReport(pans, layers, tuple(input_size), 2.7, 0.95)
 
 
+def _masked_and_removed(model: nn.Module, report: PanReport):
+    """Copies of ``model`` pruned by ``report`` in mask mode and in remove mode, and the latter's
+    summary."""
+    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
+    prune_pans(masked, report)
+    return masked, removed, prune_pans(removed, report, mode="remove")
+
+
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
     return _trained_looking(SmallCNN(depth=4, width=8, num_classes=(3, 2)))
@@ -178,9 +186,7 @@ def test_kinds_and_layers_select():
 def test_remove_gives_smaller_model_computing_the_masked_outputs():
     model = small_cnn()
     report = _report(model, SIZE, CHANS)
-    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
-    prune_pans(masked, report)
-    summary = prune_pans(removed, report, mode="remove")
+    masked, removed, summary = _masked_and_removed(model, report)
     assert summary.not_removable == {} and summary.masked == {}
     assert summary.removed == CHANS
     assert summary.params_after < summary.params_before
@@ -216,9 +222,7 @@ def test_remove_through_depthwise_and_residual_fallback():
     torch.manual_seed(0)
     model = _trained_looking(_Mobile())
     report = _report(model, (3, 16, 16), {"stem.0": [0, 5], "pw.0": [1], "res": [3]})
-    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
-    prune_pans(masked, report)
-    summary = prune_pans(removed, report, mode="remove")
+    masked, removed, summary = _masked_and_removed(model, report)
     # the depthwise conv propagates: its channels 0,1 and 10,11 go too; its constant output in the
     # masked model is folded into the pointwise conv's (new) bias
     assert summary.removed == {"stem.0": [0, 5], "dw.0": [0, 1, 10, 11]}
@@ -320,9 +324,7 @@ def test_remove_then_mask_a_depthwise_conv_that_lost_channels():
     model = _trained_looking(_Mobile())
     # stem channel 5 removed -> dw outputs 10, 11 go; dw's PANs 11 (gone), 12, 15 (now 10, 13)
     report = _report(model, (3, 16, 16), {"stem.0": [5], "dw.0": [11, 12, 15]})
-    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
-    prune_pans(masked, report)
-    summary = prune_pans(removed, report, mode="remove")
+    masked, removed, summary = _masked_and_removed(model, report)
     assert summary.removed == {"stem.0": [5], "dw.0": [10, 11]}
     assert "depthwise" in summary.not_removable["dw.0"]
     assert summary.masked == {"dw.0": [10, 13]}
@@ -380,9 +382,7 @@ def test_remove_traces_through_timm_same_padding_and_batchnorm_act():
               for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     report = PanReport([Pan(layer, c, ("top",), 1, 5.0, "border", 5.0, 0.0) for layer, cs in chans.items() for c in cs],
                        layers, (3, 64, 64), 2.7, 0.95)
-    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
-    prune_pans(masked, report)
-    summary = prune_pans(removed, report, mode="remove")
+    masked, removed, summary = _masked_and_removed(model, report)
     assert summary.removed == {"blocks.1.0.conv_pw": [0, 2, 5, 7], "blocks.1.0.conv_dw": [0, 2, 5, 7],
                                "blocks.2.1.conv_pw": [3], "blocks.2.1.conv_dw": [3]}
     assert "residual add" in summary.not_removable["blocks.2.1.conv_pwl"]
