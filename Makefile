@@ -36,4 +36,5 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/padding_consistency.py
 	$(PY) benchmarks/mitigations.py
 	$(PY) benchmarks/pruning_removal.py
+	$(PY) benchmarks/mitigations_resnet.py --seeds 0 1 2 3 4
 	$(PY) benchmarks/mitigations_lite0.py

@@ -1,0 +1,91 @@
+"""benchmarks/mitigations_lite0.py and mitigations_resnet.py (shared machinery:
+benchmarks/repair_table.py) at a tiny size: the tables have every requested row and seed, masking
+the detected PANs removes all of the baseline's PANs, replicate padding has zero padding reliance,
+and the paired edge gap sees a model that fails only at the edges."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+_BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", _BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tables(text):
+    """heading -> {row name: cells} for each '## ' section."""
+    tables, rows = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            rows = tables[line[3:]] = {}
+        elif line.startswith("| ") and not line.startswith("| repair") and rows is not None:
+            cells = line.split(" | ")
+            rows[cells[0].lstrip("| ")] = cells
+    return tables
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, seeds, min_pans", [("mitigations_lite0", ["0"], 100), ("mitigations_resnet", ["0", "1"], 1)])
+def test_table_rows_and_measured_columns(tmp_path, name, seeds, min_pans):
+    bench = _load(name)
+    out = tmp_path / "table.md"
+    bench.main(["--limit", "8", "--epochs", "1", "--ft-epochs", "1", "--threads", "2", "--out", str(out),
+                "--seeds", *seeds, "--only", "replicate", "prune PANs"])
+    tables = _tables(out.read_text())
+    assert list(tables) == (["Means over the seeds"] if len(seeds) > 1 else []) + [f"Seed {s}" for s in seeds]
+    for rows in tables.values():
+        assert list(rows) == ["baseline", "replicate", "prune PANs"]
+        assert float(rows["baseline"][4].split()[0]) >= min_pans  # a PAN-rich network
+        assert float(rows["prune PANs"][5]) == 100.0             # every baseline PAN masked, none detected again
+        assert float(rows["replicate"][6]) == 0.0                # already replicate: switching changes nothing
+        assert float(rows["replicate"][7]) == 0.0
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "no such row"])
+
+
+class _InkAtCentre(nn.Module):
+    """Predicts class 3 when the canvas centre is bright, else class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)  # a padded layer for the switch to replicate
+
+    def forward(self, x):
+        c = x.shape[-1] // 2
+        bright = x[:, 0, c, c] > 0.5
+        return torch.nn.functional.one_hot(torch.where(bright, 3, 0), 10).float() + 0 * self.conv(x[:, :1]).mean()
+
+
+def test_paired_edge_gap_is_accuracy_centred_minus_at_the_edges():
+    table = _load("repair_table")
+    bed = _load("mitigations_resnet").RESNET
+    n, side = 6, bed.canvas
+    paired = torch.zeros(n, 5, 1, side, side)
+    paired[:, 0] = 1.0             # centred: bright centre, predicted 3
+    paired[:3, 1] = 1.0            # half the top-edge copies bright too
+    val = table.Split(paired[:, 0], torch.full((n,), 3), torch.zeros(n, dtype=torch.long), paired)
+    measured = table.evaluate(bed, _InkAtCentre(), val)
+    assert measured["acc"] == 1.0
+    assert measured["edge_gap"] == pytest.approx(1.0 - 0.5 / 4)  # edges: 1/2, 0, 0, 0 right
+    assert measured["reliance"] == 0.0
+
+
+def test_paired_placements_centre_then_touch_top_bottom_left_right():
+    table = _load("repair_table")
+    val = table.load(_load("mitigations_resnet").RESNET, "val", limit=4)
+    ink = val.paired[:, :, 0] > 2.0  # digit strokes, far above the background noise
+    coords = torch.arange(48.0)
+    rows = (ink.sum(-1) * coords).sum(-1) / ink.sum((-1, -2))
+    cols = (ink.sum(-2) * coords).sum(-1) / ink.sum((-1, -2))
+    assert ((rows[:, 0] - 23.5).abs() < 6).all() and ((cols[:, 0] - 23.5).abs() < 6).all()
+    assert (rows[:, 1] < 18).all() and (rows[:, 2] > 29).all()  # top, bottom
+    assert (cols[:, 3] < 18).all() and (cols[:, 4] > 29).all()  # left, right
