@@ -48,7 +48,7 @@ LITE0 = repair_table.Testbed(
 
 
 def main(argv: list[str] | None = None) -> None:
-    repair_table.main(LITE0, __doc__, argv)
+    repair_table.main({"lite0": LITE0}, __doc__, argv)
 
 
 if __name__ == "__main__":

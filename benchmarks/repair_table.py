@@ -80,6 +80,8 @@ class Testbed:
     near: int                         #: px from the nearest edge counted "at the border"
     far: int                          #: px from every edge counted "in the centre"
     out: str                          #: default results file
+    placement: str = "random"         #: DigitsCanvas placement of the training and validation digits
+    test_placement: str | None = None  #: if set, also the validation digits at this placement ("swapped")
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -93,9 +95,10 @@ class Split(NamedTuple):
     paired: torch.Tensor    #: (N, 5, 1, H, W): centred, then touching the top / bottom / left / right edge
 
 
-def load(bed: Testbed, split: str, limit: int | None = None) -> Split:
-    """A DigitsCanvas split (the first ``limit`` images if given) with its paired placements."""
-    ds = DigitsCanvas(split, canvas=bed.canvas, scale=bed.scale, placement="random")
+def load(bed: Testbed, split: str, limit: int | None = None, placement: str | None = None) -> Split:
+    """A DigitsCanvas split at ``placement`` (default the testbed's; the first ``limit`` images if
+    given) with its paired placements."""
+    ds = DigitsCanvas(split, canvas=bed.canvas, scale=bed.scale, placement=placement or bed.placement)
     n = len(ds) if limit is None else min(limit, len(ds))
     items = [ds[i] for i in range(n)]
     x = torch.stack([it[0] for it in items]).expand(-1, bed.channels, -1, -1).contiguous()
@@ -112,7 +115,8 @@ def _logits(model: nn.Module, x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(bed: Testbed, model: nn.Module, val: Split) -> dict[str, float]:
+def evaluate(bed: Testbed, model: nn.Module, val: Split, test: Split | None = None) -> dict[str, float]:
+    """Accuracy, padding reliance, border gaps on ``val``; accuracy on ``test`` as ``test_acc`` if given."""
     model.eval()
     logits = _logits(model, val.x, bed.channels)
     switched = converted_copy(plain_copy(model), "replicate").eval()
@@ -124,7 +128,9 @@ def evaluate(bed: Testbed, model: nn.Module, val: Split) -> dict[str, float]:
             "reliance": float(reliance["flip_rate"]), "shift": float(reliance["output_shift"]),
             "border_gap": float(border_accuracy_gap(logits, val.y, val.distance, max_distance=bed.far,
                                                     near=bed.near, far=bed.far)),
-            "edge_gap": float(correct[0] - correct[1:].mean())}
+            "edge_gap": float(correct[0] - correct[1:].mean()),
+            **({} if test is None else {"test_acc": float((_logits(model, test.x, bed.channels).argmax(1)
+                                                          == test.y).float().mean())})}
 
 
 Tune = Callable[..., nn.Module]  # tune(model, epochs, loss_term=None) -> the fine-tuned model
@@ -169,13 +175,13 @@ def rows(bed: Testbed, seed: int, ft_epochs: int) -> dict[str, Callable[[nn.Modu
 
 
 def run_seed(bed: Testbed, args: argparse.Namespace, seed: int, names: list[str], train: Split,
-             val: Split) -> list[dict]:
+             val: Split, test: Split | None) -> list[dict]:
     """The baseline and every row of ``names`` for one seed: a list of measured dicts."""
     start = time.perf_counter()
     base = bed.make(seed)
     train_plain(base, train.x, train.y, args.epochs, lr=args.lr, seed=seed, batch=BATCH, cosine=bed.cosine)
     before = find_pans(base, bed.size)
-    results = [{"name": "baseline", **evaluate(bed, base, val), "after": before, "before": before,
+    results = [{"name": "baseline", **evaluate(bed, base, val, test), "after": before, "before": before,
                 "wall": time.perf_counter() - start}]
     print(f"seed {seed} baseline: {results[0]['acc']:.3f}, {before.count} PANs", flush=True)
     calls = []
@@ -193,7 +199,7 @@ def run_seed(bed: Testbed, args: argparse.Namespace, seed: int, names: list[str]
         calls.clear()
         model = run(copy.deepcopy(base), tune)
         wall = time.perf_counter() - t
-        results.append({"name": name, **evaluate(bed, model, val), "after": find_pans(model, bed.size),
+        results.append({"name": name, **evaluate(bed, model, val, test), "after": find_pans(model, bed.size),
                         "before": before, "wall": wall})
         print(f"seed {seed} {name}: {results[-1]['acc']:.3f}, {results[-1]['after'].count} PANs, {wall:.0f} s",
               flush=True)
@@ -210,28 +216,32 @@ def _vs_control(results: list[dict]) -> dict[str, float]:
     return {r["name"]: r["acc"] - control for r in results}
 
 
-_HEADER = ("| repair | val. acc. % | vs baseline (pts) | vs fine-tune only (pts) | PANs after (border / position) | "
-           "baseline PANs removed % | flips → replicate % | output shift → replicate % | border acc. gap (pts) | "
-           "paired edge gap (pts) | wall (s) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+def _header(bed: Testbed) -> list[str]:
+    names = ["repair", "val. acc. %", *([f"acc. {bed.test_placement} %"] if bed.test_placement else []),
+             "vs baseline (pts)", "vs fine-tune only (pts)", "PANs after (border / position)",
+             "baseline PANs removed %", "flips → replicate %", "output shift → replicate %",
+             "border acc. gap (pts)", "paired edge gap (pts)", "wall (s)"]
+    return [f"| {' | '.join(names)} |", "|---" * len(names) + "|"]
 
 
-def seed_table(results: list[dict]) -> list[str]:
-    """One seed's rows, in the column order of ``_HEADER``."""
+def seed_table(bed: Testbed, results: list[dict]) -> list[str]:
+    """One seed's rows, in the column order of :func:`_header`."""
     base, vs = results[0]["acc"], _vs_control(results)
-    lines = [_HEADER]
+    lines = _header(bed)
     for r in results:
         border = sum(p.kind == "border" for p in r["after"].pans)
         dc = "-" if math.isnan(vs[r["name"]]) else f"{100 * vs[r['name']]:+.1f}"
-        lines.append(f"| {r['name']} | {100 * r['acc']:.1f} | {100 * (r['acc'] - base):+.1f} | {dc} | "
+        test = f"{100 * r['test_acc']:.1f} | " if bed.test_placement else ""
+        lines.append(f"| {r['name']} | {100 * r['acc']:.1f} | {test}{100 * (r['acc'] - base):+.1f} | {dc} | "
                      f"{r['after'].count} ({border} / {r['after'].count - border}) | {100 * _removed(r):.1f} | "
                      f"{100 * r['reliance']:.1f} | {100 * r['shift']:.1f} | {100 * r['border_gap']:.1f} | "
                      f"{100 * r['edge_gap']:.1f} | {r['wall']:.0f} |")
     return lines
 
 
-def mean_table(per_seed: list[list[dict]]) -> list[str]:
-    """Means over seeds (per-seed accuracy and PAN counts in parentheses)."""
-    lines = [_HEADER]
+def mean_table(bed: Testbed, per_seed: list[list[dict]]) -> list[str]:
+    """Means over seeds (per-seed accuracies and PAN counts in parentheses)."""
+    lines = _header(bed)
     vs = [_vs_control(results) for results in per_seed]
     for i, r0 in enumerate(per_seed[0]):
         rs = [results[i] for results in per_seed]
@@ -239,15 +249,18 @@ def mean_table(per_seed: list[list[dict]]) -> list[str]:
         def mean(f):
             return statistics.mean(f(r) for r in rs)
 
+        def acc(key):  # "mean (seed / seed / ...)", in %
+            return f"{100 * mean(lambda r: r[key]):.1f} ({' / '.join(f'{100 * r[key]:.1f}' for r in rs)})"
+
         name = r0["name"]
         dc = statistics.mean(v[name] for v in vs)
         dc = "-" if math.isnan(dc) else f"{100 * dc:+.1f}"
         border = mean(lambda r: sum(p.kind == "border" for p in r["after"].pans))
         count = mean(lambda r: r["after"].count)
-        accs = " / ".join(f"{100 * r['acc']:.1f}" for r in rs)
+        test = f"{acc('test_acc')} | " if bed.test_placement else ""
         counts = " / ".join(str(r["after"].count) for r in rs)
         lines.append(
-            f"| {name} | {100 * mean(lambda r: r['acc']):.1f} ({accs}) | "
+            f"| {name} | {acc('acc')} | {test}"
             f"{100 * statistics.mean(r['acc'] - res[0]['acc'] for r, res in zip(rs, per_seed)):+.1f} | {dc} | "
             f"{count:.1f} ({border:.1f} / {count - border:.1f}; {counts}) | "
             f"{100 * mean(_removed):.1f} | {100 * mean(lambda r: r['reliance']):.1f} | "
@@ -256,18 +269,24 @@ def mean_table(per_seed: list[list[dict]]) -> list[str]:
     return lines
 
 
-def main(bed: Testbed, doc: str, argv: list[str] | None = None) -> None:
+def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> None:
+    """The command line of a repair benchmark over ``beds`` (name -> testbed; ``--task`` picks one)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--task", choices=list(beds), default=next(iter(beds)), help="the testbed")
     parser.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=bed.epochs)
-    parser.add_argument("--lr", type=float, default=bed.lr)
-    parser.add_argument("--ft-epochs", type=int, default=bed.ft_epochs)
-    parser.add_argument("--ft-lr", type=float, default=bed.ft_lr)
+    parser.add_argument("--epochs", type=int, help="baseline training (default: the testbed's)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--ft-epochs", type=int, help="each repair's fine-tuning (default: the testbed's)")
+    parser.add_argument("--ft-lr", type=float)
     parser.add_argument("--limit", type=int, default=None, help="keep the first images of each split (smoke runs)")
     parser.add_argument("--only", nargs="+", default=None, help="rows to run (names as in the table)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=bed.out)
+    parser.add_argument("--out", help="results file (default: the testbed's)")
     args = parser.parse_args(argv)
+    bed = beds[args.task]
+    for key in ("epochs", "lr", "ft_epochs", "ft_lr", "out"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(bed, key))
     torch.set_num_threads(args.threads)
     names = list(rows(bed, 0, args.ft_epochs))
     if args.only:
@@ -277,7 +296,8 @@ def main(bed: Testbed, doc: str, argv: list[str] | None = None) -> None:
         names = [n for n in names if n in args.only]
     start = time.perf_counter()
     train, val = load(bed, "train", args.limit), load(bed, "val", args.limit)
-    per_seed = [run_seed(bed, args, seed, names, train, val) for seed in args.seeds]
+    test = load(bed, "val", args.limit, bed.test_placement) if bed.test_placement else None
+    per_seed = [run_seed(bed, args, seed, names, train, val, test) for seed in args.seeds]
     lines = [
         f"# {bed.title}\n",
         f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
@@ -288,7 +308,7 @@ def main(bed: Testbed, doc: str, argv: list[str] | None = None) -> None:
         f"Total {time.perf_counter() - start:.0f} s.\n",
     ]
     if len(per_seed) > 1:
-        lines += ["## Means over the seeds\n", *mean_table(per_seed), ""]
+        lines += ["## Means over the seeds\n", *mean_table(bed, per_seed), ""]
     for seed, results in zip(args.seeds, per_seed):
-        lines += [f"## Seed {seed}\n", *seed_table(results), ""]
+        lines += [f"## Seed {seed}\n", *seed_table(bed, results), ""]
     publish("\n".join(lines), args.out)

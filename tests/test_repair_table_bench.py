@@ -22,34 +22,43 @@ def _load(name):
 
 
 def _tables(text):
-    """heading -> {row name: cells} for each '## ' section."""
-    tables, rows = {}, None
+    """heading -> {row name: {column name: cell}} for each '## ' section."""
+    tables, rows, columns = {}, None, []
     for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("## "):
             rows = tables[line[3:]] = {}
-        elif line.startswith("| ") and not line.startswith("| repair") and rows is not None:
-            cells = line.split(" | ")
-            rows[cells[0].lstrip("| ")] = cells
+        elif line.startswith("| repair"):
+            columns = cells
+        elif line.startswith("| ") and rows is not None:
+            rows[cells[0]] = dict(zip(columns, cells))
     return tables
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, seeds, min_pans", [("mitigations_lite0", ["0"], 100), ("mitigations_resnet", ["0", "1"], 1)])
-def test_table_rows_and_measured_columns(tmp_path, name, seeds, min_pans):
+@pytest.mark.parametrize("name, task, seeds, min_pans", [
+    ("mitigations_lite0", "lite0", ["0"], 100),
+    ("mitigations_resnet", "random", ["0", "1"], 1),
+    ("mitigations_resnet", "shortcut", ["0"], 1),
+])
+def test_table_rows_and_measured_columns(tmp_path, name, task, seeds, min_pans):
     bench = _load(name)
     out = tmp_path / "table.md"
-    bench.main(["--limit", "8", "--epochs", "1", "--ft-epochs", "1", "--threads", "2", "--out", str(out),
-                "--seeds", *seeds, "--only", "replicate", "prune PANs"])
+    bench.main(["--task", task, "--limit", "8", "--epochs", "1", "--ft-epochs", "1", "--threads", "2",
+                "--out", str(out), "--seeds", *seeds, "--only", "replicate", "prune PANs"])
     tables = _tables(out.read_text())
     assert list(tables) == (["Means over the seeds"] if len(seeds) > 1 else []) + [f"Seed {s}" for s in seeds]
     for rows in tables.values():
         assert list(rows) == ["baseline", "replicate", "prune PANs"]
-        assert float(rows["baseline"][4].split()[0]) >= min_pans  # a PAN-rich network
-        assert float(rows["prune PANs"][5]) == 100.0             # every baseline PAN masked, none detected again
-        assert float(rows["replicate"][6]) == 0.0                # already replicate: switching changes nothing
-        assert float(rows["replicate"][7]) == 0.0
+        assert ("acc. swapped %" in rows["baseline"]) == (task == "shortcut")
+        assert float(rows["baseline"]["PANs after (border / position)"].split()[0]) >= min_pans  # PAN-rich
+        assert float(rows["prune PANs"]["baseline PANs removed %"]) == 100.0  # all masked, none detected again
+        assert float(rows["replicate"]["flips → replicate %"]) == 0.0  # already replicate: switching changes nothing
+        assert float(rows["replicate"]["output shift → replicate %"]) == 0.0
     with pytest.raises(SystemExit):
         bench.main(["--only", "no such row"])
+    with pytest.raises(SystemExit):
+        bench.main(["--task", "no such task"])
 
 
 class _InkAtCentre(nn.Module):
