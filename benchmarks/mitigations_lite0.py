@@ -8,7 +8,7 @@ are measured where the detector finds hundreds: here, and on a ResNet trained fr
 (benchmarks/mitigations_resnet.py). Procedure, rows and columns: benchmarks/repair_table.py.
 
 **Task.** Digits (all 10 classes; digit 64 px = scale 8) at random places on a 128x128 noisy
-canvas, as 3 channels; 1078 training and 359 validation images. At 128 px find_pans rolls its
+canvas, as 3 channels; 1078 training and 360 validation images. At 128 px find_pans rolls its
 textures to only 3 places per axis at Lite0's total stride 32, and warns that the position scores
 are unreliable (5 places need 191 px, ``pan_repair.probes.min_side(32)``): the position-PAN counts
 below are rough. The border scores, from constant probes, do not depend on the rolls, and border

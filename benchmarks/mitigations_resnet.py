@@ -3,7 +3,7 @@ section 5), then repaired and fine-tuned.
 
 The network of benchmarks/pan_penalty.py, whose plain training ends with 34-158 PANs: timm's
 ``ResNet`` with resnet10t's layout at a quarter of its width (780 filters), output stride 8, zero
-padding; digits (all 10 classes, 24 px = scale 3) on a 48x48 noisy canvas; 1078 training and 359
+padding; digits (all 10 classes, 24 px = scale 3) on a 48x48 noisy canvas; 1078 training and 360
 validation images. Two tasks (``--task``):
 
 * ``random``: the digits at random places;
