@@ -2,7 +2,7 @@
 
 Testbed (chosen because its plain training ends with many PANs at the detector's defaults, in
 ~20 s on one CPU thread): scikit-learn digits, all 10 classes, upsampled x3 (24x24) at a random
-place on a 48x48 canvas (``DigitsCanvas(scale=3, placement="random")``; 1078 training, 359
+place on a 48x48 canvas (``DigitsCanvas(scale=3, placement="random")``; 1078 training, 360
 validation images). Network: timm ``ResNet`` with resnet10t's layout (BasicBlock x [1, 1, 1, 1],
 tiered deep stem, avg-down shortcuts) at a quarter of its width (channels 16/32/64/128, stem 16;
 780 filters) and output stride 8 (layer3/layer4 dilated 2/4), zero padding, random init. Adam
