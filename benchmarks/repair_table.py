@@ -16,7 +16,8 @@ without a repair (the control):
   yet masked (what ``PANPruning(apply_pruning=True)`` does); ``prune random (control)``: as many
   filters of the same layers as the first detection found, drawn uniformly at random;
 * ``padding consistency``: fine-tuning with :class:`pan_repair.consistency.PaddingConsistency`
-  (weight 0.5, every 2nd step);
+  (weight 0.5, every 2nd step); ``padding consistency, warm-up``: weight 0.5 on every step, warmed
+  up linearly over the first quarter of the fine-tuning steps (``warmup``);
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` (its
   defaults: the detector's border score, weight 0.03, every 8th step); ``PAN penalty, every
   step``: the same on every step; ``PAN penalty, weight 1, every step``: ``weight=1, every=1``.
@@ -136,7 +137,7 @@ def evaluate(bed: Testbed, model: nn.Module, val: Split, test: Split | None = No
 Tune = Callable[..., nn.Module]  # tune(model, epochs, loss_term=None) -> the fine-tuned model
 
 
-def rows(bed: Testbed, seed: int, ft_epochs: int) -> dict[str, Callable[[nn.Module, Tune], nn.Module]]:
+def rows(bed: Testbed, seed: int, ft_epochs: int, steps_per_epoch: int) -> dict[str, Callable[[nn.Module, Tune], nn.Module]]:
     """name -> (baseline copy, fine-tuning function) -> the repaired, fine-tuned model."""
     def pruned(random: bool):
         def run(model, tune):
@@ -168,6 +169,8 @@ def rows(bed: Testbed, seed: int, ft_epochs: int) -> dict[str, Callable[[nn.Modu
         "prune + re-detect each epoch": pruned_redetect,
         "prune random (control)": pruned(True),
         "padding consistency": lambda m, tune: tune(m, ft_epochs, PaddingConsistency(0.5, every=2)),
+        "padding consistency, warm-up": lambda m, tune: tune(
+            m, ft_epochs, PaddingConsistency(0.5, warmup=ft_epochs * steps_per_epoch // 4)),
         "PAN penalty (default)": penalised(),
         "PAN penalty, every step": penalised(every=1),
         "PAN penalty, weight 1, every step": penalised(every=1, weight=1.0),
@@ -192,7 +195,7 @@ def run_seed(bed: Testbed, args: argparse.Namespace, seed: int, names: list[str]
                            seed=seed + 1000 * (len(calls) - 1), batch=BATCH, loss_term=loss_term,
                            cosine=bed.cosine)
 
-    for name, run in rows(bed, seed, args.ft_epochs).items():
+    for name, run in rows(bed, seed, args.ft_epochs, -(-len(train.x) // BATCH)).items():
         if name not in names:
             continue
         t = time.perf_counter()
@@ -288,7 +291,7 @@ def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> N
         if getattr(args, key) is None:
             setattr(args, key, getattr(bed, key))
     torch.set_num_threads(args.threads)
-    names = list(rows(bed, 0, args.ft_epochs))
+    names = list(rows(bed, 0, args.ft_epochs, 1))
     if args.only:
         unknown = [n for n in args.only if n not in names]
         if unknown:
