@@ -1,7 +1,8 @@
 """Embedded data: real handwritten digits (scikit-learn, 8x8) placed on a larger canvas.
 
 Every sample's position is known, which makes positional shortcuts easy to plant
-(``placement="biased"``) and to test (``"swapped"``, :meth:`DigitsCanvas.render`).
+(``placement="biased"``: top/bottom half; ``"border"``: at an edge / in the centre) and to test
+(``"swapped"``, ``"border-swapped"``, :meth:`DigitsCanvas.render`).
 Nothing is downloaded; everything is deterministic given ``seed`` and the index.
 
 Geometry (pixels): the digit is ``d = 8 * scale`` on a side, the canvas ``C``; a position
@@ -22,7 +23,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, Dataset
 
-PLACEMENTS = ("random", "center", "biased", "swapped")
+PLACEMENTS = ("random", "center", "biased", "swapped", "border", "border-swapped")
+#: each shortcut placement -> the placement that tests it (the opposite tie of class to place)
+SWAPPED = {"biased": "swapped", "swapped": "biased", "border": "border-swapped", "border-swapped": "border"}
 SPLITS = ("train", "val", "test")
 TARGETS = ("digit", "half", "both")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -60,9 +63,13 @@ class DigitsCanvas(Dataset):
         scale: nearest-neighbour upsampling factor; the digit side is ``d = 8 * scale``.
         placement: ``"random"`` (uniform over all ``(L+1)^2`` positions), ``"center"`` (``y = x = L // 2``),
             ``"biased"`` (classes in ``top_classes`` in the top half, the others in the bottom half;
-            ``y`` uniform within the half, ``x`` uniform over ``0..L``), ``"swapped"`` (the opposite halves).
+            ``y`` uniform within the half, ``x`` uniform over ``0..L``), ``"swapped"`` (the opposite halves),
+            ``"border"`` (classes in ``top_classes`` touch an edge: a side drawn uniformly, the place along
+            it uniform over ``0..L``; the others in the centre: ``y, x`` uniform over ``m..L-m``,
+            ``m = L // 4``, so at least ``m`` px from every edge), ``"border-swapped"`` (the opposite).
         classes: digits to keep (default all 0..9); label = position in this sequence.
-        top_classes: digits placed in the top half by ``"biased"`` (default: the first ``ceil(n/2)`` of ``classes``).
+        top_classes: digits placed in the top half by ``"biased"`` and at an edge by ``"border"`` (default: the
+            first ``ceil(n/2)`` of ``classes``).
         noise: std of the Gaussian background noise added to the whole canvas (in ink units, ink = value / 16).
         seed: drives the split, the placements and the per-sample noise.
         target: label returned by ``__getitem__``: ``"digit"``, ``"half"`` (0 top, 1 bottom) or ``"both"``
@@ -107,8 +114,9 @@ class DigitsCanvas(Dataset):
         if canvas < self.digit_size:
             raise ValueError(f"canvas {canvas} is smaller than the digit ({self.digit_size} = 8 * scale {scale})")
         self.max_offset = canvas - self.digit_size
-        if placement in ("biased", "swapped") and self.max_offset < 1:
-            raise ValueError(f"placement {placement!r} needs canvas > digit side {self.digit_size}, got {canvas}")
+        if placement in SWAPPED and self.max_offset < (1 if placement in ("biased", "swapped") else 4):
+            raise ValueError(f"placement {placement!r} needs canvas > digit side {self.digit_size}"
+                             f"{'' if placement in ('biased', 'swapped') else ' + 3'}, got {canvas}")
         self.split, self.canvas, self.scale, self.placement = split, canvas, scale, placement
         self.noise, self.seed, self.target = float(noise), seed, target
 
@@ -132,6 +140,13 @@ class DigitsCanvas(Dataset):
             y = rng.integers(0, L + 1, n)
         elif self.placement == "center":
             y = x = np.full(n, L // 2)
+        elif self.placement in ("border", "border-swapped"):
+            edge = np.isin(self.digits, self.top_classes) ^ (self.placement == "border-swapped")
+            side, along, m = rng.integers(0, 4, n), rng.integers(0, L + 1, n), L // 4
+            ey = np.select([side == 0, side == 1], [0, L], along)  # top, bottom, else left/right
+            ex = np.select([side == 2, side == 3], [0, L], along)
+            y = np.where(edge, ey, rng.integers(m, L - m + 1, n))
+            x = np.where(edge, ex, rng.integers(m, L - m + 1, n))
         else:
             top = np.isin(self.digits, self.top_classes) ^ (self.placement == "swapped")
             upper = rng.integers(0, (L + 1) // 2, n)  # 2y < L

@@ -19,7 +19,7 @@ from .callbacks.monitor import PANMonitorBase
 from .lightning import PANMonitor
 from .compare import build_report
 from .detector import find_pans
-from .data import LitDigitsCanvasDataModule
+from .data import SWAPPED, LitDigitsCanvasDataModule
 from .image_folder import ImageFolderDataModule
 from .lit_module import BiasAwareClassifier
 from .model_spec import load_weights
@@ -91,10 +91,12 @@ class Stage:
 def digits_data(placement: str, eval_placement: str, classes: Sequence[int] | None, batch_size: int,
                 seed: int, canvas: int = 32, scale: int = 2) -> tuple[LitDigitsCanvasDataModule, LitDigitsCanvasDataModule]:
     """Training data (and validation on ``eval_placement``) plus the same validation digits with
-    the placement shortcut swapped, for the swapped-placement accuracy."""
+    the placement shortcut swapped (``SWAPPED[placement]``; the halves swapped when ``placement``
+    plants no shortcut), for the swapped-placement accuracy."""
     kwargs = dict(batch_size=batch_size, canvas=canvas, scale=scale, classes=classes, seed=seed)
     data = LitDigitsCanvasDataModule(train_placement=placement, eval_placement=eval_placement, **kwargs)
-    swapped = LitDigitsCanvasDataModule(train_placement=placement, eval_placement="swapped", **kwargs)
+    swapped = LitDigitsCanvasDataModule(train_placement=placement, eval_placement=SWAPPED.get(placement, "swapped"),
+                                        **kwargs)
     return data, swapped
 
 
@@ -131,7 +133,8 @@ class DigitsSetup:
             80/20 split by ``seed``; no placements, so no swapped accuracy or border gap).
         image_size: side (px) images of an image folder are resized to.
         placement: training placement of the digits: random, center, biased (class tied to the
-            top/bottom half: a placement shortcut) or swapped.
+            top/bottom half: a placement shortcut), border (class tied to touching an edge vs the
+            centre) or their swapped forms; the swapped accuracy tests the opposite tie.
         eval_placement: validation placement.
         classes: digits to use (default all ten).
         width: channels per conv of the SmallCNN.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pan_repair.data import (
     PLACEMENTS,
     SPLITS,
+    SWAPPED,
     DigitsCanvas,
     DigitsCanvasDataModule,
     LitDigitsCanvasDataModule,
@@ -122,6 +123,21 @@ def test_render_matches_item_and_keeps_noise():
     assert torch.equal(image[0][far], moved[0][far])  # same noise where no digit is drawn
 
 
+@pytest.mark.parametrize("canvas", [32, 35])
+@pytest.mark.parametrize("placement", ["border", "border-swapped"])
+def test_border_placements_tie_classes_to_the_edge_or_the_centre(placement, canvas):
+    ds = DigitsCanvas(placement=placement, canvas=canvas, top_classes=(1, 4, 7))
+    at_edge = torch.as_tensor(np.isin(ds.digits, (1, 4, 7))) ^ (placement == "border-swapped")
+    L, (y, x) = ds.max_offset, ds.positions.T
+    distance = torch.stack([y, x, L - y, L - x], 1).amin(1)
+    assert (distance[at_edge] == 0).all()
+    assert (distance[~at_edge] >= L // 4).all()
+    sides = torch.stack([y == 0, y == L, x == 0, x == L], 1)[at_edge]
+    assert sides.sum(0).min() > 0.15 * at_edge.sum()  # every side used
+    assert y[~at_edge].unique().numel() == x[~at_edge].unique().numel() == L - 2 * (L // 4) + 1
+    assert SWAPPED[placement] == ("border-swapped" if placement == "border" else "border")
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -130,6 +146,7 @@ def test_render_matches_item_and_keeps_noise():
         (dict(target="colour"), "unknown target 'colour'"),
         (dict(canvas=12), "canvas 12 is smaller than the digit"),
         (dict(canvas=16, placement="biased"), "needs canvas > digit side"),
+        (dict(canvas=19, placement="border"), "needs canvas > digit side 16 \\+ 3"),
         (dict(classes=(3, 3)), "distinct digits"),
         (dict(classes=(1, 10)), "distinct digits"),
         (dict(classes=(1, 2), top_classes=(5,)), "subset of classes"),
@@ -203,3 +220,13 @@ def test_fits_with_trainer(namespace, datamodule):
     assert trainer.global_step == 1
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     assert np.isfinite(metrics["val_loss"])
+
+
+@pytest.mark.parametrize("placement, tested", [("biased", "swapped"), ("border", "border-swapped"),
+                                               ("border-swapped", "border"), ("random", "swapped")])
+def test_recipes_test_each_shortcut_on_its_swapped_placement(placement, tested):
+    from pan_repair.pipeline import digits_data
+
+    data, swapped = digits_data(placement, "random", None, batch_size=8, seed=0)
+    assert data.placements == {"train": placement, "val": "random", "test": "random"}
+    assert swapped.placements["val"] == tested
