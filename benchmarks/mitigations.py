@@ -431,8 +431,9 @@ def table_b(rows: list[dict], n_views: int) -> str:
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
+    """The OS, CPU, torch threads and versions, for the results' header (shared by the benchmarks)."""
+    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+            f"torch threads, torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def main(argv=None) -> None:

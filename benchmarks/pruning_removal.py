@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import re
 import sys
 import time
@@ -68,7 +67,7 @@ from torch import nn
 from pan_repair import SmallCNN, find_pans, prune_pans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mitigations import publish  # noqa: E402  (the sibling benchmark)
+from mitigations import machine, publish  # noqa: E402  (the sibling benchmark)
 
 LOW_THRESHOLDS = dict(border_threshold=1.0, position_threshold=0.5)
 THRESHOLDS: dict[str, dict] = {"default": {}, "low": LOW_THRESHOLDS}
@@ -264,11 +263,6 @@ def reasons_text(rows: list[dict]) -> str:
             shown = ", ".join(layers[:4]) + (f", ... ({len(layers) - 4} more)" if len(layers) > 4 else "")
             out.append(f"  * {len(layers)} layers: {why} ({shown})")
     return "\n".join(out)
-
-
-def machine() -> str:
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-            f"torch threads, torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def main(argv=None) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import platform
 import statistics
 import sys
 import time
@@ -59,7 +58,7 @@ from pan_repair.regularizer import PANPenalty
 from pan_repair.shortcut import LossTerm, train_plain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mitigations import pan_keys, plain_copy, publish, random_report  # noqa: E402  (the sibling benchmark)
+from mitigations import machine, pan_keys, plain_copy, publish, random_report  # noqa: E402  (the sibling benchmark)
 
 BATCH = 32
 
@@ -304,7 +303,7 @@ def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> N
     lines = [
         f"# {bed.title}\n",
         f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"Machine: {machine()}; "
         f"{len(train.x)} training / {len(val.x)} validation images; baseline {args.epochs} epochs Adam {args.lr}, "
         f"each repair fine-tuned {args.ft_epochs} epochs Adam {args.ft_lr}"
         f"{', rates annealed by a cosine' if bed.cosine else ''}; seeds {args.seeds}. "

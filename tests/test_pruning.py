@@ -43,6 +43,13 @@ def _report(model: nn.Module, input_size, chans: dict[str, list[int]], kind: str
     return PanReport(pans, layers, tuple(input_size), 2.7, 0.95)
 
 
+def _assert_same_outputs(a: nn.Module, b: nn.Module, shape: tuple[int, ...], tol: float) -> None:
+    """``a`` computes what ``b`` does (to ``tol``), on a random batch of ``shape``."""
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=tol, rtol=tol)
+
+
 def _masked_and_removed(model: nn.Module, report: PanReport):
     """Copies of ``model`` pruned by ``report`` in mask mode and in remove mode, and the latter's
     summary."""
@@ -194,10 +201,7 @@ def test_remove_gives_smaller_model_computing_the_masked_outputs():
     assert removed.features[3].in_channels == 6 and removed.features[9].out_channels == 6
     assert removed.heads[0].in_features == 6 and removed.heads[1].in_features == 6
     assert sum(p.numel() for p in removed.parameters()) == summary.params_after
-    x = torch.randn(8, 1, 24, 24)
-    with torch.no_grad():
-        for a, b in zip(removed(x), masked(x)):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _assert_same_outputs(removed, masked, (8, 1, 24, 24), 1e-5)
     assert removed.training is False
 
 
@@ -229,9 +233,7 @@ def test_remove_through_depthwise_and_residual_fallback():
     assert removed.dw[0].groups == 6 and removed.dw[0].out_channels == 12 and removed.pw[0].in_channels == 12
     assert "add" in summary.not_removable["pw.0"] and "add" in summary.not_removable["res"]
     assert summary.masked == {"pw.0": [1], "res": [3]}
-    x = torch.randn(4, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-5)
+    _assert_same_outputs(removed, masked, (4, 3, 16, 16), 1e-5)
     skipped = copy.deepcopy(model)
     summary = prune_pans(skipped, report, mode="remove", fallback="skip")
     assert summary.masked == {} and set(summary.not_removable) == {"pw.0", "res"}
@@ -329,9 +331,7 @@ def test_remove_then_mask_a_depthwise_conv_that_lost_channels():
     assert "depthwise" in summary.not_removable["dw.0"]
     assert summary.masked == {"dw.0": [10, 13]}
     assert removed.dw[0].out_channels == 14
-    x = torch.randn(4, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-5)
+    _assert_same_outputs(removed, masked, (4, 3, 16, 16), 1e-5)
     text = str(summary)
     assert "dw.0 (+ dw.1): masked [10, 13]; channels [10, 11] removed with the layer feeding it" in text
     assert "stem.0 (+ stem.1): removed [5]" in text
@@ -345,8 +345,7 @@ def test_remove_then_mask_a_depthwise_conv_that_lost_channels():
     skipped = copy.deepcopy(model)
     summary = prune_pans(skipped, report, mode="remove", fallback="skip")
     assert summary.masked == {}
-    with torch.no_grad():
-        torch.testing.assert_close(skipped(x), only_stem(x), atol=1e-5, rtol=1e-5)
+    _assert_same_outputs(skipped, only_stem, (4, 3, 16, 16), 1e-5)
 
 
 def test_remove_puts_the_modules_back_when_masking_the_rest_fails(monkeypatch):
@@ -390,9 +389,7 @@ def test_remove_traces_through_timm_same_padding_and_batchnorm_act():
     block = removed.blocks[1][0]
     assert block.conv_pw.out_channels == block.bn1.num_features == block.conv_dw.groups == 92
     assert block.conv_pwl.in_channels == 92 and summary.params_after < summary.params_before
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(removed(x), masked(x), atol=1e-4, rtol=1e-4)
+    _assert_same_outputs(removed, masked, (2, 3, 64, 64), 1e-4)
     text = str(summary)
     assert "blocks.1.0.conv_dw (+ blocks.1.0.bn2): removed [2, 5, 7]" in text
     assert "blocks.2.1.conv_pwl (+ blocks.2.1.bn3): masked [1]" in text
