@@ -1,45 +1,65 @@
 """The PAN detector: :func:`find_pans`. The definition of a PAN lives here, in one place.
 
-**Definition.** One forward pass of the synthetic probe batch (:mod:`pan_repair.probes`)
-in eval mode; for every output channel ``c`` of every 2-D convolution:
+**Images.** With ``data`` (a tensor, ``DataLoader`` or ``Dataset``; the callbacks pass a fixed
+sample of the training data) the scores are measured on up to ``max_images`` of the model's own
+images. Without data, on synthetic probes in the model's declared input convention
+(:func:`pan_repair.probes.resolve_convention`: ``mean``/``std``, ``input_range``, timm's
+``pretrained_cfg``, else an assumption that ``report.assumptions`` records): uniform images and
+textures on a flat mid-grey canvas, built as pixels in [0, 1] and normalised like the model's inputs.
 
-* *border score* ``b_c`` (only for layers whose own padding is a constant frame:
-  zeros or ``ConstantPad2d``). On the layer's input ``x`` under the *constant* probes,
-  the padding's own effect is ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias
-  cancels); it lives on the border only. For each padded side ``s`` take ``D`` on the
-  outermost output row/column, corners excluded, ``rms_s = sqrt(mean of D^2)`` over the
-  constant probes and that line, and ``b_c = max_s rms_s / sigma_c``. ``sigma_c`` is the
-  channel's scale: the running std of the BatchNorm the conv feeds (its std on training
-  data), else (BatchNorm absent or untrained) its std over the constant probes and the
-  scale images (a small, faint texture); floored at 5% of the layer's median. First layer, constant
-  input ``v``: ``D_top = -sum_{taps on the top padding} w * v``, checkable by hand.
-* *position score* ``p_c`` in [0, 1] (every conv): the share of the variance of the
-  channel's globally pooled response, over ``n_patterns`` object-sized textures x ``n_positions``
-  circular rolls along one axis, explained by the roll (eta squared:
-  ``sum_q P (mean_p r_pq - mean r)^2 / sum_pq (r_pq - mean r)^2``), max over the two axes.
-  A circular network is invariant to the rolls (``p_c`` ~ 0); content that matters more or
-  less near the border makes ``p_c`` large. The response is what the next layer sees: the
-  rectified BatchNorm output ``relu(bn(conv(x)))`` where the conv feeds a BatchNorm (the conv
-  output otherwise). Measured on the conv output, where the per-channel affine BatchNorm
-  changes nothing, the score misses the channels that carry a position head (digits CNN,
-  tests/test_causal.py).
+For every output channel ``c`` of every 2-D convolution (eval mode, no gradients; the model is left
+exactly as found):
+
+* *border score* ``b_c`` (only for layers whose own padding is a constant frame: zeros,
+  ``ConstantPad2d``, TF-"same"). On the layer's real input ``x`` (from the data images, or the
+  uniform probes without data), the padding's own effect is
+  ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias cancels); it lives on the border only.
+  Per padded side ``s``: ``rms_s`` of ``D`` on the outermost output line, corners excluded, over the
+  images; ``b_c = max_s rms_s / sigma_c``, ``sigma_c`` the channel's scale: the running std of the
+  trained BatchNorm it feeds, else its std over the scan's images (floored at 5% of the layer's
+  median). Where the images' border equals what the padding adds (digits on black, in [0, 1]), the
+  first layer's ``D`` is 0: it cannot see the border there. First layer, uniform input ``v``:
+  ``D_top = -sum_{taps on the top padding} w * v``, checkable by hand. Needs an output of at least
+  3x3; smaller layers are listed in ``report.unmeasured``.
+* *position score* ``p_c`` in [0, 1] (every conv): ``P`` base images (data images or probe
+  textures) are rolled circularly to ``Q`` evenly spaced places along rows and along columns
+  (:func:`pan_repair.probes.roll_grid`). ``eta2_a`` is the share of the variance of the channel's
+  globally pooled response (``relu(bn(conv(x)))`` where the conv feeds a BatchNorm, what the next
+  layer sees; the conv output otherwise) explained by the roll along axis ``a``:
+  ``sum_q P (mean_p r_pq - mean r)^2 / sum_pq (r_pq - mean r)^2``. The same is measured on a *twin*
+  with the same weights and circular padding everywhere (convs, pads, pools): it has no border, and
+  whatever varies with the roll there (stride aliasing, a roll that is not a multiple of the total
+  stride, tiny maps) is not caused by padding. ``p_c = max_a max(0, eta2_a - eta2_a(twin))``. A
+  circular-padded model is its own twin: ``p_c = 0`` at every size. (The twin runs on one base
+  image first; if it is exactly roll-invariant there, as a circular network is when every stride
+  divides its input and the steps are multiples of the total stride, its eta2 is 0 and the rest
+  of its pass is skipped.)
 
 **Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold``, else of kind
-``"position"`` if ``p_c >= position_threshold``; each channel is counted once. ``sides``:
-the sides with ``rms_s / sigma_c >= border_threshold`` (border), or the axes with
-``p >= position_threshold`` (top+bottom for rolls along rows, left+right along columns);
-for border PANs only sides scoring at least half the strongest side's count.
-``sign``: +1 if the BatchNorm-scaled response is higher at the border (border kind: ``D`` on
-the strongest side for the bright constant probes, those with a positive mean level;
-position kind: pattern nearest the edge vs centred), else -1.
+``"position"`` if ``p_c >= position_threshold``; each channel is counted once. ``sides``: the sides
+with ``rms_s / sigma_c >= border_threshold`` and at least half the strongest side's (border), or
+the axes with a score ``>= position_threshold`` (top+bottom for rolls along rows). ``sign``: +1 if
+the BatchNorm-scaled response is higher at the border (border kind: mean ``D`` on the strongest
+side, over the data images or the bright uniform probes; position kind: the roll that puts the
+base image's centre nearest an edge vs centred), else -1.
+
+**Padding dependence** (``dependence=True``), what a model that leans on its padding shows even
+with few PANs. On up to 16 of the images (data, or the probe textures): every padding switched to
+replicate (a content-preserving twin, same weights), ``output_shift`` = mean total-variation
+distance of the softmax outputs and ``flip_rate`` = share of changed argmax
+(:func:`pan_repair.metrics.functional.padding_reliance`; for non-(N, K) outputs, the relative
+L2 change, and no flip rate). Each channel's *share* of it is its first-order part: with ``J``
+the summed log-probability of the predicted classes and ``D_c`` the channel's own padding effect
+over its whole output (zero minus replicate padding), ``a_c = |sum <dJ/dy_c, D_c>| / N`` (nats per
+image); ``share_c = a_c / sum a``. ``report.ranked()`` lists channels by share.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 import warnings
-from dataclasses import dataclass, replace
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,22 +70,26 @@ from tqdm.auto import tqdm
 from .border_geometry import border_windows, strip
 from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
     untrained_bn
-from .metrics.functional import border_activation_ratio
-from .module_state import device_dtype, eval_mode
-from .probes import ProbeBatch, make_probes, min_side
+from .metrics.functional import padding_reliance
+from .module_state import device_dtype, eval_mode, structural_copy
+from .probes import RollGrid, calibration_images, resolve_convention, roll_grid, synthetic_images
 from .report import SIDES, LayerInfo, Pan, PanReport
 
 __all__ = ["find_pans", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
 
 #: Default threshold on the border score (channel-std units); see README "Why these thresholds".
 DEFAULT_BORDER_THRESHOLD = 2.7
-#: Default threshold on the position score (share of variance).
+#: Default threshold on the position score (share of variance caused by padding).
 DEFAULT_POSITION_THRESHOLD = 0.9
 _SIGMA_FLOOR = 0.05
 #: elementwise temporaries of the statistics (relu, square) are made this many bytes at a time, in
 #: one reused buffer: a full-size temporary of a large activation costs more (fresh memory, page
 #: faults) than the reduction itself
 _CHUNK_BYTES = 4 << 20
+#: images of the padding-dependence pass (it runs forward and backward)
+_DEPENDENCE_IMAGES = 16
+#: a twin whose pooled responses move less than this (relative) over the rolls is exactly invariant
+_INVARIANT = 1e-4
 
 
 @dataclass
@@ -75,17 +99,21 @@ class _LayerStats:
     padding: Padding | None = None
     border_rms: torch.Tensor | None = None   # (4, C): top, bottom, left, right
     border_mean: torch.Tensor | None = None  # (4, C)
+    unmeasured: str | None = None  # why the border score could not be measured
     ran: bool = False  # executed in the probe forward
     pooled: torch.Tensor | None = None  # (N, C) globally pooled conv output (convs not feeding a BatchNorm)
     pooled_act: torch.Tensor | None = None  # (N, C) globally pooled ReLU(BatchNorm(conv output))
-    sq_sum: torch.Tensor | None = None  # sum over probes of the per-image spatial mean of y^2
-    sum: torch.Tensor | None = None     # sum over probes of the per-image spatial mean of y
+    sq_sum: torch.Tensor | None = None  # sum over images of the per-image spatial mean of y^2
+    sum: torch.Tensor | None = None     # sum over images of the per-image spatial mean of y
     count: int = 0
     bn: nn.modules.batchnorm._BatchNorm | None = None
     # the trained BatchNorm the blank pre-pass found this conv feeding: its running std is the
     # channel scale, so the scale statistics above are not gathered
     scale_bn: nn.modules.batchnorm._BatchNorm | None = None
-    ratio_output: torch.Tensor | None = None  # conv output on the real batch (confirmation pass)
+
+    def response(self) -> torch.Tensor | None:
+        """(N, C) pooled response the position score reads."""
+        return self.pooled if self.pooled_act is None else self.pooled_act
 
 
 @torch.no_grad()
@@ -180,31 +208,29 @@ def _rectified(bn: nn.Module) -> bool:
 
 
 class _Recorder:
-    """Forward hooks that collect per-layer statistics during probe forwards."""
+    """Forward hooks that collect per-layer statistics during one forward of the scan's images:
+    the border deviation on the first ``n_border`` images (0: none), the pooled response of every
+    image, the channel scale over all images (convs without a trained BatchNorm)."""
 
-    def __init__(self, model: nn.Module, n_constants: int = 0, n_scale: int = 0, progress=None,
-                 feeds_bn: dict[str, nn.Module] | None = None):
-        self.n_constants, self.n_scale, self.progress = n_constants, n_scale, progress
+    def __init__(self, model: nn.Module, n_border: int = 0, progress=None,
+                 feeds_bn: dict[str, nn.Module] | None = None, scale: bool = True):
+        self.n_border, self.progress, self.scale = n_border, progress, scale
         # convs whose response is read after their BatchNorm (from the blank pre-pass)
         self.feeds_bn = feeds_bn or {}
         self.device = device_dtype(model)[0]
         self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
         for name, bn in self.feeds_bn.items():
-            if bn.running_var is not None and not untrained_bn(bn):
+            if name in self.stats and bn.running_var is not None and not untrained_bn(bn):
                 self.stats[name].scale_bn = bn
         self._pads = PadTracker(model)
         self._pool = _Pooler()
-        self._handles: list = []
-        self.measure_ratio: set[str] = set()
-        for name, stat in self.stats.items():
-            self._handles.append(stat.conv.register_forward_hook(self._conv_hook(name)))
+        self._handles = [stat.conv.register_forward_hook(self._conv_hook(name)) for name, stat in self.stats.items()]
         self._pairing = BatchNormPairing(model, on_pair=self._bn_hook)
 
     def _bn_hook(self, name: str, bn: nn.Module, bn_input: torch.Tensor, output: torch.Tensor) -> None:
         stat = self.stats[name]
         stat.bn = bn
-        if not self.measure_ratio and stat.pooled_act is None:
-            # what the next layer sees: the rectified, BatchNorm-scaled response
+        if stat.pooled_act is None:  # what the next layer sees: the rectified, BatchNorm-scaled response
             with _one_thread(self.device):
                 if _rectified(bn):  # relu(output) is output
                     stat.pooled_act = output.detach().mean(dim=(2, 3), dtype=torch.float32)
@@ -214,29 +240,23 @@ class _Recorder:
     def _conv_hook(self, name: str):
         def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
             stat = self.stats[name]
-            if stat.ran and not self.measure_ratio:
+            if stat.ran:
                 return  # a conv called several times per forward is measured on its first call
             padding, x = self._pads.resolve(conv, inputs[0])
-            stat.padding = padding
-            if self.measure_ratio:
-                if name in self.measure_ratio:
-                    stat.ratio_output = output.detach()
-                return
+            stat.padding, stat.ran = padding, True
+            y = output.detach()
             with _one_thread(self.device):
-                if padding.makes_border:
-                    stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_constants], conv, padding)
-                y = output.detach()
-                stat.ran = True
-                head = None
+                if padding.makes_border and self.n_border:
+                    if min(y.shape[-2:]) < 3:
+                        stat.unmeasured = f"output {y.shape[-2]}x{y.shape[-1]} has no border line with an interior"
+                    else:
+                        stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_border], conv, padding)
                 if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
                     stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
-                    head = stat.pooled[: self.n_scale]
-                if stat.scale_bn is None:  # the channel scale is measured on the first images
-                    y = y[: self.n_scale]
-                    if head is None:
-                        head = y.mean(dim=(2, 3), dtype=torch.float32)
+                if self.scale and stat.scale_bn is None:
                     stat.sq_sum = self._pool(y, "square").sum(dim=0)
-                    stat.sum = head.sum(dim=0)
+                    stat.sum = (stat.pooled if stat.pooled is not None
+                                else y.mean(dim=(2, 3), dtype=torch.float32)).sum(dim=0)
                     stat.count = y.shape[0]
             if self.progress is not None:
                 self.progress.update()
@@ -250,24 +270,19 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def _inspection(model: nn.Module, n_constants: int, n_scale: int, progress: bool,
-                feeds_bn: dict[str, nn.Module] | None = None) -> Iterator[_Recorder]:
+def _inspection(model: nn.Module, **recorder: Any) -> Iterator[_Recorder]:
     """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
-    bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
-               leave=False) if progress else None
-    recorder = _Recorder(model, n_constants, n_scale, bar, feeds_bn)
+    rec = _Recorder(model, **recorder)
     try:
         with eval_mode(model), torch.no_grad():
-            yield recorder
+            yield rec
     finally:
-        recorder.remove()
-        if bar is not None:
-            bar.close()
+        rec.remove()
 
 
-def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> None:
+def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> Any:
     try:
-        model(images)
+        return model(images)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
@@ -336,38 +351,149 @@ def _bn_sign(stat: _LayerStats) -> torch.Tensor:
     return torch.ones(stat.conv.out_channels)
 
 
-def _position_scores(pooled: torch.Tensor, probes: ProbeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """eta^2 per axis (2, C) and near-edge minus centred mean response per axis (2, C)."""
-    grid = probes.grid(pooled).double()              # (P, 2, Q, C)
-    grand = grid.mean(dim=(0, 2), keepdim=True)
-    total = (grid - grand).pow(2).sum(dim=(0, 2))     # (2, C)
-    by_position = grid.mean(dim=0)                    # (2, Q, C)
-    between = probes.n_patterns * (by_position - grand[0]).pow(2).sum(dim=1)
-    scale = grid.abs().amax(dim=(0, 2)).pow(2) * grid.shape[0] * grid.shape[2]
+def _eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """eta^2 per axis (2, C) of the roll, and the mean response with the base images' centre
+    nearest an edge minus centred, per axis (2, C)."""
+    g = grid.grid(pooled).double()                    # (P, 2, Q, C)
+    grand = g.mean(dim=(0, 2), keepdim=True)
+    total = (g - grand).pow(2).sum(dim=(0, 2))        # (2, C)
+    by_position = g.mean(dim=0)                       # (2, Q, C)
+    between = grid.n_patterns * (by_position - grand[0]).pow(2).sum(dim=1)
+    scale = g.abs().amax(dim=(0, 2)).pow(2) * g.shape[0] * g.shape[2]
     eta2 = torch.where(total > 1e-10 * scale.clamp_min(1e-30), between / total.clamp_min(1e-300), 0.0)
-    d = probes.distances
+    d = grid.distances
     near, far = d == d.min(), d == d.max()
     edge_minus_centre = by_position[:, near].mean(1) - by_position[:, far].mean(1)
     return eta2.float().clamp(0, 1), edge_minus_centre.float()
 
 
-def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
-              ) -> tuple[list[Pan], dict[str, list[float]]]:
+def _invariant(pooled: torch.Tensor, n_positions: int) -> bool:
+    """Responses (2 * Q, C) of one base image rolled along both axes do not move with the roll."""
+    r = pooled.reshape(2, n_positions, -1).double()
+    spread = (r.amax(dim=1) - r.amin(dim=1)).amax()
+    return bool(spread <= _INVARIANT * r.abs().amax().clamp_min(1e-30))
+
+
+def _border_free_twin(model: nn.Module) -> nn.Module | None:
+    """The model with circular padding everywhere and the same (shared) weights; None if the
+    model pads nothing a switch could change (then it is its own twin)."""
+    from .padding_switch import convert_padding  # padding_switch imports the report types
+
+    twin = structural_copy(model)
+    summary = convert_padding(twin, "circular")
+    return twin if summary.changed else None
+
+
+def _twin_eta2(model: nn.Module, grid: RollGrid, names: list[str], feeds_bn: dict[str, nn.Module],
+               input_size: tuple[int, ...]) -> tuple[dict[str, torch.Tensor] | None, bool]:
+    """eta^2 (2, C) per conv of the border-free twin on ``grid`` (None: the model is its own twin);
+    and whether the twin ran on all of it (False: exactly roll-invariant on the first base image,
+    eta^2 = 0)."""
+    twin = _border_free_twin(model)
+    if twin is None:
+        return None, False
+    device, dtype = device_dtype(model)
+    q = grid.n_positions
+    with _inspection(twin, feeds_bn=feeds_bn, scale=False) as rec:
+        _run(twin, grid.images[: 2 * q].to(device, dtype), input_size)
+    first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
+    if all(_invariant(r, q) for r in first.values()):
+        return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
+    with _inspection(twin, feeds_bn=feeds_bn, scale=False) as rec:
+        _run(twin, grid.images.to(device, dtype), input_size)
+    return {n: _eta2(rec.stats[n].response(), grid)[0] for n in names if rec.stats[n].response() is not None}, True
+
+
+def _outputs(out: Any) -> list[torch.Tensor]:
+    """The floating tensors of a model output (a tensor, or a tuple/list/dict of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    return [t for item in items for t in _outputs(item)]
+
+
+def _is_logits(t: torch.Tensor) -> bool:
+    return t.ndim == 2 and t.shape[1] > 1
+
+
+@dataclass
+class _Dependence:
+    output_shift: float
+    flip_rate: float | None
+    attribution: dict[str, torch.Tensor] = field(default_factory=dict)  # conv name -> (C,) a_c
+    images: int = 0
+
+
+def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> _Dependence:
+    """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
+    part of it (see the module docstring)."""
+    from .padding_switch import convert_padding
+
+    device, dtype = device_dtype(model)
+    x = images.to(device, dtype)
+    effects: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    pads = PadTracker(model)
+
+    def hook(name):
+        def fn(conv, inputs, output):
+            if name in outputs:
+                return None
+            padding, xin = pads.resolve(conv, inputs[0])
+            if not padding.makes_border:
+                return None
+            xin = xin.detach()
+            frame = F.pad(xin, padding.pads, value=padding.value) - F.pad(xin, padding.pads, mode="replicate")
+            effects[name] = F.conv2d(frame, effective_weight(conv).detach(), None, conv.stride, 0,
+                                     conv.dilation, conv.groups)
+            outputs[name] = output
+            return output.clone()  # in-place layers downstream must not modify what we differentiate by
+        return fn
+
+    handles = [conv.register_forward_hook(hook(name)) for name, conv in conv_layers(model)]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            out = _outputs(_run(model, x.requires_grad_(True), input_size))
+            if not out:
+                raise ValueError("the model's output holds no floating tensor")
+            objective = sum(F.log_softmax(t.float(), dim=1).max(dim=1).values.sum() if _is_logits(t)
+                            else 0.5 * t.float().pow(2).sum() / max(1, t[0].numel()) for t in out)
+            names = [n for n in outputs if outputs[n].requires_grad]
+            grads = torch.autograd.grad(objective, [outputs[n] for n in names], allow_unused=True) if names else []
+    finally:
+        for handle in handles:
+            handle.remove()
+        pads.remove()
+    attribution = {n: ((g * effects[n]).sum(dim=(0, 2, 3)).abs() / len(x)).float().cpu()
+                   for n, g in zip(names, grads) if g is not None and g.shape == effects[n].shape}
+    twin = structural_copy(model)
+    convert_padding(twin, "replicate")
+    with eval_mode(twin), torch.no_grad():
+        switched = _outputs(_run(twin, x.detach(), input_size))
+    shifts, flips = [], []
+    for a, b in zip(out, switched):
+        a, b = a.detach().float(), b.float()
+        if _is_logits(a):
+            r = padding_reliance(a, b)
+            shifts.append(float(r["output_shift"]))
+            flips.append(float(r["flip_rate"]))
+        else:
+            shifts.append(float((a - b).norm() / a.norm().clamp_min(1e-12)))
+    return _Dependence(sum(shifts) / len(shifts), sum(flips) / len(flips) if flips else None, attribution, len(x))
+
+
+def _classify(stat: _LayerStats, position: torch.Tensor, eta2: torch.Tensor, edge: torch.Tensor,
+              tb: float, tp: float) -> tuple[list[Pan], dict[str, list[float]]]:
+    """PANs of one layer from its border statistics and its padding-caused position scores
+    ``eta2`` (2, C) (``position`` = their max over the axes)."""
     c = stat.conv.out_channels
-    pooled = stat.pooled if stat.pooled_act is None else stat.pooled_act
-    if pooled is None:  # fed a BatchNorm in the blank pass but not in the probe pass
-        eta2, edge = torch.zeros(2, c), torch.zeros(2, c)
-    else:
-        eta2, edge = _position_scores(pooled, probes)
-    position = eta2.max(dim=0).values
     bn_sign = _bn_sign(stat)
     if stat.border_rms is not None:
         per_side = stat.border_rms / _channel_sigma(stat)  # (4, C)
         border = per_side.max(dim=0).values
     else:
         per_side, border = torch.zeros(4, c), torch.zeros(c)
-    is_border = border >= tb
-    candidates = torch.nonzero(is_border | (position >= tp)).flatten().tolist()
+    candidates = torch.nonzero((border >= tb) | (position >= tp)).flatten().tolist()
     per_side_l, eta2_l = per_side.T.tolist(), eta2.T.tolist()
     border_l, position_l, bn_sign_l = border.tolist(), position.tolist(), bn_sign.tolist()
     # the border-mean of each channel's strongest side, the edge difference of its strongest axis
@@ -379,107 +505,154 @@ def _classify(stat: _LayerStats, probes: ProbeBatch, tb: float, tp: float
         b, p = border_l[ch], position_l[ch]
         if b >= tb:
             sides = tuple(s for s, v in zip(SIDES, per_side_l[ch]) if v >= max(tb, b / 2))
-            raw = border_raw[ch]
-            kind, score = "border", b
+            raw, kind, score = border_raw[ch], "border", b
         else:
             axes = [a for a in range(2) if eta2_l[ch][a] >= tp]
             sides = tuple(s for a in axes for s in (("top", "bottom"), ("left", "right"))[a])
-            raw = edge_raw[ch]
-            kind, score = "position", p
+            raw, kind, score = edge_raw[ch], "position", p
         scaled = kind == "position" and stat.pooled_act is not None  # BatchNorm already applied
         sign = 1 if raw * (1.0 if scaled else bn_sign_l[ch]) >= 0 else -1
         pans.append(Pan(stat.name, ch, sides, sign, score, kind, b, p))
     return pans, {"border": [round(v, 5) for v in border_l], "position": [round(v, 5) for v in position_l]}
 
 
-def _border_ratio(output: torch.Tensor, stat: _LayerStats) -> torch.Tensor:
-    """Per channel: mean |a| on the 1-pixel border / inside, ``a`` BatchNorm-scaled if the conv feeds one."""
-    y = output.float()
-    bn = stat.bn
-    if bn is not None and bn.running_var is not None:
-        y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    return border_activation_ratio(y, band=1, reduction="none")
+def _resolve_size(model: nn.Module, input_size: tuple[int, ...] | None, images: torch.Tensor | None,
+                  assumptions: list[str]) -> tuple[int, int, int]:
+    if images is not None:
+        size = tuple(int(v) for v in images.shape[1:])
+        if input_size is not None and tuple(int(v) for v in input_size) != size:
+            raise ValueError(f"input_size {tuple(input_size)} does not match the data's images {size}")
+        return size
+    if input_size is not None:
+        return tuple(int(v) for v in input_size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("input_size") and len(cfg["input_size"]) == 3:
+        assumptions.append(f"input size {tuple(cfg['input_size'])} from timm pretrained_cfg")
+        return tuple(int(v) for v in cfg["input_size"])
+    assumptions.append("input size assumed (3, 224, 224); pass input_size or data")
+    return (3, 224, 224)
 
 
 def find_pans(
     model: nn.Module,
-    input_size: tuple[int, int, int] = (3, 224, 224),
+    input_size: tuple[int, int, int] | None = None,
     *,
+    data: Any = None,
+    input_range: tuple[float, float] | None = None,
+    mean: float | tuple[float, ...] | None = None,
+    std: float | tuple[float, ...] | None = None,
     border_threshold: float = DEFAULT_BORDER_THRESHOLD,
     position_threshold: float = DEFAULT_POSITION_THRESHOLD,
     n_patterns: int = 8,
     n_positions: int = 8,
+    max_images: int = 16,
+    dependence: bool = True,
     batch: torch.Tensor | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> PanReport:
-    """Find the Padding Aware Neurons of ``model`` without data (see the module docstring).
+    """Find the Padding Aware Neurons of ``model`` (see the module docstring for the definition).
 
     Args:
         model: any ``nn.Module`` with 2-D convolutions; left exactly as found (parameters,
-            buffers, train/eval mode of every submodule; no hooks remain), also on error.
-        input_size: ``(C, H, W)`` of the probe images, in the model's normalised input space.
+            buffers, gradients, train/eval mode of every submodule; no hooks remain), also on error.
+        input_size: ``(C, H, W)``; default: the data's, else timm's ``pretrained_cfg``, else
+            (3, 224, 224) (recorded in ``report.assumptions``).
+        data: the model's own images: a tensor (N, C, H, W), a ``DataLoader`` or a ``Dataset``;
+            up to ``max_images`` are used. Without it, synthetic probes in the input convention.
+        input_range, mean, std: the input convention of data-free probes (see
+            :func:`pan_repair.probes.resolve_convention`); ignored with ``data``.
         border_threshold: minimum border score (channel-std units) of a border PAN.
         position_threshold: minimum position score (share of variance, [0, 1]).
-        n_patterns, n_positions: probe textures and roll positions per axis; the probe batch
-            holds ``4 + 2 * (n_patterns + 1) * n_positions`` images.
-        batch: optional real images (N, C, H, W); each PAN then gets ``border_ratio`` (mean
-            |BatchNorm-scaled activation| on the 1-pixel border / interior) as confirmation.
+        n_patterns, n_positions: base images and roll positions per axis (the roll batch holds
+            ``2 * n_patterns * n_positions`` images; fewer positions on a small input).
+        max_images: images taken from ``data``.
+        dependence: measure the model-level padding dependence and each channel's share of it
+            (one forward and backward of up to 16 images, one forward of a replicate twin).
+        batch: former name of ``data`` (deprecated).
         seed: probe seed; the global RNG is not touched.
         progress: show a progress bar over the convolutions (tqdm, on stderr).
 
     Example:
         >>> import timm
         >>> from pan_repair import find_pans
-        >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 192, 192), n_patterns=2)
+        >>> report = find_pans(timm.create_model("resnet10t"), input_size=(3, 64, 64), n_patterns=2)
         >>> report.total_filters
         2936
     """
-    input_size = tuple(int(v) for v in input_size)
+    if batch is not None:
+        warnings.warn("find_pans(batch=...) is now data=...: the images are used for the scores", FutureWarning,
+                      stacklevel=2)
+        data = batch if data is None else data
+    assumptions: list[str] = []
+    images = calibration_images(data, max_images) if data is not None else None
+    input_size = _resolve_size(model, input_size, images, assumptions)
     _check_input(model, input_size)
-    if batch is not None and (batch.ndim != 4 or batch.shape[1] != input_size[0]):
-        raise ValueError(f"batch must be (N, {input_size[0]}, H, W), got shape {tuple(batch.shape)}")
     device, dtype = device_dtype(model)
     stride, feeds_bn = _prepass(model, input_size, device, dtype)
-    probes = make_probes(input_size, n_patterns, n_positions, stride, seed=seed)
-    if probes.n_positions < 4:
-        warnings.warn(f"input size {input_size[1:]} holds only {probes.n_positions} roll positions at "
-                      f"the network's total stride {stride}: position scores are unreliable; use a "
-                      f"side >= {min_side(max(stride))}", stacklevel=2)
-    with _inspection(model, probes.n_constants, probes.n_constants + 2 * probes.n_positions, progress,
-                     feeds_bn) as rec:
-        _run(model, probes.images.to(device, dtype), input_size)
-        pans, scores = [], {}
-        for name, stat in rec.stats.items():
-            if not stat.ran:
-                continue  # never executed in forward
-            layer_pans, scores[name] = _classify(stat, probes, border_threshold, position_threshold)
-            pans += layer_pans
-        if batch is not None and pans:
-            ratios = _measure_border_ratios(model, rec, {p.layer for p in pans}, batch, device, dtype)
-            pans = [replace(p, border_ratio=float(ratios[p.layer][p.channel])) for p in pans]
-    layers = [
-        LayerInfo(name, type(stat.conv).__name__, stat.conv.out_channels, stat.padding.mode,
-                  stat.padding.pads, stat.padding.makes_border)
-        for name, stat in rec.stats.items() if stat.ran
-    ]
-    return PanReport(pans, layers, input_size, border_threshold, position_threshold, scores,
-                     _notes(layers), unsupported_layers(model))
-
-
-def _measure_border_ratios(model: nn.Module, rec: _Recorder, names: set[str], batch: torch.Tensor,
-                           device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    rec.measure_ratio = names
-    _run(model, batch.to(device, dtype), tuple(batch.shape[1:]))
-    out = {}
-    for name in names:
+    if images is not None:
+        border_images, base = images, images[:n_patterns]
+        assumptions.append(f"measured on {len(images)} data images")
+    else:
+        convention = resolve_convention(model, input_size[0], input_range, mean, std)
+        border_images, base = synthetic_images(input_size, convention, n_patterns, seed=seed)
+        assumptions.append(convention.describe())
+    grid = roll_grid(base, n_positions, stride)
+    bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
+               leave=False) if progress else None
+    try:
+        with _inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn) as rec:
+            _run(model, torch.cat([border_images, grid.images]).to(device, dtype), input_size)
+    finally:
+        if bar is not None:
+            bar.close()
+    ran = [name for name, stat in rec.stats.items() if stat.ran]
+    n_border = len(border_images)
+    model_eta = {}
+    for name in ran:
+        response = rec.stats[name].response()
+        if response is not None:
+            model_eta[name] = _eta2(response[n_border:], grid)
+    twin_eta, twin_ran = _twin_eta2(model, grid, list(model_eta), feeds_bn, input_size)
+    if twin_ran:
+        assumptions.append("the border-free (circular) twin varies with the rolls: its position share subtracted")
+    if not grid.on_stride:
+        assumptions.append(f"rolls of {grid.step} px, not multiples of the total stride {stride}: "
+                           "position is counted only beyond the border-free twin's")
+    dep = _padding_dependence(model, (images if images is not None else base)[:_DEPENDENCE_IMAGES],
+                              input_size) if dependence else None
+    pans, scores, unmeasured = [], {}, {}
+    for name in ran:
         stat = rec.stats[name]
-        if stat.ratio_output is None or min(stat.ratio_output.shape[-2:]) < 3:
-            out[name] = torch.full((stat.conv.out_channels,), float("nan"))
+        c = stat.conv.out_channels
+        eta2, edge = model_eta.get(name, (torch.zeros(2, c), torch.zeros(2, c)))
+        if twin_eta is None:  # the model pads nothing a circular switch changes: it is its own twin
+            eta2 = torch.zeros_like(eta2)
         else:
-            out[name] = _border_ratio(stat.ratio_output, stat)
-        stat.ratio_output = None
-    return out
+            eta2 = (eta2 - twin_eta.get(name, torch.zeros_like(eta2))).clamp_min(0)
+        layer_pans, scores[name] = _classify(stat, eta2.max(dim=0).values, eta2, edge,
+                                             border_threshold, position_threshold)
+        if dep is not None:
+            share = dep.attribution.get(name)
+            scores[name]["share"] = [0.0] * c if share is None else share.tolist()
+        pans += layer_pans
+        if stat.unmeasured:
+            unmeasured[name] = f"border score not measured: {stat.unmeasured}"
+    if dep is not None:
+        total = sum(sum(s["share"]) for s in scores.values()) or 1.0
+        for s in scores.values():
+            s["share"] = [round(v / total, 6) for v in s["share"]]
+        share_of = {(n, ch): v for n, s in scores.items() for ch, v in enumerate(s["share"])}
+        pans = [replace(p, share=share_of.get((p.layer, p.channel), 0.0)) for p in pans]
+    layers = [LayerInfo(name, type(rec.stats[name].conv).__name__, rec.stats[name].conv.out_channels,
+                        rec.stats[name].padding.mode, rec.stats[name].padding.pads,
+                        rec.stats[name].padding.makes_border) for name in ran]
+    dependence_summary = None if dep is None else {
+        "mode": "replicate", "output_shift": round(dep.output_shift, 6),
+        "flip_rate": None if dep.flip_rate is None else round(dep.flip_rate, 6), "images": dep.images}
+    return PanReport(pans, layers, input_size, border_threshold, position_threshold, scores,
+                     _notes(layers), unsupported_layers(model), assumptions=assumptions,
+                     unmeasured=unmeasured, padding_dependence=dependence_summary)
 
 
 def _notes(layers: list[LayerInfo]) -> list[str]:

@@ -30,7 +30,9 @@ What each layer type becomes:
   ``nn.AvgPool2d(count_include_pad=False)``; timm's ``AvgPool2dSame`` ->
   :class:`PaddedAvgPool2d`. Not with ``ceil_mode`` (its last window may start in the
   padding, so explicit padding changes the output size) nor ``divisor_override``.
-* ``nn.MaxPool2d``/``MaxPool2dSame`` pad ``-inf``, which never wins a max: skipped.
+* ``nn.MaxPool2d``/``MaxPool2dSame`` pad ``-inf``, which never wins a max, yet a window that
+  straddles the border takes the max of fewer pixels: for ``"circular"`` (no border at all)
+  they become :class:`PaddedMaxPool2d`; for the other modes they are skipped.
 * timm's ``CondConv2d`` and other ``nn.Conv2d`` subclasses: not supported, skipped.
 
 Padding written inside a custom module's ``forward`` (e.g. timm's ``BlurPool2d``)
@@ -57,7 +59,7 @@ from timm.layers import (
     StdConv2dSame,
 )
 from timm.layers.conv2d_same import Conv2dSameExport
-from timm.layers.pool2d_same import AvgPool2dSame
+from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
 from .layers import (
     Padding,
@@ -76,6 +78,7 @@ __all__ = [
     "Pad2d",
     "PaddedAvgPool2d",
     "PaddedConv2d",
+    "PaddedMaxPool2d",
     "PaddedScaledStdConv2d",
     "PaddedStdConv2d",
     "Skip",
@@ -261,6 +264,37 @@ class PaddedAvgPool2d(_ExplicitPadding, nn.Module):
                 f"ceil_mode={self.ceil_mode}, padding_mode={self.padding_mode}, same_pad={self.same_pad}")
 
 
+class PaddedMaxPool2d(_ExplicitPadding, nn.Module):
+    """Max pooling over an input padded circularly: ``padding`` (symmetric, per axis) plus, with
+    ``same_pad``, TF-style "same" padding from each input's size (as timm's ``MaxPool2dSame``)."""
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                 same_pad: bool = False) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride if stride is not None else kernel_size)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.padding_mode = "circular"
+        self.same_pad = same_pad
+
+    def input_padding(self, input_hw: tuple[int, int]) -> Padding:
+        ph, pw = self.padding
+        pads = (pw, pw, ph, ph)
+        if self.same_pad:
+            same = _same_pads(input_hw, self.kernel_size, self.stride, self.dilation)
+            pads = tuple(a + b for a, b in zip(pads, same))
+        return Padding(pads, self.padding_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pad(x, self.input_padding(x.shape[-2:]).pads)
+        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, padding_mode=circular, same_pad={self.same_pad}")
+
+
 class Pad2d(_ExplicitPadding, nn.Module):
     """Explicit padding by ``padding = (left, right, top, bottom)`` with ``padding_mode``
     (reflect, replicate or circular), tolerant of small inputs (see module docs)."""
@@ -368,8 +402,19 @@ def _convert(layer: nn.Module, mode: str) -> nn.Module | _Leave | None:
         return None
     if padding.mode == mode:
         return _Leave(f"already {mode}")
+    if isinstance(layer, PaddedMaxPool2d):  # back to -inf padding, which every other mode equals for a max
+        if layer.same_pad:
+            return MaxPool2dSame(layer.kernel_size, layer.stride, layer.padding, layer.dilation).train(layer.training)
+        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation).train(layer.training)
     if isinstance(layer, nn.MaxPool2d):
-        return _Leave("pads -inf, which never wins a max")
+        if mode != "circular":
+            return _Leave("pads -inf, which never wins a max")
+        if layer.ceil_mode:
+            return _Leave("ceil_mode: the last window may start in the padding, so explicit padding "
+                          "would change the output size", unsupported=True)
+        same_pad = isinstance(layer, MaxPool2dSame)
+        return PaddedMaxPool2d(layer.kernel_size, layer.stride, 0 if same_pad else layer.padding, layer.dilation,
+                               same_pad).train(layer.training)
     if isinstance(layer, nn.Conv2d):
         return _convert_conv(layer, mode)
     if isinstance(layer, Pad2d) or pad_module_padding(layer) is not None:

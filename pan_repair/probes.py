@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ProbeBatch", "make_probes", "min_side"]
+__all__ = ["ProbeBatch", "make_probes", "min_side", "InputConvention", "resolve_convention", "calibration_images",
+           "synthetic_images", "RollGrid", "roll_grid"]
 
 
 @dataclass
@@ -123,3 +124,177 @@ def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positio
     frac = 0.5 + torch.tensor(shifts, dtype=torch.float32) * step[0] / h
     distances = torch.minimum(frac, 1 - frac)
     return ProbeBatch(images.contiguous(), n_constants, n_patterns, n_positions, distances, len(scale))
+
+
+# ------------------------------------------------------------------ input conventions and data
+#: ImageNet statistics, what torchvision's 3-channel models are usually trained with
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How a model's inputs are made from pixels ``u`` in [0, 1]: ``x = (u - mean) / std`` per
+    channel. ``source`` says where the convention came from (recorded in the report)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    def to_input(self, u: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, C, H, W) in [0, 1] -> model inputs."""
+        c = u.shape[1]
+        mean = torch.tensor(self.mean, dtype=u.dtype).view(1, -1, 1, 1).expand(1, c, 1, 1)
+        std = torch.tensor(self.std, dtype=u.dtype).view(1, -1, 1, 1).expand(1, c, 1, 1)
+        return (u - mean) / std
+
+    def describe(self) -> str:
+        lo = [round(-m / s, 3) for m, s in zip(self.mean, self.std)]
+        hi = [round((1 - m) / s, 3) for m, s in zip(self.mean, self.std)]
+        rng = f"[{lo[0]}, {hi[0]}]" if len(set(lo)) == 1 and len(set(hi)) == 1 else f"from {lo} to {hi}"
+        return f"data-free probes: inputs = (pixels in [0, 1] - mean {list(self.mean)}) / std {list(self.std)}, " \
+               f"i.e. {rng} ({self.source})"
+
+
+def _per_channel(v: float | tuple[float, ...] | list[float], channels: int, what: str) -> tuple[float, ...]:
+    values = (float(v),) * channels if isinstance(v, (int, float)) else tuple(float(x) for x in v)
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ValueError(f"{what} has {len(values)} values for {channels} input channels")
+    return values
+
+
+def resolve_convention(model: torch.nn.Module, channels: int, input_range: tuple[float, float] | None = None,
+                       mean: float | tuple[float, ...] | None = None,
+                       std: float | tuple[float, ...] | None = None) -> InputConvention:
+    """The input convention of ``model`` for data-free probes, in this order: ``mean``/``std``
+    (pixels in [0, 1] normalised); ``input_range = (lo, hi)`` (``x = lo + u (hi - lo)``);
+    timm's ``model.pretrained_cfg`` mean/std; else, assumed, ImageNet normalisation for 3
+    channels and ``(u - 0.5) / 0.25`` for others (zero mean, about unit std)."""
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (pixels in [0, 1]), or neither")
+    if mean is not None and input_range is not None:
+        raise ValueError("give input_range or mean/std, not both")
+    if mean is not None:
+        s = _per_channel(std, channels, "std")
+        if min(s) <= 0:
+            raise ValueError(f"std must be > 0, got {list(s)}")
+        return InputConvention(_per_channel(mean, channels, "mean"), s, "given mean/std")
+    if input_range is not None:
+        lo, hi = (float(v) for v in input_range)
+        if not hi > lo:
+            raise ValueError(f"input_range must be (low, high) with high > low, got {tuple(input_range)}")
+        return InputConvention((-lo / (hi - lo),) * channels, (1 / (hi - lo),) * channels,
+                               f"given input_range ({lo:g}, {hi:g})")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("mean") is not None and cfg.get("std") is not None and len(cfg["mean"]) in (1, channels):
+        return InputConvention(_per_channel(cfg["mean"], channels, "mean"), _per_channel(cfg["std"], channels, "std"),
+                               "timm pretrained_cfg")
+    if channels == 3:
+        return InputConvention(IMAGENET_MEAN, IMAGENET_STD, "assumed: ImageNet normalisation; pass input_range or "
+                               "mean/std, or data, if the model was trained otherwise")
+    return InputConvention((0.5,) * channels, (0.25,) * channels,
+                           "assumed: normalised to zero mean, unit std; pass input_range or mean/std, or data, "
+                           "if the model was trained otherwise")
+
+
+def calibration_images(data, max_images: int) -> torch.Tensor:
+    """Up to ``max_images`` images (N, C, H, W) from ``data``: a tensor, a ``DataLoader`` (its
+    first batches) or a ``Dataset`` (evenly spaced items). Images are the first 4-D (or, for a
+    dataset item, 3-D) floating tensor of each batch/item."""
+    from torch.utils.data import DataLoader, Dataset
+
+    def first_image(obj, ndim: int):
+        if isinstance(obj, torch.Tensor):
+            return obj if obj.ndim == ndim and obj.is_floating_point() else None
+        items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+        for item in items:
+            found = first_image(item, ndim)
+            if found is not None:
+                return found
+        return None
+
+    if isinstance(data, torch.Tensor):
+        images = data if data.ndim == 4 else None
+    elif isinstance(data, DataLoader):
+        parts, n = [], 0
+        for batch in data:
+            x = first_image(batch, 4)
+            if x is None:
+                break
+            parts.append(x)
+            n += len(x)
+            if n >= max_images:
+                break
+        images = torch.cat(parts) if parts else None
+    elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+        n = len(data)
+        idx = sorted({int(i * n / max_images) for i in range(min(n, max_images))})
+        items = [first_image(data[i], 3) for i in idx]
+        images = torch.stack(items) if items and all(x is not None for x in items) else None
+    else:
+        raise TypeError(f"data must be a tensor, a DataLoader or a Dataset, got {type(data).__name__}")
+    if images is None or images.ndim != 4 or not images.is_floating_point() or len(images) == 0:
+        raise ValueError("data holds no floating images (N, C, H, W)")
+    return images[:max_images].detach()
+
+
+def synthetic_images(input_size: tuple[int, int, int], convention: InputConvention, n_patterns: int,
+                     n_constants: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data-free probes in the model's input convention: ``n_constants`` uniform images (pixel
+    levels ``u`` in [0.1, 0.9] per channel, bright half first, then ``1 - u``) and ``n_patterns``
+    content images (a smooth random texture of a third of the side, pixels in [0, 1], centred on
+    a flat mid-grey canvas with faint noise, std 0.02). Own generator: the global RNG is untouched."""
+    c, h, w = input_size
+    gen = torch.Generator().manual_seed(seed)
+    levels = 0.1 + 0.8 * torch.rand(n_constants // 2, c, 1, 1, generator=gen)
+    levels = torch.where(levels.mean(dim=1, keepdim=True) < 0.5, 1 - levels, levels)  # bright first
+    constants = torch.cat([levels, 1 - levels]).expand(n_constants, c, h, w)
+    ph, pw = _pattern_side(h), _pattern_side(w)
+    canvases = []
+    for _ in range(n_patterns):
+        canvas = 0.5 + 0.02 * torch.randn(c, h, w, generator=gen)
+        top, left = (h - ph) // 2, (w - pw) // 2
+        canvas[:, top:top + ph, left:left + pw] = 0.5 + 0.2 * _texture(gen, c, ph, pw)
+        canvases.append(canvas.clamp(0, 1))
+    return convention.to_input(constants.contiguous()), convention.to_input(torch.stack(canvases))
+
+
+@dataclass
+class RollGrid:
+    """Each of ``P`` base images rolled circularly to ``Q`` places along rows (axis 0) and along
+    columns (axis 1): ``images`` is (P * 2 * Q, C, H, W), ordered pattern, axis, roll. Roll ``k``
+    moves the image by ``k * step`` pixels, so the image's original centre lies at fraction
+    ``(0.5 + k step / side) mod 1`` of the side; ``distances`` (per roll, rows axis) is its distance
+    to the nearest edge (0.5: centred, k = 0)."""
+
+    images: torch.Tensor
+    n_patterns: int
+    n_positions: int
+    step: tuple[int, int]
+    distances: torch.Tensor
+    #: steps are multiples of the network's total stride (a circular network is then exactly
+    #: invariant to the rolls, when its every strided layer divides its input)
+    on_stride: bool
+
+    def grid(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-image ``values`` (P * 2 * Q, ...) -> (P, 2, Q, ...)."""
+        return values.reshape(self.n_patterns, 2, self.n_positions, *values.shape[1:])
+
+
+def roll_grid(base: torch.Tensor, n_positions: int, stride: tuple[int, int]) -> RollGrid:
+    """Roll ``base`` (P, C, H, W) to ``Q <= n_positions`` evenly spaced places along each axis (see
+    :class:`RollGrid`). Steps are multiples of ``stride`` when each side holds at least 4 strides,
+    else ``side // Q`` pixels (then only a twin without border tells padding from aliasing)."""
+    h, w = base.shape[-2:]
+    fits = min(h // stride[0], w // stride[1])
+    on_stride = fits >= 4
+    q = max(2, min(n_positions, fits if on_stride else min(h, w)))
+    if on_stride:
+        step = (max(1, h // q // stride[0]) * stride[0], max(1, w // q // stride[1]) * stride[1])
+    else:
+        step = (max(1, h // q), max(1, w // q))
+    images = torch.stack([torch.roll(img, k * s, dims=dim) for img in base
+                          for dim, s in ((-2, step[0]), (-1, step[1])) for k in range(q)])
+    frac = (0.5 + torch.arange(q, dtype=torch.float32) * step[0] / h) % 1.0
+    return RollGrid(images.contiguous(), len(base), q, step, torch.minimum(frac, 1 - frac), on_stride)

@@ -29,6 +29,8 @@ class Pan:
         border_score: border deviation in channel std units (0 when the layer makes no border).
         position_score: share of pooled-response variance explained by placement, in [0, 1].
         border_ratio: on a real batch, mean |activation| in the border band / interior, if measured.
+        share: the channel's share of the model's padding dependence (first-order, see
+            :func:`pan_repair.find_pans`), in [0, 1]; 0 if not measured.
     """
 
     layer: str
@@ -40,6 +42,7 @@ class Pan:
     border_score: float = 0.0
     position_score: float = 0.0
     border_ratio: float | None = None
+    share: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Pan":
@@ -62,8 +65,12 @@ class LayerInfo:
 class PanReport:
     """What :func:`pan_repair.find_pans` found in a model.
 
-    ``scores`` holds every channel's scores, ``{layer: {"border": [...], "position": [...]}}``,
-    for score distributions and threshold studies.
+    ``scores`` holds every channel's scores, ``{layer: {"border": [...], "position": [...],
+    "share": [...]}}``, for score distributions and threshold studies. ``assumptions`` says what the
+    scan assumed or measured on (data or the input convention of its probes); ``unmeasured``, per
+    layer, a score that could not be measured at this size and why; ``padding_dependence`` the
+    model-level dependence on padding (``output_shift``, ``flip_rate`` under replicate padding,
+    ``images``), None if not measured.
     """
 
     pans: list[Pan]
@@ -74,6 +81,9 @@ class PanReport:
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+    unmeasured: dict[str, str] = field(default_factory=dict)
+    padding_dependence: dict[str, Any] | None = None
 
     @property
     def count(self) -> int:
@@ -110,6 +120,12 @@ class PanReport:
         pans = self.pans if kind is None else self.of_kind(kind)
         return sorted(pans, key=lambda p: p.score, reverse=True)[:n]
 
+    def ranked(self, n: int = 10) -> list[tuple[str, int, float]]:
+        """The ``n`` channels (PANs or not) with the largest share of the padding dependence:
+        ``(layer, channel, share)``, largest first."""
+        shares = [(layer, ch, v) for layer, s in self.scores.items() for ch, v in enumerate(s.get("share", []))]
+        return sorted(shares, key=lambda t: t[2], reverse=True)[:n]
+
     def confirmed(self, min_ratio: float = 1.5) -> list[Pan]:
         """PANs whose real-batch border ratio agrees with their sign by at least ``min_ratio``x."""
         return [
@@ -127,6 +143,9 @@ class PanReport:
             "scores": self.scores,
             "notes": list(self.notes),
             "skipped": list(self.skipped),
+            "assumptions": list(self.assumptions),
+            "unmeasured": dict(self.unmeasured),
+            "padding_dependence": self.padding_dependence,
             "count": self.count,
             "total_filters": self.total_filters,
             "fraction": self.fraction,
@@ -144,6 +163,9 @@ class PanReport:
                 scores=d.get("scores", {}),
                 notes=list(d.get("notes", [])),
                 skipped=list(d.get("skipped", [])),
+                assumptions=list(d.get("assumptions", [])),
+                unmeasured=dict(d.get("unmeasured", {})),
+                padding_dependence=d.get("padding_dependence"),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a PanReport dictionary: {err}") from None
@@ -165,6 +187,18 @@ class PanReport:
 
     def __repr__(self) -> str:
         kinds = Counter(p.kind for p in self.pans)
+        dep = self.padding_dependence
+        tail = "" if not dep else f"; output shift {100 * dep['output_shift']:.1f}%" + (
+            "" if dep.get("flip_rate") is None else f", flips {100 * dep['flip_rate']:.1f}%") + " under replicate padding"
         return (f"PanReport({self.count} PANs in {self.total_filters} filters "
                 f"({100 * self.fraction:.2f}%): {kinds.get('border', 0)} border, "
-                f"{kinds.get('position', 0)} position; {len(self.by_layer())} layers)")
+                f"{kinds.get('position', 0)} position; {len(self.by_layer())} layers{tail})")
+
+    def __str__(self) -> str:
+        lines = [repr(self)] + [f"  assumed: {a}" for a in self.assumptions]
+        lines += [f"  {layer}: {why}" for layer, why in self.unmeasured.items()]
+        top = [t for t in self.ranked(3) if t[2] > 0]
+        if top:
+            lines.append("  largest shares of the padding dependence: "
+                         + ", ".join(f"{layer}[{ch}] {100 * v:.1f}%" for layer, ch, v in top))
+        return "\n".join(lines)
