@@ -88,8 +88,9 @@ _SIGMA_FLOOR = 0.05
 _CHUNK_BYTES = 4 << 20
 #: images of the padding-dependence pass (it runs forward and backward)
 _DEPENDENCE_IMAGES = 16
-#: a twin whose pooled responses move less than this (relative) over the rolls is exactly invariant
-_INVARIANT = 1e-4
+#: a twin whose pooled responses move over the rolls by less than this share of the model's own
+#: spread of responses (per channel) is roll-invariant: its eta^2 is below 1e-6
+_INVARIANT = 1e-3
 
 
 @dataclass
@@ -353,25 +354,27 @@ def _bn_sign(stat: _LayerStats) -> torch.Tensor:
 
 def _eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Tensor]:
     """eta^2 per axis (2, C) of the roll, and the mean response with the base images' centre
-    nearest an edge minus centred, per axis (2, C)."""
+    nearest an edge minus centred, per axis (2, C). A channel whose responses vary by less than
+    ``1e-6`` of the layer's most varying channel is flat (rounding noise): eta^2 = 0."""
     g = grid.grid(pooled).double()                    # (P, 2, Q, C)
     grand = g.mean(dim=(0, 2), keepdim=True)
     total = (g - grand).pow(2).sum(dim=(0, 2))        # (2, C)
     by_position = g.mean(dim=0)                       # (2, Q, C)
     between = grid.n_patterns * (by_position - grand[0]).pow(2).sum(dim=1)
-    scale = g.abs().amax(dim=(0, 2)).pow(2) * g.shape[0] * g.shape[2]
-    eta2 = torch.where(total > 1e-10 * scale.clamp_min(1e-30), between / total.clamp_min(1e-300), 0.0)
+    flat = total <= 1e-12 * total.amax().clamp_min(1e-300)
+    eta2 = torch.where(flat, 0.0, between / total.clamp_min(1e-300))
     d = grid.distances
     near, far = d == d.min(), d == d.max()
     edge_minus_centre = by_position[:, near].mean(1) - by_position[:, far].mean(1)
     return eta2.float().clamp(0, 1), edge_minus_centre.float()
 
 
-def _invariant(pooled: torch.Tensor, n_positions: int) -> bool:
-    """Responses (2 * Q, C) of one base image rolled along both axes do not move with the roll."""
+def _invariant(pooled: torch.Tensor, n_positions: int, scale: torch.Tensor) -> bool:
+    """Responses (2 * Q, C) of one base image rolled along both axes do not move with the roll
+    beyond ``_INVARIANT`` times ``scale`` (C,), the model's own spread of responses."""
     r = pooled.reshape(2, n_positions, -1).double()
-    spread = (r.amax(dim=1) - r.amin(dim=1)).amax()
-    return bool(spread <= _INVARIANT * r.abs().amax().clamp_min(1e-30))
+    spread = (r.amax(dim=1) - r.amin(dim=1)).amax(dim=0)
+    return bool((spread <= _INVARIANT * scale.double() + 1e-6 * scale.double().amax()).all())
 
 
 def _border_free_twin(model: nn.Module) -> nn.Module | None:
@@ -384,11 +387,12 @@ def _border_free_twin(model: nn.Module) -> nn.Module | None:
     return twin if summary.changed else None
 
 
-def _twin_eta2(model: nn.Module, grid: RollGrid, names: list[str], feeds_bn: dict[str, nn.Module],
+def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor], feeds_bn: dict[str, nn.Module],
                input_size: tuple[int, ...]) -> tuple[dict[str, torch.Tensor] | None, bool]:
     """eta^2 (2, C) per conv of the border-free twin on ``grid`` (None: the model is its own twin);
     and whether the twin ran on all of it (False: exactly roll-invariant on the first base image,
-    eta^2 = 0)."""
+    eta^2 = 0). ``spread``: per conv, the model's own std of responses over ``grid`` (C,)."""
+    names = list(spread)
     twin = _border_free_twin(model)
     if twin is None:
         return None, False
@@ -397,7 +401,7 @@ def _twin_eta2(model: nn.Module, grid: RollGrid, names: list[str], feeds_bn: dic
     with _inspection(twin, feeds_bn=feeds_bn, scale=False) as rec:
         _run(twin, grid.images[: 2 * q].to(device, dtype), input_size)
     first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
-    if all(_invariant(r, q) for r in first.values()):
+    if all(_invariant(r, q, spread[n]) for n, r in first.items()):
         return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
     with _inspection(twin, feeds_bn=feeds_bn, scale=False) as rec:
         _run(twin, grid.images.to(device, dtype), input_size)
@@ -608,12 +612,13 @@ def find_pans(
             bar.close()
     ran = [name for name, stat in rec.stats.items() if stat.ran]
     n_border = len(border_images)
-    model_eta = {}
+    model_eta, spread = {}, {}
     for name in ran:
         response = rec.stats[name].response()
         if response is not None:
             model_eta[name] = _eta2(response[n_border:], grid)
-    twin_eta, twin_ran = _twin_eta2(model, grid, list(model_eta), feeds_bn, input_size)
+            spread[name] = response[n_border:].std(dim=0)
+    twin_eta, twin_ran = _twin_eta2(model, grid, spread, feeds_bn, input_size)
     if twin_ran:
         assumptions.append("the border-free (circular) twin varies with the rolls: its position share subtracted")
     if not grid.on_stride:

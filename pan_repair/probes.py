@@ -242,13 +242,13 @@ def calibration_images(data, max_images: int) -> torch.Tensor:
 def synthetic_images(input_size: tuple[int, int, int], convention: InputConvention, n_patterns: int,
                      n_constants: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Data-free probes in the model's input convention: ``n_constants`` uniform images (pixel
-    levels ``u`` in [0.1, 0.9] per channel, bright half first, then ``1 - u``) and ``n_patterns``
+    levels ``u = 0.5 + a``, ``a`` in [0.2, 0.4] per channel: bright half first, then their
+    complements ``1 - u``) and ``n_patterns``
     content images (a smooth random texture of a third of the side, pixels in [0, 1], centred on
     a flat mid-grey canvas with faint noise, std 0.02). Own generator: the global RNG is untouched."""
     c, h, w = input_size
     gen = torch.Generator().manual_seed(seed)
-    levels = 0.1 + 0.8 * torch.rand(n_constants // 2, c, 1, 1, generator=gen)
-    levels = torch.where(levels.mean(dim=1, keepdim=True) < 0.5, 1 - levels, levels)  # bright first
+    levels = 0.7 + 0.2 * torch.rand(n_constants // 2, c, 1, 1, generator=gen)  # away from mid-grey
     constants = torch.cat([levels, 1 - levels]).expand(n_constants, c, h, w)
     ph, pw = _pattern_side(h), _pattern_side(w)
     canvases = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ class Pan:
         kind: ``"border"`` or ``"position"``.
         border_score: border deviation in channel std units (0 when the layer makes no border).
         position_score: share of pooled-response variance explained by placement, in [0, 1].
-        border_ratio: on a real batch, mean |activation| in the border band / interior, if measured.
         share: the channel's share of the model's padding dependence (first-order, see
             :func:`pan_repair.find_pans`), in [0, 1]; 0 if not measured.
     """
@@ -41,12 +40,14 @@ class Pan:
     kind: str
     border_score: float = 0.0
     position_score: float = 0.0
-    border_ratio: float | None = None
     share: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Pan":
-        return cls(**{**d, "sides": tuple(d["sides"])})
+        known = {f.name for f in fields(cls)}  # reports of earlier versions carry other keys
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["sides"] = tuple(kwargs["sides"])
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -125,13 +126,6 @@ class PanReport:
         ``(layer, channel, share)``, largest first."""
         shares = [(layer, ch, v) for layer, s in self.scores.items() for ch, v in enumerate(s.get("share", []))]
         return sorted(shares, key=lambda t: t[2], reverse=True)[:n]
-
-    def confirmed(self, min_ratio: float = 1.5) -> list[Pan]:
-        """PANs whose real-batch border ratio agrees with their sign by at least ``min_ratio``x."""
-        return [
-            p for p in self.pans if p.border_ratio is not None
-            and (p.border_ratio >= min_ratio if p.sign > 0 else p.border_ratio <= 1 / min_ratio)
-        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {

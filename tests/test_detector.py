@@ -69,16 +69,12 @@ def test_first_layer_border_score_matches_hand_computation():
         conv.weight.zero_()
         conv.weight[0, 0, 0, 1] = 2.0  # only the top-centre tap: D_top = -2 * x[row 0]
     net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    report = find_pans(net, (1, 24, 24))
-    from pan_repair.probes import make_probes
-    from pan_repair.detector import total_stride
-    probes = make_probes((1, 24, 24), 8, 8, total_stride(net, (1, 24, 24), torch.device("cpu"), torch.float32))
-    x = probes.images
-    constants = x[: probes.n_constants]
-    rms_top = (2 * constants[:, 0, 0, :]).pow(2).mean().sqrt()  # D on the top row, constant probes
-    y = conv(x[: probes.n_constants + 2 * probes.n_positions]).detach()  # the scale images
-    sigma = y.std(unbiased=False)
-    assert report.scores["0"]["border"][0] == pytest.approx(float(rms_top / sigma), rel=1e-3)
+    levels = torch.tensor([1.0, -0.5, 2.0, 0.3])
+    data = levels.view(4, 1, 1, 1).expand(4, 1, 24, 24).contiguous()  # uniform images: rolls change nothing
+    report = find_pans(net, data=data, n_patterns=4)
+    rms_top = (2 * levels).pow(2).mean().sqrt()  # D on the top row, over the images
+    sigma = conv(data).detach().std(unbiased=False)  # no BatchNorm: the channel's std on the data
+    assert report.scores["0"]["border"][0] == pytest.approx(float(rms_top / sigma), rel=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["circular", "reflect", "replicate"])
@@ -192,13 +188,92 @@ def test_report_json_round_trip(tmp_path):
         PanReport.from_dict({"pans": []})
 
 
-def test_real_batch_confirmation_sets_border_ratio():
+def test_data_whose_border_is_what_padding_adds_blinds_the_first_layer():
+    """On [0, 1] images with a black frame, zero padding adds nothing the layer could see."""
     net, _ = planted_net()
-    batch = torch.rand(8, 3, 32, 32) + 0.5  # bright images: top-row detectors lose response at the top
-    report = find_pans(net, (3, 32, 32), batch=batch)
-    ratios = {p.channel: p.border_ratio for p in report.of_kind("border")}
-    assert all(r is not None and r > 0 for r in ratios.values())
-    assert ratios[2] != pytest.approx(1.0, abs=0.05)
+    bright = torch.rand(8, 3, 32, 32) * 0.5 + 0.5
+    assert {p.channel for p in find_pans(net, data=bright).of_kind("border")} == {2, 5, 9, 13}
+    black_frame = torch.zeros(8, 3, 32, 32)
+    black_frame[:, :, 8:24, 8:24] = torch.rand(8, 3, 16, 16)
+    report = find_pans(net, data=black_frame)
+    assert report.of_kind("border") == [] and max(report.scores["0"]["border"]) == 0.0
+    assert report.assumptions == ["measured on 8 data images"]  # an exactly invariant twin adds nothing
+
+
+def test_data_as_tensor_dataloader_or_dataset():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net, _ = planted_net()
+    images = torch.rand(12, 3, 32, 32) + 0.5
+    dataset = TensorDataset(images, torch.zeros(12, dtype=torch.long))
+    a = find_pans(net, data=images[:8])
+    b = find_pans(net, data=DataLoader(dataset, batch_size=4), max_images=8)
+    assert a.scores == b.scores
+    c = find_pans(net, data=dataset, max_images=6)
+    assert c.assumptions == ["measured on 6 data images"] and c.input_size == (3, 32, 32)
+    with pytest.raises(ValueError, match="does not match the data"):
+        find_pans(net, (3, 16, 16), data=images)
+    with pytest.raises(ValueError, match="no floating images"):
+        find_pans(net, data=torch.zeros(4, 3, 32, 32, dtype=torch.long))
+
+
+def test_input_convention_is_followed_and_recorded():
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 1] = 1.0
+    net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    unit = find_pans(net, (1, 24, 24), input_range=(0, 1), dependence=False)
+    assert "[0.0, 1.0]" in unit.assumptions[0] and "given input_range" in unit.assumptions[0]
+    wide = find_pans(net, (1, 24, 24), input_range=(0, 255), dependence=False)
+    # D scales with the input, and so does the channel's std (no BatchNorm): the score does not
+    assert wide.scores["0"]["border"][0] == pytest.approx(unit.scores["0"]["border"][0], rel=1e-4)
+    timm_model = timm.create_model("resnet10t")
+    assert "timm pretrained_cfg" in find_pans(timm_model, (3, 64, 64), n_patterns=2, dependence=False).assumptions[0]
+    assert "assumed" in find_pans(net, (1, 24, 24), dependence=False).assumptions[0]
+    with pytest.raises(ValueError, match="both mean and std"):
+        find_pans(net, (1, 24, 24), mean=0.5)
+
+
+@pytest.mark.parametrize("size", [32, 48, 100])
+def test_circular_twin_has_no_pans_at_any_size(size):
+    import torchvision
+    from pan_repair import convert_padding
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    convert_padding(model, "circular")
+    report = find_pans(model, (3, size, size), n_patterns=2, dependence=False)
+    assert report.count == 0 and max(max(s["position"]) for s in report.scores.values()) == 0.0
+
+
+def test_small_inputs_scan_and_name_the_layers_they_cannot_measure():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    report = find_pans(model, (3, 32, 32), n_patterns=2, dependence=False)
+    assert report.total_filters == 4800
+    assert "layer4.1.conv2" in report.unmeasured and "1x1" in report.unmeasured["layer4.1.conv2"]
+    assert "layer1.0.conv1" not in report.unmeasured
+    assert any("twin" in a for a in report.assumptions)
+
+
+def test_padding_dependence_and_shares():
+    """A classifier reading a planted top detector depends on the zero padding; that channel's
+    share of the dependence is the largest."""
+    net, _ = planted_net()
+    with torch.no_grad():
+        net[-1].weight.zero_()
+        net[-1].weight[0, 2] = 5.0  # class 0 <- the top detector (channel 2)
+        net[-1].bias.copy_(torch.tensor([0.0, 0.05, 0.0, 0.0]))
+    data = torch.rand(8, 3, 32, 32) * 0.5 + 0.5
+    report = find_pans(net, data=data)
+    dep = report.padding_dependence
+    assert dep["images"] == 8 and dep["output_shift"] > 0.01 and 0 <= dep["flip_rate"] <= 1
+    assert report.ranked(1)[0][:2] == ("0", 2)
+    assert sum(sum(s["share"]) for s in report.scores.values()) == pytest.approx(1.0, abs=1e-4)
+    assert "output shift" in repr(report) and "largest shares" in str(report)
+    assert find_pans(net, data=data, dependence=False).padding_dependence is None
 
 
 def _edge_kernel_conv(conv: nn.Conv2d) -> nn.Conv2d:
@@ -283,16 +358,3 @@ def test_scan_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
-
-
-def test_few_roll_positions_warn_with_a_side_that_suffices():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1),
-                        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1))  # total stride 8
-    with pytest.warns(UserWarning, match=r"only 3 roll positions .* use a side >= 47$"):
-        find_pans(net, (1, 40, 40), n_patterns=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert find_pans(net, (1, 47, 47), n_patterns=2).total_filters == 12
-        with pytest.raises(UserWarning):
-            find_pans(net, (1, 46, 46), n_patterns=2)
