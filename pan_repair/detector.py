@@ -36,7 +36,7 @@ exactly as found):
   of its pass is skipped.)
 
 **Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold``, else of kind
-``"position"`` if ``p_c >= position_threshold``; each channel is counted once. ``sides``: the sides
+``"position"`` if ``p_c >= position_threshold`` (default 0.9 on probes, 0.6 on data); each channel is counted once. ``sides``: the sides
 with ``rms_s / sigma_c >= border_threshold`` and at least half the strongest side's (border), or
 the axes with a score ``>= position_threshold`` (top+bottom for rolls along rows). ``sign``: +1 if
 the BatchNorm-scaled response is higher at the border (border kind: mean ``D`` on the strongest
@@ -72,15 +72,19 @@ from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effectiv
     untrained_bn
 from .metrics.functional import padding_reliance
 from .module_state import device_dtype, eval_mode, structural_copy
-from .probes import RollGrid, calibration_images, resolve_convention, roll_grid, synthetic_images
+from .probes import RollGrid, calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
 from .report import SIDES, LayerInfo, Pan, PanReport
 
-__all__ = ["find_pans", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
+__all__ = ["find_pans", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
+           "DEFAULT_DATA_POSITION_THRESHOLD"]
 
 #: Default threshold on the border score (channel-std units); see README "Why these thresholds".
 DEFAULT_BORDER_THRESHOLD = 2.7
-#: Default threshold on the position score (share of variance caused by padding).
+#: Default threshold on the position score (share of variance caused by padding) on synthetic probes.
 DEFAULT_POSITION_THRESHOLD = 0.9
+#: ... and on the model's own data, whose content varies more than the probe textures' (same
+#: channels score lower: on the causal digits CNN its position carriers score 0.6-0.9 on data)
+DEFAULT_DATA_POSITION_THRESHOLD = 0.6
 _SIGMA_FLOOR = 0.05
 #: elementwise temporaries of the statistics (relu, square) are made this many bytes at a time, in
 #: one reused buffer: a full-size temporary of a large activation costs more (fresh memory, page
@@ -353,9 +357,9 @@ def _bn_sign(stat: _LayerStats) -> torch.Tensor:
 
 
 def _eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Tensor]:
-    """eta^2 per axis (2, C) of the roll, and the mean response with the base images' centre
-    nearest an edge minus centred, per axis (2, C). A channel whose responses vary by less than
-    ``1e-6`` of the layer's most varying channel is flat (rounding noise): eta^2 = 0."""
+    """eta^2 per axis (2, C) of the roll, and the mean response with the object nearest an edge
+    minus centred, per axis (2, C). A channel whose responses vary by less than ``1e-6`` of the
+    layer's most varying channel is flat (rounding noise): eta^2 = 0."""
     g = grid.grid(pooled).double()                    # (P, 2, Q, C)
     grand = g.mean(dim=(0, 2), keepdim=True)
     total = (g - grand).pow(2).sum(dim=(0, 2))        # (2, C)
@@ -546,7 +550,7 @@ def find_pans(
     mean: float | tuple[float, ...] | None = None,
     std: float | tuple[float, ...] | None = None,
     border_threshold: float = DEFAULT_BORDER_THRESHOLD,
-    position_threshold: float = DEFAULT_POSITION_THRESHOLD,
+    position_threshold: float | None = None,
     n_patterns: int = 8,
     n_positions: int = 8,
     max_images: int = 16,
@@ -567,7 +571,9 @@ def find_pans(
         input_range, mean, std: the input convention of data-free probes (see
             :func:`pan_repair.probes.resolve_convention`); ignored with ``data``.
         border_threshold: minimum border score (channel-std units) of a border PAN.
-        position_threshold: minimum position score (share of variance, [0, 1]).
+        position_threshold: minimum position score (share of variance, [0, 1]); default
+            :data:`DEFAULT_DATA_POSITION_THRESHOLD` with data, :data:`DEFAULT_POSITION_THRESHOLD`
+            on probes.
         n_patterns, n_positions: base images and roll positions per axis (the roll batch holds
             ``2 * n_patterns * n_positions`` images; fewer positions on a small input).
         max_images: images taken from ``data``.
@@ -591,11 +597,13 @@ def find_pans(
     assumptions: list[str] = []
     images = calibration_images(data, max_images) if data is not None else None
     input_size = _resolve_size(model, input_size, images, assumptions)
+    if position_threshold is None:
+        position_threshold = DEFAULT_POSITION_THRESHOLD if images is None else DEFAULT_DATA_POSITION_THRESHOLD
     _check_input(model, input_size)
     device, dtype = device_dtype(model)
     stride, feeds_bn = _prepass(model, input_size, device, dtype)
     if images is not None:
-        border_images, base = images, images[:n_patterns]
+        border_images, base = images, data_canvases(images, n_patterns, seed)
         assumptions.append(f"measured on {len(images)} data images")
     else:
         convention = resolve_convention(model, input_size[0], input_range, mean, std)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["ProbeBatch", "make_probes", "min_side", "InputConvention", "resolve_convention", "calibration_images",
-           "synthetic_images", "RollGrid", "roll_grid"]
+           "synthetic_images", "data_canvases", "RollGrid", "roll_grid"]
 
 
 @dataclass
@@ -244,7 +244,8 @@ def synthetic_images(input_size: tuple[int, int, int], convention: InputConventi
     """Data-free probes in the model's input convention: ``n_constants`` uniform images (pixel
     levels ``u = 0.5 + a``, ``a`` in [0.2, 0.4] per channel: bright half first, then their
     complements ``1 - u``) and ``n_patterns``
-    content images (a smooth random texture of a third of the side, pixels in [0, 1], centred on
+    content images (a smooth random texture of a third of the side, unit std around mid-grey, clipped
+    to pixels in [0, 1], centred on
     a flat mid-grey canvas with faint noise, std 0.02). Own generator: the global RNG is untouched."""
     c, h, w = input_size
     gen = torch.Generator().manual_seed(seed)
@@ -255,18 +256,42 @@ def synthetic_images(input_size: tuple[int, int, int], convention: InputConventi
     for _ in range(n_patterns):
         canvas = 0.5 + 0.02 * torch.randn(c, h, w, generator=gen)
         top, left = (h - ph) // 2, (w - pw) // 2
-        canvas[:, top:top + ph, left:left + pw] = 0.5 + 0.2 * _texture(gen, c, ph, pw)
+        canvas[:, top:top + ph, left:left + pw] = 0.5 + 0.5 * _texture(gen, c, ph, pw)
         canvases.append(canvas.clamp(0, 1))
     return convention.to_input(constants.contiguous()), convention.to_input(torch.stack(canvases))
 
 
+def data_canvases(images: torch.Tensor, n_patterns: int, seed: int = 0) -> torch.Tensor:
+    """Probes made of the data, like :func:`synthetic_images`' content images: each a canvas of
+    the data's own background (every pixel drawn from the images' outermost pixels, per channel:
+    a constant background stays constant, a noisy one stays noisy) with, centred, the crop of a
+    third of the side where an image differs most from that background (the object)."""
+    n, c, h, w = images.shape
+    gen = torch.Generator().manual_seed(seed)
+    ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
+    ring = ring.transpose(0, 1).reshape(c, -1)  # (C, outermost pixels of every image)
+    median = ring.median(dim=1).values.view(1, c, 1, 1)
+    ph, pw = _pattern_side(h), _pattern_side(w)
+    saliency = F.avg_pool2d((images - median).abs().sum(dim=1, keepdim=True), (ph, pw), stride=1)
+    out = []
+    for p in range(n_patterns):
+        img, sal = images[p % n], saliency[p % n, 0]
+        top, left = divmod(int(sal.flatten().argmax()), sal.shape[1])
+        idx = torch.randint(ring.shape[1], (h * w,), generator=gen)
+        canvas = ring[:, idx].reshape(c, h, w).clone()
+        t0, l0 = (h - ph) // 2, (w - pw) // 2
+        canvas[:, t0:t0 + ph, l0:l0 + pw] = img[:, top:top + ph, left:left + pw]
+        out.append(canvas)
+    return torch.stack(out)
+
+
 @dataclass
 class RollGrid:
-    """Each of ``P`` base images rolled circularly to ``Q`` places along rows (axis 0) and along
-    columns (axis 1): ``images`` is (P * 2 * Q, C, H, W), ordered pattern, axis, roll. Roll ``k``
-    moves the image by ``k * step`` pixels, so the image's original centre lies at fraction
-    ``(0.5 + k step / side) mod 1`` of the side; ``distances`` (per roll, rows axis) is its distance
-    to the nearest edge (0.5: centred, k = 0)."""
+    """Each of ``P`` centred base images rolled circularly to ``Q`` places along rows (axis 0) and
+    along columns (axis 1): ``images`` is (P * 2 * Q, C, H, W), ordered pattern, axis, roll. Roll
+    ``k`` (centred on 0) moves the image by ``k * step`` pixels, never so far that the centred
+    object (a third of the side) wraps; ``distances`` (per roll, rows axis) is the distance of the
+    object's centre to the nearest edge as a fraction of the side (0.5: centred)."""
 
     images: torch.Tensor
     n_patterns: int
@@ -283,18 +308,21 @@ class RollGrid:
 
 
 def roll_grid(base: torch.Tensor, n_positions: int, stride: tuple[int, int]) -> RollGrid:
-    """Roll ``base`` (P, C, H, W) to ``Q <= n_positions`` evenly spaced places along each axis (see
-    :class:`RollGrid`). Steps are multiples of ``stride`` when each side holds at least 4 strides,
-    else ``side // Q`` pixels (then only a twin without border tells padding from aliasing)."""
+    """Roll ``base`` (P, C, H, W) to about ``n_positions`` places along each axis, from the
+    centre towards both edges (see :class:`RollGrid`). Steps are multiples of ``stride`` when the
+    room allows 2 of them each way, else as many pixels as spread the places evenly (then only a
+    twin without border tells padding from aliasing)."""
     h, w = base.shape[-2:]
-    fits = min(h // stride[0], w // stride[1])
-    on_stride = fits >= 4
-    q = max(2, min(n_positions, fits if on_stride else min(h, w)))
+    room = ((h - _pattern_side(h)) // 2, (w - _pattern_side(w)) // 2)
+    half = max(1, (n_positions - 1) // 2)
+    on_stride = all(r // s >= 2 for r, s in zip(room, stride))
     if on_stride:
-        step = (max(1, h // q // stride[0]) * stride[0], max(1, w // q // stride[1]) * stride[1])
+        step = tuple(max(s, r // half // s * s) for r, s in zip(room, stride))
     else:
-        step = (max(1, h // q), max(1, w // q))
+        step = tuple(max(1, r // half) for r in room)
+    reach = max(1, min(min(half, r // st) for r, st in zip(room, step)))
+    shifts = range(-reach, reach + 1)
     images = torch.stack([torch.roll(img, k * s, dims=dim) for img in base
-                          for dim, s in ((-2, step[0]), (-1, step[1])) for k in range(q)])
-    frac = (0.5 + torch.arange(q, dtype=torch.float32) * step[0] / h) % 1.0
-    return RollGrid(images.contiguous(), len(base), q, step, torch.minimum(frac, 1 - frac), on_stride)
+                          for dim, s in ((-2, step[0]), (-1, step[1])) for k in shifts])
+    frac = 0.5 + torch.tensor(list(shifts), dtype=torch.float32) * step[0] / h
+    return RollGrid(images.contiguous(), len(base), len(shifts), step, torch.minimum(frac, 1 - frac), on_stride)

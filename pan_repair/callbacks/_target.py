@@ -6,6 +6,10 @@
   first 4-D floating tensor of the first training batch;
 * a trial forward of one blank image, so that a model that cannot run on ``input_size`` fails
   before training, with a message, never mid-epoch;
+* the calibration sample: the first :data:`CALIBRATION_IMAGES` images of the first training
+  batches, kept (on the CPU, in the callback's checkpoint state) and passed to every scan of the
+  run as ``find_pans(data=...)``, so that PANs are measured under the model's own input
+  distribution; data-free probes only before any batch was seen, or for another ``input_size``;
 * detection on rank zero, broadcast to all ranks; an epoch schedule like ``ModelPruning``'s.
 """
 from __future__ import annotations
@@ -21,7 +25,11 @@ from ..layers import conv_layers
 from ..module_state import eval_mode
 from ..report import PanReport
 
-__all__ = ["ModelTarget", "images_in", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule"]
+__all__ = ["CALIBRATION_IMAGES", "ModelTarget", "images_in", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule"]
+
+
+#: images of the training data every scan of a run is measured on
+CALIBRATION_IMAGES = 16
 
 
 def images_in(obj: Any) -> torch.Tensor | None:
@@ -98,6 +106,8 @@ class ModelTarget:
         self.input_size: tuple[int, int, int] | None = _valid_input_size(input_size, self._name)
         self.model_attr = model_attr
         self._checked = False
+        #: the run's calibration sample (N, C, H, W) on the CPU, None before the first batch
+        self.calibration: torch.Tensor | None = None
 
     @property
     def _name(self) -> str:
@@ -139,6 +149,33 @@ class ModelTarget:
             self._checked = True
         return self.input_size
 
+    def _collect_calibration(self, batch: Any) -> None:
+        """Keep images of ``batch`` until the sample holds :data:`CALIBRATION_IMAGES` (no RNG drawn)."""
+        have = 0 if self.calibration is None else len(self.calibration)
+        images = images_in(batch)
+        if have >= CALIBRATION_IMAGES or images is None:
+            return
+        if self.calibration is not None and images.shape[1:] != self.calibration.shape[1:]:
+            return
+        take = images[:CALIBRATION_IMAGES - have].detach().to("cpu", copy=True)
+        self.calibration = take if self.calibration is None else torch.cat([self.calibration, take])
+
+    def _data(self) -> torch.Tensor | None:
+        """The calibration sample, if it fits ``input_size``."""
+        if self.calibration is None or tuple(self.calibration.shape[1:]) != tuple(self.input_size or ()):
+            return None
+        return self.calibration
+
+    def _target_state(self) -> dict[str, Any]:
+        """What every body saves: ``input_size`` and the calibration sample."""
+        return {"input_size": list(self.input_size) if self.input_size else None, "calibration": self.calibration}
+
+    def _load_target_state(self, state_dict: dict[str, Any]) -> None:
+        if self.input_size is None and state_dict.get("input_size"):
+            self.input_size = tuple(state_dict["input_size"])
+        if state_dict.get("calibration") is not None:
+            self.calibration = state_dict["calibration"]
+
     def _raise_if(self, problem: str | None) -> None:
         if problem is not None:
             raise self._error(problem)
@@ -147,7 +184,8 @@ class ModelTarget:
         """:func:`~pan_repair.find_pans` on rank zero, broadcast to every rank, so that decisions
         taken from it (masks, layers to switch) are identical on all ranks (ranks' BatchNorm
         running statistics differ slightly, so independent scans could differ near a threshold)."""
-        report = find_pans(module, self.input_size, **find_kwargs) if trainer.is_global_zero else None
+        report = (find_pans(module, self.input_size, data=self._data(), **find_kwargs)
+                  if trainer.is_global_zero else None)
         if trainer.world_size > 1:
             report = trainer.strategy.broadcast(report, src=0)
         return report

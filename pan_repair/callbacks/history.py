@@ -24,7 +24,9 @@ class PanHistory:
 
     Attributes:
         scans: one summary per scan, ``{"epoch", "step", "count", "border", "position",
-            "total_filters", "fraction", "per_layer": {layer: n}, "new": [ids], "gone": [ids]}``
+            "total_filters", "fraction", "per_layer": {layer: n}, "new": [ids], "gone": [ids],
+            "output_shift", "flip_rate"}`` (the last two: the model-level padding dependence,
+            None where not measured)
             (``new``/``gone``: PANs that appeared/disappeared since the previous scan; together
             they give the exact set present at every scan). A superset of
             :attr:`pan_repair.results.RunResult.history` entries.
@@ -56,6 +58,7 @@ class PanHistory:
             "total_filters": report.total_filters, "fraction": report.fraction,
             "per_layer": {layer: len(pans) for layer, pans in report.by_layer().items()},
             "new": sorted(set(found) - before), "gone": sorted(before - set(found)),
+            **{k: (report.padding_dependence or {}).get(k) for k in ("output_shift", "flip_rate")},
         }
         self.scans.append(summary)
         return summary

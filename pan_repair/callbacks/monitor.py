@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD
+from ..detector import DEFAULT_BORDER_THRESHOLD
 from ..report import PanReport
 from ._namespaces import is_wandb_logger
 from ._target import ModelTarget
@@ -129,7 +129,7 @@ class PANMonitorBase(ModelTarget):
         every_n_epochs: int | None = None,
         every_n_train_steps: int | None = None,
         border_threshold: float = DEFAULT_BORDER_THRESHOLD,
-        position_threshold: float = DEFAULT_POSITION_THRESHOLD,
+        position_threshold: float | None = None,
         n_patterns: int = 4,
         n_positions: int = 8,
         model_attr: str | None = None,
@@ -150,7 +150,7 @@ class PANMonitorBase(ModelTarget):
             every_n_epochs = 1
         if not (math.isfinite(border_threshold) and border_threshold > 0):
             raise ValueError(f"PANMonitor: border_threshold must be > 0, got {border_threshold}")
-        if not 0 < position_threshold <= 1:
+        if position_threshold is not None and not 0 < position_threshold <= 1:
             raise ValueError(f"PANMonitor: position_threshold must be in (0, 1], got {position_threshold}")
         if n_patterns < 2 or n_positions < 2:
             raise ValueError(f"PANMonitor: n_patterns and n_positions must be >= 2, got {n_patterns}, {n_positions}")
@@ -159,7 +159,7 @@ class PANMonitorBase(ModelTarget):
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"PANMonitor: prefix must be letters, digits, '_', '.' or '-', got {prefix!r}")
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
-        self.border_threshold, self.position_threshold = float(border_threshold), float(position_threshold)
+        self.border_threshold, self.position_threshold = float(border_threshold), position_threshold
         self.n_patterns, self.n_positions = int(n_patterns), int(n_positions)
         self.log_tables, self.n_maps = bool(log_tables), int(n_maps)
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -213,6 +213,7 @@ class PANMonitorBase(ModelTarget):
 
     def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
         self._ensure_input_size(pl_module, batch)
+        self._collect_calibration(batch)
 
     def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any, batch_idx: int) -> None:
         n, step = self.every_n_train_steps, trainer.global_step
@@ -259,10 +260,12 @@ class PANMonitorBase(ModelTarget):
     def scalars(self, summary: dict[str, Any]) -> dict[str, float]:
         """The scalars logged for one scan summary."""
         p = self.prefix
-        return {"epoch": summary["epoch"], f"{p}/count": summary["count"], f"{p}/fraction": summary["fraction"],
-                f"{p}/border": summary["border"], f"{p}/position": summary["position"],
-                f"{p}/new": len(summary["new"]), f"{p}/gone": len(summary["gone"]),
-                f"{p}/seen": len(self.history.pans)}
+        out = {"epoch": summary["epoch"], f"{p}/count": summary["count"], f"{p}/fraction": summary["fraction"],
+               f"{p}/border": summary["border"], f"{p}/position": summary["position"],
+               f"{p}/new": len(summary["new"]), f"{p}/gone": len(summary["gone"]),
+               f"{p}/seen": len(self.history.pans)}
+        out.update({f"{p}/{k}": summary[k] for k in ("output_shift", "flip_rate") if summary.get(k) is not None})
+        return out
 
     def _log(self, trainer: Any, module: nn.Module, report: PanReport, summary: dict[str, Any]) -> None:
         scalars = self.scalars(summary)
@@ -337,8 +340,7 @@ class PANMonitorBase(ModelTarget):
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"format": MONITOR_FORMAT, "history": self.history.to_dict(),
-                "input_size": list(self.input_size) if self.input_size else None,
+        return {"format": MONITOR_FORMAT, "history": self.history.to_dict(), **self._target_state(),
                 "last_epoch": self._last_epoch, "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -346,8 +348,7 @@ class PANMonitorBase(ModelTarget):
             raise ValueError(f"PANMonitor: checkpoint state has format {state_dict.get('format')!r}, "
                              f"expected {MONITOR_FORMAT!r}")
         self.history = PanHistory.from_dict(state_dict["history"])
-        if self.input_size is None and state_dict.get("input_size"):
-            self.input_size = tuple(state_dict["input_size"])
+        self._load_target_state(state_dict)
         self._last_epoch, self._last_step = state_dict["last_epoch"], state_dict["last_step"]
 
 

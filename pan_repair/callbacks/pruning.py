@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD
+from ..detector import DEFAULT_BORDER_THRESHOLD
 from ..pruning import clean_state_dict, prune_pans, remove_pan_masks
 from ..report import KINDS, PanReport
 from ._target import EpochSchedule, ModelTarget
@@ -67,7 +67,7 @@ class PANPruningBase(ModelTarget):
         *,
         kinds: Iterable[str] = KINDS,
         border_threshold: float = DEFAULT_BORDER_THRESHOLD,
-        position_threshold: float = DEFAULT_POSITION_THRESHOLD,
+        position_threshold: float | None = None,
         n_patterns: int = 8,
         input_size: Sequence[int] | None = None,
         model_attr: str | None = None,
@@ -80,13 +80,13 @@ class PANPruningBase(ModelTarget):
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown or not self.kinds:
             raise ValueError(f"PANPruning: kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
-        if not border_threshold > 0 or not 0 < position_threshold <= 1:
+        if not border_threshold > 0 or not (position_threshold is None or 0 < position_threshold <= 1):
             raise ValueError(f"PANPruning: thresholds must be border > 0 and position in (0, 1], "
                              f"got {border_threshold}, {position_threshold}")
         if n_patterns < 2:
             raise ValueError(f"PANPruning: n_patterns must be >= 2, got {n_patterns}")
         self._apply = EpochSchedule(apply_pruning, "PANPruning")
-        self.border_threshold, self.position_threshold = float(border_threshold), float(position_threshold)
+        self.border_threshold, self.position_threshold = float(border_threshold), position_threshold
         self.n_patterns = int(n_patterns)
         self.make_pruning_permanent = bool(make_pruning_permanent)
         self.prefix = prefix
@@ -126,6 +126,7 @@ class PANPruningBase(ModelTarget):
             return
         self._last_epoch = epoch
         self._ensure_input_size(pl_module, batch)
+        self._collect_calibration(batch)
         module = self._module(pl_module)
         report = self._detect(trainer, module, border_threshold=self.border_threshold,
                               position_threshold=self.position_threshold, n_patterns=self.n_patterns)
@@ -146,11 +147,10 @@ class PANPruningBase(ModelTarget):
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "last_epoch": self._last_epoch, "input_size": self.input_size}
+        return {"rounds": self.rounds, "last_epoch": self._last_epoch, **self._target_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rounds = list(state_dict["rounds"])
         self._last_epoch = state_dict["last_epoch"]
-        if self.input_size is None and state_dict.get("input_size"):
-            self.input_size = tuple(state_dict["input_size"])
+        self._load_target_state(state_dict)
         self._restored = bool(self.rounds)
