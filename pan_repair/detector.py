@@ -324,9 +324,16 @@ def total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.de
     return _prepass(model, input_size, device, dtype)[0]
 
 
+#: the smallest side on which an object (a third of the side, at least 3 px) can move
+MIN_SIDE = 5
+
+
 def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
     if len(input_size) != 3 or any(int(v) <= 0 for v in input_size):
         raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
+    if min(input_size[1:]) < MIN_SIDE:
+        raise ValueError(f"input size {input_size[1]}x{input_size[2]} is too small to move content across it: "
+                         f"each side must be at least {MIN_SIDE} px")
     convs = list(conv_layers(model))
     if not convs:
         raise ValueError("the model has no 2-D convolution (nn.Conv2d) to analyse")

@@ -51,7 +51,7 @@ def test_scan_timm_name_with_weights(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["scan", "no_such_model_xyz"], "unknown model 'no_such_model_xyz'"),
-    (["scan", "resnet10t", "--size", "8"], "too small"),
+    (["scan", "resnet10t", "--size", "4"], "too small"),
     (["scan", "resnet10t", "--channels", "1"], "expects 3"),
     (["scan", "no_module_here:make"], "cannot import model factory"),
 ])
@@ -70,6 +70,36 @@ def test_bad_weights_file(tmp_path, capsys):
     torch.save(__import__("timm").create_model("resnet18").state_dict(), mismatched)
     assert main(["scan", "resnet10t", "--weights", str(mismatched)]) == 2
     assert "do not fit resnet10t" in capsys.readouterr().err
+
+
+def test_scan_at_32_px_names_what_it_assumed_and_could_not_measure(capsys):
+    assert main(["scan", "resnet18", "--size", "32", "--patterns", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "assumed: data-free probes" in out and "timm pretrained_cfg" in out
+    assert "layer4.1.conv2: border score not measured: output 1x1" in out
+    assert "padding dependence (every padding -> replicate, 2 images)" in out
+
+
+def test_scan_on_a_folder_of_images_and_a_tensor_file(tmp_path, capsys):
+    from torchvision.io import write_png
+
+    folder = tmp_path / "imgs" / "cats"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        write_png((torch.rand(3, 40, 40) * 255).to(torch.uint8), str(folder / f"{i}.png"))
+    assert main(["scan", "test_cli:tiny_factory", "--data", str(tmp_path / "imgs"), "--size", "32",
+                 "--input-range", "0", "1", "--quiet"]) == 0
+    assert "assumed: measured on 3 data images" in capsys.readouterr().out
+    tensor = tmp_path / "x.pt"
+    torch.save(torch.rand(5, 3, 24, 24), tensor)
+    assert main(["scan", "test_cli:tiny_factory", "--data", str(tensor), "--quiet"]) == 0
+    assert "measured on 5 data images" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["scan", "test_cli:tiny_factory", "--data", str(empty)]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    assert main(["scan", "test_cli:tiny_factory", "--mean", "0.5"]) == 2
+    assert "both mean and std" in capsys.readouterr().err
 
 
 def test_console_script_exit_code(tmp_path):
