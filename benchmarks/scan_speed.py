@@ -1,7 +1,13 @@
 """Scan cost vs one plain forward pass of the same probe batch, side by side, on the CPU.
 
-Target (issue #2): a scan costs at most 2x one probe forward, hooks and statistics included.
-Run: ``.venv/bin/python benchmarks/scan_speed.py [--size 224] [--models resnet18 ...]``
+The probe batch is what :func:`pan_repair.find_pans` runs the model on
+(:func:`pan_repair.detector.probe_batch`): data-free, uniform probes + rolled textures; with data
+(``--data``: 16 photos of scikit-image, ImageNet-normalised), the images + rolled canvases made of
+them. The scan adds the blank pre-pass, the hooks and statistics, the border-free twin (one base
+image, or all rolls where it is not exactly invariant) and the padding dependence (forward and
+backward of 16 images, a replicate twin's forward).
+Target (issue #13): a scan costs at most 2x one forward of its probe batch.
+Run: ``.venv/bin/python benchmarks/scan_speed.py [--size 224] [--models resnet18 ...] [--data]``
 """
 from __future__ import annotations
 
@@ -13,8 +19,7 @@ import timm
 import torch
 
 from pan_repair import find_pans
-from pan_repair.detector import total_stride
-from pan_repair.probes import make_probes
+from pan_repair.detector import probe_batch
 
 MODELS = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny"]
 
@@ -25,22 +30,39 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def photos(side: int, n: int = 16) -> torch.Tensor:
+    """``n`` ImageNet-normalised photos of scikit-image (and their mirror images), ``side`` px."""
+    import skimage.data
+    from pan_repair.probes import IMAGENET_MEAN, IMAGENET_STD
+
+    names = ["chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
+             "colorwheel"]
+    out = []
+    for name in names:
+        x = torch.from_numpy(getattr(skimage.data, name)()[..., :3].copy()).permute(2, 0, 1).float() / 255
+        x = torch.nn.functional.interpolate(x[None], size=(side, side), mode="bilinear", antialias=True)[0]
+        out += [x, x.flip(-1)]
+    x = torch.stack(out[:n])
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--data", action="store_true", help="scan on 16 photos instead of data-free")
     args = parser.parse_args()
     size = (3, args.size, args.size)
+    data = photos(args.size) if args.data else None
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, input {size}")
+          f"torch {torch.__version__}, input {size}, {'16 photos' if args.data else 'data-free'}")
     print("| model | probe images | forward (s) | scan (s) | scan / forward | PANs |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name).eval()
-        stride = total_stride(model, size, torch.device("cpu"), torch.float32)
-        images = make_probes(size, stride=stride).images
+        images = probe_batch(model, size, data=data)
         report = None
 
         def forward():
@@ -49,7 +71,7 @@ def main() -> None:
 
         def scan():
             nonlocal report
-            report = find_pans(model, size)
+            report = find_pans(model, size, data=data)
         forward()  # warm-up
         fwd, scn = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load

@@ -75,7 +75,7 @@ from .module_state import device_dtype, eval_mode, structural_copy
 from .probes import RollGrid, calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
 from .report import SIDES, LayerInfo, Pan, PanReport
 
-__all__ = ["find_pans", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
+__all__ = ["find_pans", "probe_batch", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
            "DEFAULT_DATA_POSITION_THRESHOLD"]
 
 #: Default threshold on the border score (channel-std units); see README "Why these thresholds".
@@ -548,6 +548,31 @@ def _resolve_size(model: nn.Module, input_size: tuple[int, ...] | None, images: 
     return (3, 224, 224)
 
 
+def _probes(model: nn.Module, input_size: tuple[int, int, int], images: torch.Tensor | None, n_patterns: int,
+            seed: int, assumptions: list[str], convention: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of the border score and the base images of the rolls: the data and canvases
+    made of it, or uniform probes and textures in the input convention."""
+    if images is not None:
+        assumptions.append(f"measured on {len(images)} data images")
+        return images, data_canvases(images, n_patterns, seed)
+    conv = resolve_convention(model, input_size[0], **convention)
+    assumptions.append(conv.describe())
+    return synthetic_images(input_size, conv, n_patterns, seed=seed)
+
+
+def probe_batch(model: nn.Module, input_size: tuple[int, int, int] | None = None, *, data: Any = None,
+                n_patterns: int = 8, n_positions: int = 8, max_images: int = 16, seed: int = 0,
+                **convention: Any) -> torch.Tensor:
+    """The images :func:`find_pans` runs ``model`` on (border images, then the rolls), e.g. to
+    time a plain forward of them."""
+    images = calibration_images(data, max_images) if data is not None else None
+    input_size = _resolve_size(model, input_size, images, [])
+    _check_input(model, input_size)
+    stride = total_stride(model, input_size, *device_dtype(model))
+    border, base = _probes(model, input_size, images, n_patterns, seed, [], convention)
+    return torch.cat([border, roll_grid(base, n_positions, stride).images])
+
+
 def find_pans(
     model: nn.Module,
     input_size: tuple[int, int, int] | None = None,
@@ -609,13 +634,8 @@ def find_pans(
     _check_input(model, input_size)
     device, dtype = device_dtype(model)
     stride, feeds_bn = _prepass(model, input_size, device, dtype)
-    if images is not None:
-        border_images, base = images, data_canvases(images, n_patterns, seed)
-        assumptions.append(f"measured on {len(images)} data images")
-    else:
-        convention = resolve_convention(model, input_size[0], input_range, mean, std)
-        border_images, base = synthetic_images(input_size, convention, n_patterns, seed=seed)
-        assumptions.append(convention.describe())
+    border_images, base = _probes(model, input_size, images, n_patterns, seed, assumptions,
+                                  dict(input_range=input_range, mean=mean, std=std))
     grid = roll_grid(base, n_positions, stride)
     bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
                leave=False) if progress else None
