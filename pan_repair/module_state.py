@@ -79,9 +79,10 @@ def structural_copy(model: nn.Module, share: bool = True) -> nn.Module:
 
 
 def _is_reparametrization_hook(hook: object) -> bool:
-    """Whether a hook belongs to ``torch.nn.utils`` (pruning, ``weight_norm``, ``spectral_norm``)."""
+    """Whether a hook is (a subclass of) one of ``torch.nn.utils`` (pruning, ``weight_norm``,
+    ``spectral_norm``)."""
     hook = getattr(hook, "hook", hook)  # load_state_dict pre-hooks come wrapped
-    return type(hook).__module__.startswith("torch.nn.utils.")
+    return any(c.__module__.startswith("torch.nn.utils.") for c in type(hook).__mro__)
 
 
 def reparametrization(module: nn.Module, name: str = "weight") -> str | None:
