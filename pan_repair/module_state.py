@@ -75,7 +75,19 @@ def structural_copy(model: nn.Module, share: bool = True) -> nn.Module:
             memo[id(t)] = nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
         else:
             memo[id(t)] = t.detach().clone()
-    return copy.deepcopy(model, memo)
+    out = copy.deepcopy(model, memo)
+    for module in out.modules():
+        if parametrize.is_parametrized(module):
+            _own_class(module)
+    return out
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized copy a class of its own: ``copy.deepcopy`` keeps the original's, whose
+    properties ``remove_parametrizations`` would then delete from both."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def _is_reparametrization_hook(hook: object) -> bool:
