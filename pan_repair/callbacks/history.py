@@ -27,7 +27,8 @@ class PanHistory:
             "total_filters", "fraction", "per_layer": {layer: n}, "new": [ids], "gone": [ids]}``
             (``new``/``gone``: PANs that appeared/disappeared since the previous scan; together
             they give the exact set present at every scan). A superset of
-            :attr:`pan_repair.results.RunResult.history` entries.
+            :attr:`pan_repair.results.RunResult.history` entries. A scan that failed is
+            ``{"epoch", "step", "failed": True, "reason"}`` (:meth:`record_failure`).
         pans: per PAN id ever seen, ``{"layer", "channel", "kind", "score", "first_seen_epoch",
             "first_seen_step", "last_seen_epoch", "last_seen_step", "scans_seen", "present"}``
             (``kind``/``score`` from its latest sighting; ``present``: found by the latest scan).
@@ -57,6 +58,12 @@ class PanHistory:
             "per_layer": {layer: len(pans) for layer, pans in report.by_layer().items()},
             "new": sorted(set(found) - before), "gone": sorted(before - set(found)),
         }
+        self.scans.append(summary)
+        return summary
+
+    def record_failure(self, epoch: int, step: int, reason: str) -> dict[str, Any]:
+        """Add a scan that failed (the PANs present stay those of the last successful scan)."""
+        summary = {"epoch": int(epoch), "step": int(step), "failed": True, "reason": str(reason)}
         self.scans.append(summary)
         return summary
 

@@ -79,6 +79,11 @@ class PANMonitorBase(ModelTarget):
     run); else ``trainer.log_dir`` (the first logger's ``log_dir``/``save_dir``, or
     ``default_root_dir`` without logger). Read it with :func:`read_monitor_json`.
 
+    **A scan that fails** mid-run (e.g. a size where a score cannot be computed, a layer type the
+    detector does not know, out of memory) never stops training: it is warned once, recorded in
+    the history and the JSON as ``{"epoch", "step", "failed": true, "reason"}``, logged as
+    ``pan/scan_failed = 1`` (no counts), and the next scan is tried as scheduled.
+
     **Checkpoints.** The history is saved in ``state_dict`` under a ``state_key`` made of the
     prefix, ``model_attr``, thresholds and probe settings; resuming continues it (first-seen
     epochs kept). The cadence is not part of the key: it can change on resume. Several monitors
@@ -174,6 +179,8 @@ class PANMonitorBase(ModelTarget):
         self._last_step = -1   # last global step scanned in steps mode
         self._log_step = 0
 
+    _skip_message = "a PAN scan failed; it is recorded as failed in the history and JSON"
+
     # ----------------------------------------------------------------------------- identity
     @property
     def state_key(self) -> str:
@@ -247,13 +254,19 @@ class PANMonitorBase(ModelTarget):
         if self.input_size is None:  # e.g. a step-0 checkpoint resumed without a batch seen
             return
         with _preserved_rng():
-            report = self._detect(trainer, module, border_threshold=self.border_threshold,
-                                  position_threshold=self.position_threshold, n_patterns=self.n_patterns,
-                                  n_positions=self.n_positions)
-            summary = self.history.record(report, trainer.current_epoch, trainer.global_step)
-            self.last_report = report
+            report, failure = self._detect(trainer, module, border_threshold=self.border_threshold,
+                                           position_threshold=self.position_threshold, n_patterns=self.n_patterns,
+                                           n_positions=self.n_positions)
+            if failure is not None:
+                self.history.record_failure(trainer.current_epoch, trainer.global_step, failure)
+            else:
+                summary = self.history.record(report, trainer.current_epoch, trainer.global_step)
+                self.last_report = report
             if trainer.is_global_zero:
-                self._log(trainer, module, report, summary)
+                if failure is None:
+                    self._log(trainer, module, report, summary)
+                else:
+                    self._log_metrics(trainer, {"epoch": trainer.current_epoch, f"{self.prefix}/scan_failed": 1.0})
                 self._write_json(trainer)
 
     def scalars(self, summary: dict[str, Any]) -> dict[str, float]:
@@ -263,6 +276,10 @@ class PANMonitorBase(ModelTarget):
                 f"{p}/border": summary["border"], f"{p}/position": summary["position"],
                 f"{p}/new": len(summary["new"]), f"{p}/gone": len(summary["gone"]),
                 f"{p}/seen": len(self.history.pans)}
+
+    def _log_metrics(self, trainer: Any, metrics: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(metrics), step=self._log_step)
 
     def _log(self, trainer: Any, module: nn.Module, report: PanReport, summary: dict[str, Any]) -> None:
         scalars = self.scalars(summary)
