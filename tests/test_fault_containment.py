@@ -18,7 +18,7 @@ from pan_repair.callbacks.monitor import read_monitor_json
 from pan_repair.detector import find_pans
 from pan_repair.regularizer import PANPenalty
 
-from _lightning import INPUT, NAMESPACES, THRESHOLD, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)
+from _lightning import NAMESPACES, THRESHOLD, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)
 
 NS = NAMESPACES["lightning.pytorch"]
 REASON = "input size 24x24 is too small to move content by the network's total stride"
