@@ -56,7 +56,6 @@ tabulated together with ``--from-jsonl a_*.jsonl``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import platform
@@ -71,6 +70,7 @@ import torch
 from torch import nn
 
 from pan_repair import PaddingConsistency, SmallCNN, converted_copy, find_pans, prune_pans
+from pan_repair.module_state import structural_copy
 from pan_repair.lit_module import border_distance
 from pan_repair.metrics.functional import border_accuracy_gap, padding_reliance
 from pan_repair.pruning import remove_pan_masks
@@ -139,14 +139,8 @@ def penalty_term(penalty: PANPenalty) -> LossTerm:
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
-    """A deep copy with any PAN masks made permanent (a masked model cannot be deep-copied after a
-    forward pass: its ``weight`` is then a non-leaf tensor, recomputed by the mask's hook)."""
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            name = getattr(hook, "_tensor_name", None)
-            if name is not None and isinstance(getattr(module, name, None), torch.Tensor):
-                setattr(module, name, getattr(module, name).detach())
-    out = copy.deepcopy(model)
+    """An independent copy (also of a model mid-training) with any PAN masks made permanent."""
+    out = structural_copy(model, share=False)
     remove_pan_masks(out)
     return out
 
@@ -314,7 +308,7 @@ def run_part_a(data: Digits, seeds, rows: dict[str, Callable], ft: FineTune, epo
         for name, mitigation in rows.items():
             info: dict = {"budget": f"{ft.epochs} ep"}
             start = time.perf_counter()
-            model = mitigation(copy.deepcopy(base), data, ft, seed, info)
+            model = mitigation(structural_copy(base, share=False), data, ft, seed, info)
             wall = time.perf_counter() - start if name != "baseline" else base_time
             after = find_pans(model, SIZE)
             gone = pan_keys(before) - pan_keys(after)
@@ -413,7 +407,7 @@ def run_part_b(scan: bool = True, model: nn.Module | None = None, views: torch.T
 
 
 def _pruned(model: nn.Module, report: PanReport) -> nn.Module:
-    m = copy.deepcopy(model)
+    m = structural_copy(model, share=False)
     prune_pans(m, report)
     return m
 

@@ -14,7 +14,6 @@ Run: ``.venv/bin/python benchmarks/padding_consistency.py [--seeds 0 ... 9] [--w
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics
@@ -26,6 +25,7 @@ from typing import Callable
 import torch
 
 from pan_repair import SmallCNN, find_pans
+from pan_repair.module_state import structural_copy
 from pan_repair.consistency import PaddingConsistency
 from pan_repair.shortcut import accuracy as shortcut_accuracy
 from pan_repair.regularizer import PANPenalty
@@ -126,15 +126,15 @@ def runs(base: SmallCNN, seed: int, weight: float, train_set) -> dict[str, Calla
     ink = PANPenalty((1, 24, 24), seed=seed, **PENALTY_INK)
     return {
         "baseline (zero padding)": lambda: base,
-        "baseline + fine-tune 20 ep": lambda: train(copy.deepcopy(base), train_set, seed),
+        "baseline + fine-tune 20 ep": lambda: train(structural_copy(base, share=False), train_set, seed),
         "baseline + fine-tune 20 ep with consistency": lambda: train(
-            copy.deepcopy(base), train_set, seed, PaddingConsistency(weight)),
+            structural_copy(base, share=False), train_set, seed, PaddingConsistency(weight)),
         "baseline + fine-tune 20 ep with consistency every 2nd step": lambda: train(
-            copy.deepcopy(base), train_set, seed, PaddingConsistency(weight, every=2)),
+            structural_copy(base, share=False), train_set, seed, PaddingConsistency(weight, every=2)),
         "baseline + fine-tune 20 ep with consistency, warm-up 35 steps": lambda: train(
-            copy.deepcopy(base), train_set, seed, PaddingConsistency(weight, warmup=WARMUP)),
+            structural_copy(base, share=False), train_set, seed, PaddingConsistency(weight, warmup=WARMUP)),
         "baseline + fine-tune 20 ep with consistency, warm-up 35 steps, + ink-probe penalty": lambda: train(
-            copy.deepcopy(base), train_set, seed, both(PaddingConsistency(weight, warmup=WARMUP), ink)),
+            structural_copy(base, share=False), train_set, seed, both(PaddingConsistency(weight, warmup=WARMUP), ink)),
         "from scratch with consistency": lambda: train(net(seed), train_set, seed, PaddingConsistency(weight)),
         "circular padding (reference)": lambda: train(net(seed, "circular"), train_set, seed),
     }

@@ -6,13 +6,13 @@ For every model (``--models``) and every threshold setting (``--thresholds``), o
    detector's defaults ("default") and with lowered thresholds ("low": ``LOW_THRESHOLDS``,
    border 1.0, position 0.5, as in benchmarks/mitigations.py), since the defaults find few PANs
    in some networks;
-2. two deep copies of the original: ``prune_pans(copy, report)`` (mask mode) and
+2. two copies of the original: ``prune_pans(copy, report)`` (mask mode) and
    ``prune_pans(copy, report, mode="remove")`` (remove mode, default ``fallback="mask"``: the
    layers that cannot be removed are masked instead);
 3. the outputs of the masked and the removed model on one random batch (eval mode, ``no_grad``):
    remove mode promises the same function as mask mode, so the difference should be ~0;
 4. CPU forward latency (eval, ``no_grad``, batch ``--batch``) of original, masked and removed,
-   and of a deep copy of the original (the control: its ratio to the original shows the timing
+   and of a copy of the original (the control: its ratio to the original shows the timing
    noise), measured interleaved: ``--rounds`` rounds, each running the four models once in a
    rotating order after one warm-up pass each; the fastest time of each model is kept (as in
    benchmarks/scan_speed.py), so all see the same machine load, and the ratios compare with the
@@ -53,7 +53,6 @@ vgg11_bn mobilenet_v2] [--thresholds default low] [--batch 8] [--rounds 15]
 from __future__ import annotations
 
 import argparse
-import copy
 import re
 import sys
 import time
@@ -65,6 +64,7 @@ import torch
 from torch import nn
 
 from pan_repair import SmallCNN, find_pans, prune_pans
+from pan_repair.module_state import structural_copy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mitigations import machine, publish  # noqa: E402  (the sibling benchmark)
@@ -161,7 +161,7 @@ def measure(label: str, model: nn.Module, input_size: tuple[int, int, int], thre
     t0 = time.perf_counter()
     report = find_pans(model, input_size, **kw)
     scan_s = time.perf_counter() - t0
-    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
+    masked, removed = structural_copy(model, share=False), structural_copy(model, share=False)
     mask_summary = prune_pans(masked, report)
     row = dict(model=label, input=input_size, thresholds=thresholds, pans=report.count,
                filters=report.total_filters, pan_channels=mask_summary.count, scan_s=scan_s,
@@ -194,7 +194,7 @@ def measure(label: str, model: nn.Module, input_size: tuple[int, int, int], thre
             diff = (out_masked - _flat(removed(x))).abs().max().item()
             scale = out_masked.abs().max().item()
             row.update(max_abs_diff=diff, rel_diff=diff / scale if scale > 0 else 0.0, out_scale=scale)
-    models = {"original": model, "copy": copy.deepcopy(model), "masked": masked}
+    models = {"original": model, "copy": structural_copy(model, share=False), "masked": masked}
     if removed is not None:
         models["removed"] = removed
     ms = latencies(models, x, rounds)
@@ -290,7 +290,7 @@ def main(argv=None) -> None:
         f"Machine: {machine()}\n",
         f"Models: {models}. Thresholds: default = find_pans defaults; low = {LOW_THRESHOLDS}. "
         f"Latency: batch {args.batch}, eval, no_grad, fastest of {args.rounds} interleaved rounds; "
-        "copy x / masked x / removed x = time / original's time in the same run (copy: a deep copy of the original, "
+        "copy x / masked x / removed x = time / original's time in the same run (copy: a copy of the original, "
         "the timing-noise control). z = parameter entries zeroed by masks.\n",
         table(rows), "",
         "Layers not removable (masked instead), by reason:\n",

@@ -37,7 +37,6 @@ placement differs); wall time of repair + fine-tuning.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import statistics
 import sys
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from pan_repair import converted_copy, find_pans, prune_pans
+from pan_repair.module_state import structural_copy
 from pan_repair.consistency import PaddingConsistency
 from pan_repair.data import DigitsCanvas
 from pan_repair.lit_module import border_distance
@@ -199,7 +199,7 @@ def run_seed(bed: Testbed, args: argparse.Namespace, seed: int, names: list[str]
             continue
         t = time.perf_counter()
         calls.clear()
-        model = run(copy.deepcopy(base), tune)
+        model = run(structural_copy(base, share=False), tune)
         wall = time.perf_counter() - t
         results.append({"name": name, **evaluate(bed, model, val, test), "after": find_pans(model, bed.size),
                         "before": before, "wall": wall})

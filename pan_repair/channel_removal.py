@@ -25,21 +25,19 @@ Removal replaces parameters: build the optimizer after it.
 """
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import prune
 
 from timm.layers import (BatchNormAct2d, Conv2dSame, MixedConv2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d,
                          StdConv2dSame)
 from timm.layers.conv2d_same import Conv2dSameExport
 
 from .layers import blank_forward, conv_padding
-from .module_state import eval_mode
+from .module_state import eval_mode, reparametrization, structural_copy
 
 __all__ = ["Removal", "remove_channels", "set_module"]
 
@@ -73,8 +71,9 @@ class Removal:
 
 
 def _has_masks(module: nn.Module) -> bool:
-    """Whether ``module`` has ``torch.nn.utils.prune`` masks (its parameters cannot be sliced)."""
-    return any(isinstance(h, prune.BasePruningMethod) for h in module._forward_pre_hooks.values())
+    """Whether a parameter of ``module`` is computed (``torch.nn.utils.prune`` masks,
+    ``weight_norm``, ``spectral_norm``, a parametrization): it cannot be sliced."""
+    return any(reparametrization(module, name) is not None for name in ("weight", "bias"))
 
 
 class _NotRemovable(Exception):
@@ -160,8 +159,8 @@ class _Tracer:
         if self.calls[layer] > 1:
             raise _NotRemovable("the conv is called more than once in forward")
         if _has_masks(conv):
-            raise _NotRemovable("the conv already has pruning masks (torch.nn.utils.prune): "
-                                "make them permanent or undo them first")
+            raise _NotRemovable(f"the conv's weight is computed ({reparametrization(conv)}): "
+                                "make it permanent or undo it first")
         if _conv_kind(conv) == "other":
             raise _NotRemovable(f"unsupported conv type {type(conv).__name__}")
         plan = _Plan()
@@ -236,7 +235,7 @@ class _Tracer:
                     raise _NotRemovable(f"{self._desc(node)} after a non-linearity turns the zero "
                                         "channel into a constant")
                 if _has_masks(module):
-                    raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+                    raise _NotRemovable(f"{self._desc(node)} has a computed weight (masks or a reparametrization)")
                 plan.bn_remove[node.target] |= chans
                 if const is not None:
                     const = self._apply(node, const)
@@ -299,7 +298,7 @@ class _Tracer:
         if flat is None:
             raise _NotRemovable(f"{self._desc(node)} on an unflattened tensor")
         if _has_masks(linear):
-            raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+            raise _NotRemovable(f"{self._desc(node)} has a computed weight (masks or a reparametrization)")
         plan.in_remove[node.target] |= chans
         if const is not None:
             cols = sorted(chans)
@@ -310,7 +309,7 @@ class _Tracer:
         if flat is not None:
             raise _NotRemovable(f"{self._desc(node)} after flattening")
         if _has_masks(conv):
-            raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+            raise _NotRemovable(f"{self._desc(node)} has a computed weight (masks or a reparametrization)")
         kind = _conv_kind(conv)
         if kind != "plain":
             raise _NotRemovable(f"its input channels cannot be cut from {self._desc(node)} "
@@ -345,7 +344,7 @@ class _Tracer:
 
 def _slice_conv(conv: nn.Conv2d, out_rm: set[int], in_rm: set[int], bias_add) -> nn.Conv2d:
     keep_out = [i for i in range(conv.out_channels) if i not in out_rm]
-    new = copy.deepcopy(conv)
+    new = structural_copy(conv, share=False)
     w = conv.weight.detach()
     if conv.groups == 1:
         keep_in = [i for i in range(conv.in_channels) if i not in in_rm]
@@ -369,7 +368,7 @@ def _slice_conv(conv: nn.Conv2d, out_rm: set[int], in_rm: set[int], bias_add) ->
 
 def _slice_bn(bn: _BN, rm: set[int]) -> _BN:
     keep = [i for i in range(bn.num_features) if i not in rm]
-    new = copy.deepcopy(bn)
+    new = structural_copy(bn, share=False)
     new.num_features = len(keep)
     for name in ("weight", "bias"):
         p = getattr(bn, name)
@@ -384,7 +383,7 @@ def _slice_bn(bn: _BN, rm: set[int]) -> _BN:
 
 def _slice_linear(linear: nn.Linear, in_rm: set[int], bias_add) -> nn.Linear:
     keep = [i for i in range(linear.in_features) if i not in in_rm]
-    new = copy.deepcopy(linear)
+    new = structural_copy(linear, share=False)
     new.in_features = len(keep)
     new.weight = nn.Parameter(linear.weight.detach()[:, keep].clone(), requires_grad=linear.weight.requires_grad)
     if bias_add is not None:

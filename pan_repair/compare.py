@@ -56,7 +56,8 @@ def _line_plot(runs: list[RunResult], path: Path, series, title: str, xlabel: st
 
 
 def _timeline(r: RunResult) -> tuple[list, list]:
-    return [h["epoch"] for h in r.history], [h["count"] for h in r.history]
+    scans = [h for h in r.history if not h.get("failed")]
+    return [h["epoch"] for h in scans], [h["count"] for h in scans]
 
 
 def _curve(r: RunResult) -> tuple[list, list]:

@@ -27,22 +27,30 @@ Fine-tuning without it: 15.2%. Weights 1 and 2 (3 seeds) gave 89.4% and 86.2%, h
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .module_state import structural_copy
 from .padding_switch import MODES, convert_padding
 
 __all__ = ["padding_consistency", "PaddingConsistency"]
 
 
 def _twin(model: nn.Module, mode: str) -> nn.Module:
-    twin = copy.deepcopy(model)
+    """``model`` with its padding switched to ``mode``, sharing its tensors (no memory, works
+    mid-training: :func:`~pan_repair.module_state.structural_copy`)."""
+    twin = structural_copy(model, share=True)
     convert_padding(twin, mode)
     return twin
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What a twin must match: the module types and the parameter and buffer names (they change
+    when layers are pruned, removed or switched)."""
+    modules = tuple((name, type(m)) for name, m in model.named_modules())
+    return modules, tuple(n for n, _ in model.named_parameters()), tuple(n for n, _ in model.named_buffers())
 
 
 def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | None = None,
@@ -87,14 +95,13 @@ def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor 
 
 
 class PaddingConsistency:
-    """:func:`padding_consistency` with the twin built once (on the first call) and reused.
+    """:func:`padding_consistency` with the twin built once (on the first call) and reused; it is
+    rebuilt when the model's structure changes (layers pruned, removed or switched).
 
     ``weight`` multiplies the penalty (default 0.5: measured best, see above). ``every=k``
     computes it on every k-th call only, multiplied by ``k`` (the same average gradient); the
     other calls return a constant zero without running the twin. ``warmup=n`` ramps the weight
     linearly over the first ``n`` calls (call ``t``, from 1: ``weight * min(1, t / n)``).
-    Rebuild the twin (``reset()``)
-    after changing the model's structure (pruning with removal, a padding switch).
     ``state_dict``/``load_state_dict`` keep the call count.
 
     Example:
@@ -120,9 +127,11 @@ class PaddingConsistency:
         self.weight, self.mode, self.every, self.warmup = float(weight), mode, every, warmup
         self.step = 0
         self._twin: nn.Module | None = None
+        self._structure: tuple | None = None
 
     def reset(self) -> None:
-        self._twin = None
+        """Forget the twin (it is rebuilt on the next call that runs it)."""
+        self._twin = self._structure = None
 
     def computes_next(self) -> bool:
         """Whether the next call runs the twin (else it returns a constant zero)."""
@@ -132,8 +141,9 @@ class PaddingConsistency:
         computes, self.step = self.computes_next(), self.step + 1
         if not computes:
             return torch.zeros((), device=x.device)
-        if self._twin is None:
-            self._twin = _twin(model, self.mode)
+        structure = _structure(model)
+        if self._twin is None or structure != self._structure:
+            self._twin, self._structure = _twin(model, self.mode), structure
         ramp = min(1.0, self.step / self.warmup) if self.warmup else 1.0
         return ramp * self.every * self.weight * padding_consistency(model, x, logits, self.mode, self._twin)
 

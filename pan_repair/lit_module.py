@@ -2,8 +2,6 @@
 next to accuracy: used by the recipes and the demo, and usable with any ``nn.Module``."""
 from __future__ import annotations
 
-import copy
-
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
@@ -12,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .metrics import BorderAccuracyGap, PaddingReliance
 from .models import SmallCNN
+from .module_state import structural_copy
 from .padding_switch import convert_padding
 
 __all__ = ["BiasAwareClassifier", "border_distance"]
@@ -59,7 +58,7 @@ class BiasAwareClassifier(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._switched = copy.deepcopy(self.model)
+        self._switched = structural_copy(self.model, share=True)  # the live weights; also mid-fit
         convert_padding(self._switched, self.hparams.reliance_mode)
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -1,5 +1,6 @@
-"""Inspecting a model without changing it: eval mode restored exactly, where its tensors live, and
-structural copies that never deep-copy a live tensor."""
+"""Inspecting a model without changing it: eval mode restored exactly, where its tensors live,
+structural copies that never deep-copy a live tensor, and the reparametrisations a layer may
+carry (``torch.nn.utils.prune`` masks, ``weight_norm``, ``spectral_norm``, parametrizations)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,12 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-__all__ = ["eval_mode", "device_dtype", "structural_copy"]
+__all__ = ["eval_mode", "device_dtype", "structural_copy", "reparametrization", "plain_type",
+           "carry_reparametrizations"]
+
+_HOOK_TABLES = ("_forward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks")
 
 
 @contextlib.contextmanager
@@ -70,4 +75,66 @@ def structural_copy(model: nn.Module, share: bool = True) -> nn.Module:
             memo[id(t)] = nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
         else:
             memo[id(t)] = t.detach().clone()
-    return copy.deepcopy(model, memo)
+    out = copy.deepcopy(model, memo)
+    for module in out.modules():
+        if parametrize.is_parametrized(module):
+            _own_class(module)
+    return out
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized copy a class of its own: ``copy.deepcopy`` keeps the original's, whose
+    properties ``remove_parametrizations`` would then delete from both."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
+def _is_reparametrization_hook(hook: object) -> bool:
+    """Whether a hook is (a subclass of) one of ``torch.nn.utils`` (pruning, ``weight_norm``,
+    ``spectral_norm``)."""
+    hook = getattr(hook, "hook", hook)  # load_state_dict pre-hooks come wrapped
+    return any(c.__module__.startswith("torch.nn.utils.") for c in type(hook).__mro__)
+
+
+def reparametrization(module: nn.Module, name: str = "weight") -> str | None:
+    """How ``module.<name>`` is computed rather than stored (None: a plain parameter or absent):
+    ``"a parametrization"`` (``torch.nn.utils.parametrize``, e.g. the new ``weight_norm``),
+    ``"pruning masks"``, ``"weight_norm"`` or ``"spectral_norm"`` (the hook-based ones)."""
+    if parametrize.is_parametrized(module, name):
+        return "a parametrization"
+    for hook in module._forward_pre_hooks.values():
+        if getattr(hook, "name", getattr(hook, "_tensor_name", None)) == name and _is_reparametrization_hook(hook):
+            kind = type(hook).__name__
+            return {"WeightNorm": "weight_norm", "SpectralNorm": "spectral_norm"}.get(kind, "pruning masks")
+    return None
+
+
+def plain_type(module: nn.Module) -> type:
+    """``module``'s class, or the class it had before ``torch.nn.utils.parametrize`` subclassed it."""
+    return type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+
+
+def carry_reparametrizations(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Give ``new`` (a freshly built replacement of ``old``) ``old``'s tensors and the machinery
+    that computes its reparametrised ones: parameters (the same tensors; ``new``'s own that
+    ``old`` lacks, e.g. a ``weight`` computed in ``old``, are dropped), buffers, computed tensor
+    attributes, the ``torch.nn.utils`` hooks (pruning, ``weight_norm``, ``spectral_norm``) and
+    parametrizations. Other hooks are not carried."""
+    for name in [n for n in new._parameters if n not in old._parameters]:
+        del new._parameters[name]
+    for name, param in old._parameters.items():
+        new.register_parameter(name, param)
+    for name, buf in old._buffers.items():
+        new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
+    for name, value in vars(old).items():
+        if isinstance(value, torch.Tensor) and name not in vars(new):
+            vars(new)[name] = value
+    for table in _HOOK_TABLES:
+        getattr(new, table).update((k, h) for k, h in getattr(old, table).items() if _is_reparametrization_hook(h))
+    if parametrize.is_parametrized(old):
+        parametrize._inject_new_class(new)
+        new.parametrizations = old.parametrizations
+        for name in old.parametrizations:
+            parametrize._inject_property(new, name)
+    return new

@@ -2,7 +2,7 @@
 
 :func:`convert_padding` replaces, in place and atomically, every padded layer of a
 model (or the named ones) by a layer that pads its input explicitly with the new
-mode; :func:`converted_copy` does it on a deep copy. The replacements keep the
+mode; :func:`converted_copy` does it on an independent copy. The replacements keep the
 original's parameters (the same tensors, as ``nn.SyncBatchNorm.convert_sync_batchnorm``
 does), so state dicts load both ways, and its training mode.
 
@@ -37,11 +37,12 @@ What each layer type becomes:
 
 Padding written inside a custom module's ``forward`` (e.g. timm's ``BlurPool2d``)
 is not a layer and is not switched. Hooks registered on a replaced layer are not
-carried over. :func:`pan_repair.layers.layer_padding` describes converted layers.
+carried over, except what computes a reparametrised weight (``torch.nn.utils.prune`` masks,
+``weight_norm``, ``spectral_norm``, parametrizations): converted layers keep it.
+:func:`pan_repair.layers.layer_padding` describes converted layers.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NamedTuple
@@ -69,6 +70,7 @@ from .layers import (
     pad_module_padding,
     unsupported_layers,
 )
+from .module_state import carry_reparametrizations, plain_type, structural_copy
 from .report import PanReport
 
 __all__ = [
@@ -358,18 +360,18 @@ class _Leave:
 
 
 def _adopt(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Give ``new`` the parameters of ``old`` (the same tensors) and its training mode."""
-    for name, param in old.named_parameters(recurse=False):
-        new.register_parameter(name, param)
+    """Give ``new`` the parameters of ``old`` (the same tensors), its reparametrisations (pruning
+    masks, ``weight_norm``, ``spectral_norm``, parametrizations) and its training mode."""
+    carry_reparametrizations(new, old)
     if new.state_dict().keys() != old.state_dict().keys():
         raise RuntimeError(f"{type(new).__name__} is not state-dict compatible with {type(old).__name__}")
     return new.train(old.training)
 
 
 def _convert_conv(conv: nn.Conv2d, mode: str) -> nn.Module | _Leave:
-    cls = _CONV_TARGETS.get(type(conv))
+    cls = _CONV_TARGETS.get(plain_type(conv))
     if cls is None:
-        return _Leave(f"{type(conv).__name__} is not a Conv2d type pan_repair knows", unsupported=True)
+        return _Leave(f"{plain_type(conv).__name__} is not a Conv2d type pan_repair knows", unsupported=True)
     same_pad = getattr(conv, "same_pad", isinstance(conv, (Conv2dSame, Conv2dSameExport)))
     with torch.device("meta"):  # no allocation or init: parameters come from `conv`
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
@@ -525,8 +527,9 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanRepo
 
 
 def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None) -> nn.Module:
-    """A deep copy of ``model`` with its padding switched to ``mode``; ``model`` is untouched
-    (e.g. to measure how much a model relies on its padding)."""
-    model = copy.deepcopy(model)
+    """An independent copy of ``model`` (:func:`~pan_repair.module_state.structural_copy`, also
+    mid-training) with its padding switched to ``mode``; ``model`` is untouched (e.g. to measure
+    how much a model relies on its padding)."""
+    model = structural_copy(model, share=False)
     convert_padding(model, mode, layers)
     return model

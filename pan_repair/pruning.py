@@ -43,6 +43,7 @@ from torch.nn.utils import prune
 
 from .channel_removal import remove_channels
 from .layers import conv_bn_pairs
+from .module_state import reparametrization
 from .report import KINDS, PanReport
 
 __all__ = [
@@ -187,10 +188,14 @@ def _plan_masks(model: nn.Module, selected: dict[str, list[int]], pairs: dict[st
     plan = []
     for layer, chans in selected.items():
         conv = model.get_submodule(layer)
-        plan.append((conv, "weight", _channel_mask(conv.weight, chans)))
-        if conv.bias is not None:
-            plan.append((conv, "bias", _channel_mask(conv.bias, chans)))
+        plan += [(conv, name, _channel_mask(getattr(conv, name), chans)) for name in ("weight", "bias")
+                 if getattr(conv, name) is not None and _maskable(conv, name)]
         bn_name = pairs.get(layer)
+        computed = reparametrization(conv, "weight")
+        if computed is not None and not _maskable(conv, "weight") and (bn_name is None or
+                                                                     model.get_submodule(bn_name).weight is None):
+            summary.not_silenced[layer] = (f"its weight is computed ({computed}) and no affine BatchNorm "
+                                           "follows: only its bias is masked")
         if bn_name is not None:
             bn = model.get_submodule(bn_name)
             summary.batchnorms[layer] = bn_name
@@ -202,6 +207,13 @@ def _plan_masks(model: nn.Module, selected: dict[str, list[int]], pairs: dict[st
                          (bn, "bias", _channel_mask(bn.bias, chans))]
         summary.masked[layer] = list(chans)
     return plan
+
+
+def _maskable(module: nn.Module, name: str) -> bool:
+    """Whether ``torch.nn.utils.prune`` can mask ``module.<name>``: a plain parameter or one
+    already pruned (not one computed by ``weight_norm``, ``spectral_norm`` or a parametrization,
+    whose channel the BatchNorm it feeds silences instead)."""
+    return name in module._parameters or reparametrization(module, name) == "pruning masks"
 
 
 def _apply_masks(plan: list[tuple[nn.Module, str, torch.Tensor]]) -> None:

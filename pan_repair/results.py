@@ -25,7 +25,8 @@ class RunResult:
         metrics: scalar results, e.g. ``val/acc``, ``val/border_gap``, ``val/padding_flip``,
             ``pan/count``, ``swapped/acc``, ``time/seconds``.
         border_curve: accuracy per distance to the border (px 0..D; None where no sample).
-        history: PAN counts during training, ``[{"epoch": e, "count": n, "border": b, "position": p}]``.
+        history: PAN counts during training, ``[{"epoch": e, "count": n, "border": b, "position": p}]``
+            (a scan that failed: ``{"epoch": e, "step": s, "failed": True, "reason": "..."}``).
         report: the final :class:`PanReport` as a dict.
     """
 

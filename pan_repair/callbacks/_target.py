@@ -10,12 +10,16 @@
   batches, kept (on the CPU, in the callback's checkpoint state) and passed to every scan of the
   run as ``find_pans(data=...)``, so that PANs are measured under the model's own input
   distribution; data-free probes only before any batch was seen, or for another ``input_size``;
-* detection on rank zero, broadcast to all ranks; an epoch schedule like ``ModelPruning``'s.
+* detection on rank zero, broadcast to all ranks; an epoch schedule like ``ModelPruning``'s;
+* containment: what can be checked before the first step raises at setup; a scan (or penalty)
+  that fails later is skipped on every rank alike, warned once per callback with its reason,
+  and training goes on.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -25,7 +29,27 @@ from ..layers import conv_layers
 from ..module_state import eval_mode
 from ..report import PanReport
 
-__all__ = ["CALIBRATION_IMAGES", "ModelTarget", "images_in", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule"]
+__all__ = ["CALIBRATION_IMAGES", "ModelTarget", "images_in", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule",
+           "failure_reason"]
+
+T = TypeVar("T")
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _attempt(compute: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``(compute(), None)``, or ``(None, reason)`` with the :func:`failure_reason` of what it
+    raised (CUDA memory released after an out-of-memory error)."""
+    try:
+        return compute(), None
+    except Exception as err:  # noqa: BLE001 - any failure mid-run is contained, never fatal
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        return None, failure_reason(err)
 
 
 #: images of the training data every scan of a run is measured on
@@ -108,6 +132,7 @@ class ModelTarget:
         self._checked = False
         #: the run's calibration sample (N, C, H, W) on the CPU, None before the first batch
         self.calibration: torch.Tensor | None = None
+        self._warned = False  # a failure mid-run is warned once
 
     @property
     def _name(self) -> str:
@@ -180,15 +205,42 @@ class ModelTarget:
         if problem is not None:
             raise self._error(problem)
 
-    def _detect(self, trainer: Any, module: nn.Module, **find_kwargs: Any) -> PanReport:
-        """:func:`~pan_repair.find_pans` on rank zero, broadcast to every rank, so that decisions
-        taken from it (masks, layers to switch) are identical on all ranks (ranks' BatchNorm
-        running statistics differ slightly, so independent scans could differ near a threshold)."""
-        report = (find_pans(module, self.input_size, data=self._data(), **find_kwargs)
-                  if trainer.is_global_zero else None)
-        if trainer.world_size > 1:
-            report = trainer.strategy.broadcast(report, src=0)
-        return report
+    def _detect(self, trainer: Any, module: nn.Module, **find_kwargs: Any) -> tuple[PanReport | None, str | None]:
+        """``(report, None)``: :func:`~pan_repair.find_pans` on rank zero, broadcast to every
+        rank, so that decisions taken from it (masks, layers to switch) are identical on all ranks
+        (ranks' BatchNorm running statistics differ slightly, so independent scans could differ
+        near a threshold). ``(None, reason)`` if the scan raised (see :meth:`_contained`)."""
+        return self._contained(trainer, lambda: find_pans(module, self.input_size, data=self._data(), **find_kwargs), on_rank_zero=True)
+
+    def _contained(self, trainer: Any, compute: Callable[[], T],
+                   on_rank_zero: bool = False) -> tuple[T | None, str | None]:
+        """``(compute(), None)`` (run on rank zero and broadcast if ``on_rank_zero``, else on every
+        rank); if it raised (on any rank), ``(None, reason)`` on every rank alike, warned once
+        per callback: a failure mid-run never stops training."""
+        if on_rank_zero:
+            outcome = _attempt(compute) if trainer.is_global_zero else (None, None)
+            if trainer.world_size > 1:
+                outcome = trainer.strategy.broadcast(outcome, src=0)
+        else:
+            outcome = _attempt(compute)
+            failed_anywhere = trainer.world_size > 1 and \
+                trainer.strategy.reduce_boolean_decision(outcome[1] is not None, all=False)  # a collective
+            if failed_anywhere and outcome[1] is None:
+                outcome = (None, "failed on another rank")
+        if outcome[1] is not None:
+            self._warn_failure(trainer, outcome[1])
+        return outcome
+
+    def _warn_failure(self, trainer: Any, reason: str) -> None:
+        """Warn (rank zero, once per callback) that a computation failed mid-run and was skipped."""
+        if trainer.is_global_zero and not self._warned:
+            self._warned = True
+            warnings.warn(f"{self._name}: {self._skip_message} at epoch {trainer.current_epoch}, step "
+                          f"{trainer.global_step} (warned once; training goes on): {reason}", UserWarning,
+                          stacklevel=2)
+
+    #: what a failed computation means for this callback (its warning's wording)
+    _skip_message = "the PAN scan failed; this scan is skipped"
 
 
 class EpochSchedule:

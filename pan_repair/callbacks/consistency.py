@@ -27,7 +27,7 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
     once more (it cannot see ``training_step``'s logits) and the twin once: about 3 forward passes
     per step instead of 1 (computing ``PaddingConsistency`` in ``training_step`` with its logits
     saves one). Adding to the loss, warm-up, logging (``<prefix>/penalty``) and the automatic
-    optimisation requirement are those of ``PANRegularizer``.
+    optimisation requirement and the containment of a failing step are those of ``PANRegularizer``.
 
     Args:
         weight: weight of the penalty (default 0.5, measured: :mod:`pan_repair.consistency`).
@@ -63,6 +63,7 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
             raise ValueError(f"PaddingConsistencyRegularizer: every must be an integer >= 1, got {every!r}")
         self.weight, self.warmup_steps, self.prefix, self.mode = float(weight), warmup_steps, prefix, mode
         self.consistency = PaddingConsistency(self.weight, mode, every)
+        self.skipped: dict[str, Any] = {"steps": 0, "reason": None}
         self._images: torch.Tensor | None = None
 
     def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
@@ -82,8 +83,9 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
         return term if computes else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"consistency": self.consistency.state_dict()}
+        return {"consistency": self.consistency.state_dict(), "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "consistency" in state_dict:
             self.consistency.load_state_dict(state_dict["consistency"])
+        self.skipped = dict(state_dict.get("skipped", self.skipped))

@@ -29,7 +29,8 @@ class PanHistory:
             None where not measured)
             (``new``/``gone``: PANs that appeared/disappeared since the previous scan; together
             they give the exact set present at every scan). A superset of
-            :attr:`pan_repair.results.RunResult.history` entries.
+            :attr:`pan_repair.results.RunResult.history` entries. A scan that failed is
+            ``{"epoch", "step", "failed": True, "reason"}`` (:meth:`record_failure`).
         pans: per PAN id ever seen, ``{"layer", "channel", "kind", "score", "first_seen_epoch",
             "first_seen_step", "last_seen_epoch", "last_seen_step", "scans_seen", "present"}``
             (``kind``/``score`` from its latest sighting; ``present``: found by the latest scan).
@@ -60,6 +61,12 @@ class PanHistory:
             "new": sorted(set(found) - before), "gone": sorted(before - set(found)),
             **{k: (report.padding_dependence or {}).get(k) for k in ("output_shift", "flip_rate")},
         }
+        self.scans.append(summary)
+        return summary
+
+    def record_failure(self, epoch: int, step: int, reason: str) -> dict[str, Any]:
+        """Add a scan that failed (the PANs present stay those of the last successful scan)."""
+        summary = {"epoch": int(epoch), "step": int(step), "failed": True, "reason": str(reason)}
         self.scans.append(summary)
         return summary
 

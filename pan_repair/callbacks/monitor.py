@@ -23,7 +23,7 @@ from torch import nn
 from ..detector import DEFAULT_BORDER_THRESHOLD
 from ..report import PanReport
 from ._namespaces import is_wandb_logger
-from ._target import ModelTarget
+from ._target import ModelTarget, _attempt
 from .history import PanHistory, pan_id
 
 __all__ = ["PANMonitorBase", "read_monitor_json", "MONITOR_FORMAT"]
@@ -78,6 +78,11 @@ class PANMonitorBase(ModelTarget):
     for a ``WandbLogger`` as first logger the run's ``files`` folder (it is synced with the
     run); else ``trainer.log_dir`` (the first logger's ``log_dir``/``save_dir``, or
     ``default_root_dir`` without logger). Read it with :func:`read_monitor_json`.
+
+    **A scan that fails** mid-run (e.g. a size where a score cannot be computed, a layer type the
+    detector does not know, out of memory) never stops training: it is warned once, recorded in
+    the history and the JSON as ``{"epoch", "step", "failed": true, "reason"}``, logged as
+    ``pan/scan_failed = 1`` (no counts), and the next scan is tried as scheduled.
 
     **Checkpoints.** The history is saved in ``state_dict`` under a ``state_key`` made of the
     prefix, ``model_attr``, thresholds and probe settings; resuming continues it (first-seen
@@ -174,6 +179,8 @@ class PANMonitorBase(ModelTarget):
         self._last_step = -1   # last global step scanned in steps mode
         self._log_step = 0
 
+    _skip_message = "a PAN scan failed; it is recorded as failed in the history and JSON"
+
     # ----------------------------------------------------------------------------- identity
     @property
     def state_key(self) -> str:
@@ -248,13 +255,19 @@ class PANMonitorBase(ModelTarget):
         if self.input_size is None:  # e.g. a step-0 checkpoint resumed without a batch seen
             return
         with _preserved_rng():
-            report = self._detect(trainer, module, border_threshold=self.border_threshold,
-                                  position_threshold=self.position_threshold, n_patterns=self.n_patterns,
-                                  n_positions=self.n_positions)
-            summary = self.history.record(report, trainer.current_epoch, trainer.global_step)
-            self.last_report = report
+            report, failure = self._detect(trainer, module, border_threshold=self.border_threshold,
+                                           position_threshold=self.position_threshold, n_patterns=self.n_patterns,
+                                           n_positions=self.n_positions)
+            if failure is not None:
+                self.history.record_failure(trainer.current_epoch, trainer.global_step, failure)
+            else:
+                summary = self.history.record(report, trainer.current_epoch, trainer.global_step)
+                self.last_report = report
             if trainer.is_global_zero:
-                self._log(trainer, module, report, summary)
+                if failure is None:
+                    self._log(trainer, module, report, summary)
+                else:
+                    self._log_metrics(trainer, {"epoch": trainer.current_epoch, f"{self.prefix}/scan_failed": 1.0})
                 self._write_json(trainer)
 
     def scalars(self, summary: dict[str, Any]) -> dict[str, float]:
@@ -267,14 +280,21 @@ class PANMonitorBase(ModelTarget):
         out.update({f"{p}/{k}": summary[k] for k in ("output_shift", "flip_rate") if summary.get(k) is not None})
         return out
 
+    def _log_metrics(self, trainer: Any, metrics: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(metrics), step=self._log_step)
+
     def _log(self, trainer: Any, module: nn.Module, report: PanReport, summary: dict[str, Any]) -> None:
         scalars = self.scalars(summary)
         media = None
         for logger in trainer.loggers:
             metrics = dict(scalars)
             if is_wandb_logger(logger):
-                if media is None:
-                    media = self._wandb_media(module, report)
+                if media is None:  # tables and images are extras: their failure stops nothing
+                    media, failure = _attempt(lambda: self._wandb_media(module, report))
+                    if failure is not None:
+                        self._warn_failure(trainer, f"W&B tables/images not logged: {failure}")
+                        media = {}
                 metrics.update(media)
             logger.log_metrics(metrics, step=self._log_step)
 

@@ -26,7 +26,8 @@ class PaddingSwitchBase(ModelTarget):
     (``import pytorch_lightning``) or ``pan_repair.lightning.PaddingSwitch`` (``lightning.pytorch``).
 
     **Which layers.** ``layers=None``: every padded layer; a list of module names; or ``"pans"``:
-    the padded layers holding PANs, detected (rank zero, broadcast) at the moment of the switch.
+    the padded layers holding PANs, detected (rank zero, broadcast) at the moment of the switch;
+    if that scan fails mid-run, nothing is switched (warned once; training goes on).
 
     **Checkpoints.** Switched layers keep their parameters and state-dict keys, so checkpoints
     always load into the unmodified architecture. Which layers were switched is the callback's
@@ -78,6 +79,8 @@ class PaddingSwitchBase(ModelTarget):
         self.switched: list[str] | None = None
         self._restored = False
 
+    _skip_message = "detecting the layers with PANs failed; no layer is switched"
+
     @property
     def state_key(self) -> str:
         # not the mode: a checkpoint switched to another mode must reach load_state_dict and be refused
@@ -113,8 +116,11 @@ class PaddingSwitchBase(ModelTarget):
         layers = self.layers
         if layers == "pans":
             self._ensure_input_size(pl_module)
-            layers = self._detect(trainer, module, border_threshold=self.border_threshold,
-                                  position_threshold=self.position_threshold)
+            layers, failure = self._detect(trainer, module, border_threshold=self.border_threshold,
+                                           position_threshold=self.position_threshold)
+            if failure is not None:
+                self.switched = []
+                return
         summary = convert_padding(module, self.mode, layers)
         self.switched = [change.name for change in summary.changed]
         if trainer.is_global_zero:

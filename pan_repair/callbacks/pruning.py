@@ -42,6 +42,11 @@ class PANPruningBase(ModelTarget):
     **Logged** (``pl_module.log``, at each pruning step): ``<prefix>/pruned`` (channels masked
     this round) and ``<prefix>/total``.
 
+    **A scan that fails** mid-run (e.g. a layer type the detector does not know, out of memory)
+    never stops training: that round prunes nothing, is warned once, recorded in ``rounds`` with
+    ``failed: True`` and its ``reason``, and logged as ``<prefix>/scan_failed = 1``; the next
+    scheduled round scans again.
+
     Args:
         apply_pruning: when to detect and prune (see above).
         kinds: PAN kinds to prune (``"border"``, ``"position"``).
@@ -90,10 +95,13 @@ class PANPruningBase(ModelTarget):
         self.n_patterns = int(n_patterns)
         self.make_pruning_permanent = bool(make_pruning_permanent)
         self.prefix = prefix
-        #: one record per pruning round: epoch, global step, and the report of the PANs masked
+        #: one record per pruning round: epoch, global step, and the report of the PANs masked; or,
+        #: for a round whose scan failed, epoch, step, ``failed: True`` and the ``reason``
         self.rounds: list[dict[str, Any]] = []
         self._last_epoch = -1
         self._restored = False
+
+    _skip_message = "a PAN scan failed; this round prunes nothing"
 
     @property
     def state_key(self) -> str:
@@ -103,10 +111,14 @@ class PANPruningBase(ModelTarget):
     def pruned(self) -> dict[str, list[int]]:
         """Conv layer -> channels masked so far (all rounds)."""
         out: dict[str, set[int]] = {}
-        for record in self.rounds:
+        for record in self.pruning_rounds():
             for pan in record["report"]["pans"]:
                 out.setdefault(pan["layer"], set()).add(pan["channel"])
         return {layer: sorted(chans) for layer, chans in out.items()}
+
+    def pruning_rounds(self) -> list[dict[str, Any]]:
+        """The rounds that pruned (``rounds`` without those whose scan failed)."""
+        return [record for record in self.rounds if not record.get("failed")]
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
@@ -116,7 +128,7 @@ class PANPruningBase(ModelTarget):
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
         if self._restored:  # weights were loaded clean; mask the pruned channels again
             module = self._module(pl_module)
-            for record in self.rounds:
+            for record in self.pruning_rounds():
                 prune_pans(module, PanReport.from_dict(record["report"]), kinds=self.kinds)
             self._restored = False
 
@@ -128,8 +140,12 @@ class PANPruningBase(ModelTarget):
         self._ensure_input_size(pl_module, batch)
         self._collect_calibration(batch)
         module = self._module(pl_module)
-        report = self._detect(trainer, module, border_threshold=self.border_threshold,
-                              position_threshold=self.position_threshold, n_patterns=self.n_patterns)
+        report, failure = self._detect(trainer, module, border_threshold=self.border_threshold,
+                                       position_threshold=self.position_threshold, n_patterns=self.n_patterns)
+        if failure is not None:
+            self.rounds.append({"epoch": epoch, "step": trainer.global_step, "failed": True, "reason": failure})
+            pl_module.log(f"{self.prefix}/scan_failed", 1.0, on_step=True, on_epoch=False)
+            return
         chosen = [p for p in report.pans if p.kind in self.kinds]
         prune_pans(module, report, kinds=self.kinds)
         kept = dataclasses.replace(report, pans=chosen, scores={})
@@ -153,4 +169,4 @@ class PANPruningBase(ModelTarget):
         self.rounds = list(state_dict["rounds"])
         self._last_epoch = state_dict["last_epoch"]
         self._load_target_state(state_dict)
-        self._restored = bool(self.rounds)
+        self._restored = bool(self.pruning_rounds())

@@ -34,6 +34,10 @@ class PANRegularizerBase(ModelTarget):
     **Logged** (``pl_module.log``, each step the penalty is computed): ``<prefix>/penalty``, the
     term added (before the accumulation and AMP scaling).
 
+    **A penalty that fails** mid-run (e.g. out of memory) never stops training: that step adds
+    nothing (on every DDP rank alike), is warned once, counted in ``skipped`` (with the latest
+    reason; saved in checkpoints) and logged as ``<prefix>/skipped = 1``.
+
     Args:
         weight: overall weight of the penalty (:class:`PANPenalty`'s ``weight``).
         warmup_steps: optimizer steps of the linear warm-up (0: none).
@@ -72,9 +76,13 @@ class PANRegularizerBase(ModelTarget):
         self.weight, self.warmup_steps, self.prefix = float(weight), warmup_steps, prefix
         self.penalty_options = dict(penalty_options)
         self.penalty: PANPenalty | None = None
+        #: steps whose penalty failed (skipped, see above) and the latest reason
+        self.skipped: dict[str, Any] = {"steps": 0, "reason": None}
         self._penalty_state: dict[str, Any] | None = None
         if self.input_size is not None:
             self._build()  # validates penalty_options now
+
+    _skip_message = "the penalty failed; this step adds none"
 
     @property
     def state_key(self) -> str:
@@ -110,7 +118,11 @@ class PANRegularizerBase(ModelTarget):
     def on_before_backward(self, trainer: Any, pl_module: nn.Module, loss: torch.Tensor) -> None:
         if self.weight == 0:
             return
-        term = self._term(pl_module)
+        term, failure = self._contained(trainer, lambda: self._term(pl_module))
+        if failure is not None:
+            self.skipped = {"steps": self.skipped["steps"] + 1, "reason": failure}
+            pl_module.log(f"{self.prefix}/skipped", 1.0, on_step=True, on_epoch=False)
+            return
         if term is None:
             return
         term = self.ramp(trainer.global_step) * term
@@ -132,10 +144,11 @@ class PANRegularizerBase(ModelTarget):
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {"penalty": self.penalty.state_dict() if self.penalty is not None else self._penalty_state,
-                "input_size": self.input_size}
+                "input_size": self.input_size, "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._penalty_state = state_dict.get("penalty")
+        self.skipped = dict(state_dict.get("skipped", self.skipped))
         if self.input_size is None and state_dict.get("input_size"):
             self.input_size = tuple(state_dict["input_size"])
         if self.penalty is not None and self._penalty_state is not None:
