@@ -15,10 +15,12 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from .callbacks._target import CALIBRATION_IMAGES
 from .callbacks.monitor import PANMonitorBase
 from .lightning import PANMonitor
 from .compare import build_report
 from .detector import find_pans
+from .probes import calibration_images
 from .data import SWAPPED, LitDigitsCanvasDataModule
 from .image_folder import ImageFolderDataModule
 from .lit_module import BiasAwareClassifier
@@ -182,6 +184,9 @@ class Experiment:
             self.data = ImageFolderDataModule(setup.data, setup.image_size, setup.batch_size, seed=setup.seed)
             self.swapped = None
             self.n_classes, self.input_size = self.data.num_classes, self.data.input_size
+        train = self.data.dataset("train") if setup.data == "digits" else self.data.splits["train"]
+        #: the training images every scan of the experiment is measured on (evenly spaced items)
+        self.calibration = calibration_images(train, CALIBRATION_IMAGES)
         self.thresholds = thresholds
         self.runs: list[RunResult] = []
         #: run directories of other recipes whose weights :meth:`module` loaded
@@ -214,11 +219,18 @@ class Experiment:
         return module
 
     def scan(self, model: torch.nn.Module) -> PanReport:
-        return find_pans(model, self.input_size, **self.thresholds)
+        """:func:`~pan_repair.find_pans` on :attr:`calibration`."""
+        return find_pans(model, data=self.calibration, **self.thresholds)
+
+    def calibrated(self, callback: Any) -> Any:
+        """``callback`` (a pan_repair callback) given :attr:`calibration`, so that its scans see
+        the images :meth:`scan` sees."""
+        callback.calibration = self.calibration
+        return callback
 
     def monitor(self) -> PANMonitor:
         """A ``PANMonitor`` scanning like :meth:`scan` once per epoch."""
-        return PANMonitor(input_size=self.input_size, **self.thresholds)
+        return self.calibrated(PANMonitor(input_size=self.input_size, **self.thresholds))
 
     def fit(self, module: BiasAwareClassifier, name: str, epochs: int, callbacks: Sequence[Any] = ()) -> RunResult:
         """Train ``module`` for ``epochs`` (0: evaluate only) as stage ``name``; kept in ``runs``."""

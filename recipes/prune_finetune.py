@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pan_repair import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD
+from pan_repair import DEFAULT_BORDER_THRESHOLD
 from pan_repair.lightning import PANPruning
 from pan_repair.pipeline import DigitsSetup, Experiment
 from pan_repair.pruning import prune_pans
@@ -19,7 +19,7 @@ from pan_repair.recipe_cli import run_recipe
 def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetune_epochs: int = 3,
                    kinds: Sequence[str] = ("border", "position"),
                    border_threshold: float = DEFAULT_BORDER_THRESHOLD,
-                   position_threshold: float = DEFAULT_POSITION_THRESHOLD, redetect: bool = True,
+                   position_threshold: float | None = None, redetect: bool = True,
                    baseline: str | None = None, setup: DigitsSetup = DigitsSetup()) -> Path:
     """Train, detect, prune and fine-tune; returns the comparison report's path.
 
@@ -30,7 +30,8 @@ def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetu
             third of the learning rate.
         kinds: PAN kinds to prune (border, position).
         border_threshold: border-score threshold of the PANs to prune (and of every scan).
-        position_threshold: position-score threshold of the PANs to prune (and of every scan).
+        position_threshold: position-score threshold of the PANs to prune (and of every scan);
+            default that of scans on data (:data:`pan_repair.detector.DEFAULT_DATA_POSITION_THRESHOLD`).
         redetect: during fine-tuning, re-detect at every epoch start and prune new PANs (``PANPruning``).
         baseline: start from these weights instead of training (a run directory holding
             ``model.pt``, e.g. another recipe's ``baseline``, or a state-dict file); ``setup``
@@ -50,7 +51,8 @@ def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetu
     module.hparams.lr = setup.lr / 3
     callbacks = [exp.monitor()]
     if redetect:
-        callbacks.append(PANPruning(kinds=kinds, input_size=exp.input_size, model_attr="model", **thresholds))
+        callbacks.append(exp.calibrated(PANPruning(kinds=kinds, input_size=exp.input_size, model_attr="model",
+                                                   **thresholds)))
     exp.fit(module, "pruned+finetuned", finetune_epochs, callbacks)
     print("[4/4] results")
     return exp.finish()

@@ -1,5 +1,7 @@
 """Recipe: scan the bundled pretrained EfficientNet-Lite0 (or any timm model / ``module:factory``)
-for PANs and record the report, its plot and the model's top-1 on the bundled photos.
+for PANs and record the report and its plot. The bundled model is scanned on the photos bundled
+with scikit-image (its own kind of data); others on ``data`` (a folder of pictures or a ``.pt``
+tensor) if given, else data-free in their declared input convention.
 
 Run: ``python recipes/scan_pretrained.py [--model resnet50] [--config recipes/configs/scan_pretrained.yaml]``
 """
@@ -9,26 +11,37 @@ import sys
 from pathlib import Path
 
 from pan_repair import find_pans
+from pan_repair.image_files import load_images
 from pan_repair.model_spec import BUNDLED, load_model
 from pan_repair.pipeline import Stage
 from pan_repair.plotting import plot_report
+from pan_repair.pretrained import sample_images
+from pan_repair.probes import resolve_convention
 from pan_repair.recipe_cli import run_recipe
 
 
 def scan_pretrained(model: str = BUNDLED, weights: str | None = None, size: int = 224,
-                    out_dir: str = "runs/scan_pretrained", n_patterns: int = 8) -> None:
-    """Scan a model for PANs (data-free) and write results.json, pans.png.
+                    out_dir: str = "runs/scan_pretrained", n_patterns: int = 8, data: str | None = None) -> None:
+    """Scan a model for PANs and write results.json, pans.png.
 
     Args:
         model: timm model name, ``module:factory`` or ``lite0-pretrained``.
         weights: optional state dict file.
-        size: probe image side (px).
+        size: image side (px).
         out_dir: output directory.
-        n_patterns: probe textures.
+        n_patterns: probe images rolled across the input.
+        data: images to scan on (default: the bundled photos for ``lite0-pretrained``, else none).
     """
     net = load_model(model, weights)
     stage = Stage(Path(out_dir), "scan", group="scan_pretrained", recipe="scan_pretrained")
-    report = find_pans(net, (3, size, size), n_patterns=n_patterns, progress=True)
+    if data is not None:
+        images = load_images(data, 3, (size, size), resolve_convention(net, 3))
+    elif model == BUNDLED:
+        images = sample_images(size)[0]
+    else:
+        images = None
+    report = find_pans(net, None if images is not None else (3, size, size), data=images, n_patterns=n_patterns,
+                       progress=True)
     result = stage.record({}, [], report)
     plot_report(report, stage.dir / "pans.png", net)
     print(f"{report}\nresults: {stage.dir / 'results.json'}\nplot: {stage.dir / 'pans.png'}")
