@@ -50,7 +50,8 @@ class OfflineRun:
 
     Attributes:
         path: the ``run-<id>.wandb`` file.
-        run_id, project, group: from the run record (``group`` is ``""`` when unset).
+        run_id, name, project, group: from the run record (``name``: the display name;
+            ``name`` and ``group`` are ``""`` when unset).
         config: user config (nested dicts), without wandb's ``_wandb`` entry.
         summary: final summary (nested dicts), without ``_wandb``.
         history: one dict per ``log`` step, key -> decoded JSON value, including ``_step``
@@ -60,6 +61,7 @@ class OfflineRun:
 
     path: Path
     run_id: str = ""
+    name: str = ""
     project: str = ""
     group: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -165,7 +167,7 @@ def _apply(target: dict[str, Any], update: Any) -> None:
 
 
 def read_offline_run(run_dir_or_file: str | os.PathLike) -> OfflineRun:
-    """Read an ``offline-run-*`` folder (or its ``run-*.wandb`` file) into an :class:`OfflineRun`.
+    """Read an ``offline-run-*`` (or synced ``run-*``) folder, or its ``run-*.wandb`` file, into an :class:`OfflineRun`.
 
     Raises:
         ValueError: missing folder/file, or a corrupt file.
@@ -180,7 +182,8 @@ def read_offline_run(run_dir_or_file: str | os.PathLike) -> OfflineRun:
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.run_id, run.project, run.group = record.run.run_id, record.run.project, record.run.run_group
+            run.run_id, run.name = record.run.run_id, record.run.display_name
+            run.project, run.group = record.run.project, record.run.run_group
             _apply(run.config, record.run.config)
         elif kind == "config":
             _apply(run.config, record.config)
