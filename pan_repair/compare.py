@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .logged_runs import LoggedRun, ordered_keys  # noqa: E402
 
@@ -28,7 +29,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-w
         ".sub{color:#666;margin-top:0}.scroll{overflow-x:auto}"
         "table{border-collapse:collapse;font-size:.9em}td,th{padding:3px 10px;border-bottom:1px solid #e4e4e4;"
         "text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}"
-        "th{background:#f4f4f4}.path{color:#666;font-size:.85em;text-align:left}"
+        "th{background:#f4f4f4}td.text,th.text{text-align:left}.path{color:#666;font-size:.85em}"
         ".dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:.4em;vertical-align:-.05em}"
         ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px}"
         ".grid img{width:100%}img{max-width:100%;height:auto}")
@@ -60,14 +61,16 @@ def _pans_per_layer(runs: Sequence[LoggedRun], path: Path) -> Path | None:
     for j, (i, run, per_layer) in enumerate(counts):
         ax.bar([k + j * width for k in range(len(layers))], [per_layer.get(layer, 0) for layer in layers], width,
                label=f"{run.name} ({sum(per_layer.values())})", color=_colour(i))
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(layers))], layers, rotation=90, fontsize=7)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(layers))], layers, rotation=90, fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(ylabel="PANs", title="PANs per layer at the last scan")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def _lines(runs: Sequence[LoggedRun], path: Path, series: Callable[[LoggedRun], tuple[list, list]],
-           title: str, xlabel: str, ylabel: str = "", size: tuple[float, float] = (7, 4)) -> Path | None:
+           title: str, xlabel: str, ylabel: str = "", size: tuple[float, float] = (7, 4),
+           integer_y: bool = False) -> Path | None:
     lines = [(i, run, *series(run)) for i, run in enumerate(runs)]
     lines = [line for line in lines if line[2]]
     if not lines:
@@ -76,6 +79,10 @@ def _lines(runs: Sequence[LoggedRun], path: Path, series: Callable[[LoggedRun], 
     for i, run, xs, ys in lines:
         ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=run.name, color=_colour(i))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if xlabel in ("step", "epoch"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if integer_y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -101,9 +108,12 @@ def _bars(runs: Sequence[LoggedRun], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(keys), figsize=(max(4.5, 0.35 * len(runs) + 1.8) * len(keys), 3.8),
                              constrained_layout=True, squeeze=False)
     for ax, key in zip(axes[0], keys):
-        ax.bar(range(len(runs)), [r.final.get(key, math.nan) for r in runs],
-               color=[_colour(i) for i in range(len(runs))])
-        ax.set_xticks(range(len(runs)), [r.name for r in runs], rotation=45, ha="right", fontsize=8)
+        bars = ax.bar(range(len(runs)), [r.final.get(key, math.nan) for r in runs],
+                      color=[_colour(i) for i in range(len(runs))])
+        ax.bar_label(bars, [_value(r, key) for r in runs], fontsize=8)
+        ax.set_xticks(range(len(runs)), [r.name for r in runs], rotation=30, ha="right", rotation_mode="anchor",
+                      fontsize=8)
+        ax.margins(y=0.12)
         ax.set_title(key)
     return _save(fig, path)
 
@@ -112,12 +122,12 @@ def _bars(runs: Sequence[LoggedRun], path: Path) -> Path | None:
 def _runs_table(runs: Sequence[LoggedRun]) -> str:
     rows = "".join(
         f"<tr><td><span class='dot' style='background:{_colour(i)}'></span>{html.escape(r.name)}</td>"
-        f"<td>{r.source}</td><td>{html.escape(r.group) or _MISSING}</td>"
+        f"<td class='text'>{r.source}</td><td class='text'>{html.escape(r.group) or _MISSING}</td>"
         f"<td>{max((p[0] for c in r.curves.values() for p in c), default=_MISSING)}</td>"
-        f"<td>{len(r.scans) or _MISSING}</td><td class='path'>{html.escape(str(r.path))}</td></tr>"
+        f"<td>{len(r.scans) or _MISSING}</td><td class='text path'>{html.escape(str(r.path))}</td></tr>"
         for i, r in enumerate(runs))
-    return ("<div class='scroll'><table><tr><th>run</th><th>source</th><th>group</th><th>last step</th>"
-            f"<th>PAN scans</th><th class='path'>folder</th></tr>{rows}</table></div>")
+    return ("<div class='scroll'><table><tr><th>run</th><th class='text'>source</th><th class='text'>group</th>"
+            f"<th>last step</th><th>PAN scans</th><th class='text'>folder</th></tr>{rows}</table></div>")
 
 
 def _final_table(runs: Sequence[LoggedRun], keys: Sequence[str]) -> str:
@@ -154,7 +164,8 @@ def build_report(runs: Sequence[LoggedRun], out_dir: str | Path, x: str = "step"
         sections = [
             ("PANs per layer", _figure(_pans_per_layer(runs, tmp / "pans_per_layer.png"), "PANs per layer")),
             ("PAN timeline", _figure(_lines(runs, tmp / "timeline.png", lambda r: r.timeline(),
-                                            "PANs found at each scan", "epoch", "PANs"), "PAN timeline")),
+                                            "PANs found at each scan", "epoch", "PANs", integer_y=True),
+                                     "PAN timeline")),
             ("Accuracy against the distance to the border", _figure(_lines(
                 runs, tmp / "border_curve.png", _border_curve, "Accuracy vs distance to the border",
                 "distance to the nearest border (px)", "accuracy"), "border curve")),
@@ -185,20 +196,15 @@ def text_table(runs: Sequence[LoggedRun]) -> str:
     per_layer = [r.per_layer() for r in runs]
     layers = list(dict.fromkeys(layer for counts in per_layer for layer in counts))
     keys = ordered_keys(runs)
-    width = max([len(k) for k in ("source", "group", *keys)] + [len(f"  {layer}") for layer in layers])
-    cols = [max(10, len(r.name)) for r in runs]
-
-    def line(label: str, cells: Sequence[str]) -> str:
-        return f"{label:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols))
-
-    lines = [line("run", [r.name for r in runs]), line("source", [r.source for r in runs]),
-             line("group", [r.group or _MISSING for r in runs])]
-    lines += [line(k, [_value(r, k) for r in runs]) for k in keys]
+    rows = [("run", [r.name for r in runs]), ("source", [r.source for r in runs]),
+            ("group", [r.group or _MISSING for r in runs])] + [(k, [_value(r, k) for r in runs]) for k in keys]
     if layers:
-        lines.append("PANs per layer (last scan)")
-        lines += [line(f"  {layer}", [str(c[layer]) if layer in c else _MISSING for c in per_layer])
-                  for layer in layers]
-    return "\n".join(lines)
+        rows.append(("PANs per layer (last scan)", [""] * len(runs)))
+        rows += [(f"  {layer}", [str(c[layer]) if layer in c else _MISSING for c in per_layer]) for layer in layers]
+    width = max(len(label) for label, _ in rows)
+    cols = [max(len(cells[j]) for _, cells in rows) for j in range(len(runs))]
+    return "\n".join((f"{label:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols))).rstrip()
+                     for label, cells in rows)
 
 
 def _finite(value: float) -> float | None:
