@@ -228,15 +228,21 @@ def read_runs(paths: Sequence[str | os.PathLike], names: Sequence[str] = ()) -> 
         found = [_read_wandb(f) if _is_wandb_run(f) else _read_log_folder(f) for f in find_run_folders(path)]
         stages = {(r.group, r.name) for r in found if r.source == "recipe"}
         runs += [r for r in found if r.source == "recipe" or (r.group, r.name) not in stages]
+    _unique_names(runs)
     if names:
         if len(names) != len(runs):
             raise ValueError(f"{len(names)} --name given for {len(runs)} runs "
                              f"({', '.join(r.name for r in runs)}): give one per run, in this order")
         for run, name in zip(runs, names):
             run.name = name
+        _unique_names(runs)
+    return runs
+
+
+def _unique_names(runs: Sequence[LoggedRun]) -> None:
+    """Names are the report's labels: the second ``x`` becomes ``x (2)``, and so on."""
     seen: dict[str, int] = {}
-    for run in runs:  # names are the report's labels: make them unique
+    for run in runs:
         seen[run.name] = seen.get(run.name, 0) + 1
         if seen[run.name] > 1:
             run.name = f"{run.name} ({seen[run.name]})"
-    return runs

@@ -106,14 +106,14 @@ def test_lightning_wandb_logger(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
     data = DataLoader(TensorDataset(torch.randn(8, 3), torch.randn(8, 1)), batch_size=4)
-    logger = WandbLogger(offline=True, save_dir=tmp_path, project="p", group="g")
+    logger = WandbLogger(offline=True, save_dir=tmp_path, project="p", group="g", name="tiny")
     trainer = Trainer(max_epochs=1, limit_train_batches=2, logger=logger, log_every_n_steps=1, accelerator="cpu",
                       enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(Tiny(), data)
     logger.experiment.finish()  # WandbLogger never finishes its run itself
 
     run = read_offline_run(latest_run(tmp_path))
-    assert run.group == "g" and run.project == "p" and run.config == {"lr": 0.1}
+    assert run.group == "g" and run.project == "p" and run.name == "tiny" and run.config == {"lr": 0.1}
     rows = [row for row in run.history if "train_loss" in row]
     assert [row["trainer/global_step"] for row in rows] == [0, 1]
     assert all(math.isfinite(row["train_loss"]) for row in rows)
