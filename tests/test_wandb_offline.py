@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,7 @@ def test_corrupt_and_missing_files(logged, tmp_path):
         "truncated.wandb": data[: len(data) - 5],
         "header.wandb": b"XXXX" + data[4:],
         "empty.wandb": b"",
+        "header_only.wandb": data[:7],
     }
     for name, content in cases.items():
         (tmp_path / name).write_bytes(bytes(content))
@@ -136,3 +138,18 @@ def test_corrupt_and_missing_files(logged, tmp_path):
         read_offline_run(tmp_path / "missing.wandb")
     with pytest.raises(ValueError, match="no offline-run"):
         latest_run(tmp_path)
+
+
+def test_a_file_still_being_written_is_read_once_complete(logged, tmp_path):
+    """wandb-core may finish writing the file just after run.finish() returns: the reader waits for it."""
+    complete = read_offline_run(logged)
+    data = complete.path.read_bytes()
+    for cut in (7, 32 * 1024 + 100):  # only the header; whole blocks and a record cut off
+        path = tmp_path / f"growing{cut}.wandb"
+        path.write_bytes(data[:cut])
+        writer = threading.Timer(0.2, path.write_bytes, [data])
+        writer.start()
+        try:
+            assert read_offline_run(path).history == complete.history
+        finally:
+            writer.join()
