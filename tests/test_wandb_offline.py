@@ -140,6 +140,11 @@ def test_corrupt_and_missing_files(logged, tmp_path):
         latest_run(tmp_path)
 
 
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
+
+
 def test_a_file_still_being_written_is_read_once_complete(logged, tmp_path):
     """wandb-core may finish writing the file just after run.finish() returns: the reader waits for it."""
     complete = read_offline_run(logged)
@@ -147,7 +152,7 @@ def test_a_file_still_being_written_is_read_once_complete(logged, tmp_path):
     for cut in (7, 32 * 1024 + 100):  # only the header; whole blocks and a record cut off
         path = tmp_path / f"growing{cut}.wandb"
         path.write_bytes(data[:cut])
-        writer = threading.Timer(0.2, path.write_bytes, [data])
+        writer = threading.Timer(0.2, _append, [path, data[cut:]])
         writer.start()
         try:
             assert read_offline_run(path).history == complete.history
