@@ -42,7 +42,7 @@ _MONITOR_GLOB = "*_monitor.json"
 _DEPTH = 3
 
 #: one logged value: ``(step, epoch, value)`` (``epoch`` None where not logged)
-Point = tuple[int, "int | None", float]
+Point = tuple[int, int | None, float]
 
 
 @dataclass
@@ -145,7 +145,12 @@ def find_run_folders(path: str | os.PathLike) -> list[Path]:
 def _read_monitor(run: LoggedRun, folder: Path) -> None:
     files = sorted(folder.glob(_MONITOR_GLOB), key=lambda p: (p.name != "pan_monitor.json", p.name))
     if files:
-        history, report, _ = read_monitor_json(files[0])
+        try:
+            history, report, _ = read_monitor_json(files[0])
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            if isinstance(err, ValueError) and str(files[0]) in str(err):
+                raise
+            raise ValueError(f"{files[0]} is corrupt: {err}") from None  # valid JSON, broken content
         run.scans, run.report = history.scans, report
 
 
@@ -154,7 +159,7 @@ def _read_wandb(folder: Path) -> LoggedRun:
 
     logged = read_offline_run(folder)
     run = LoggedRun(logged.name or logged.run_id or folder.name, folder, "W&B", logged.group)
-    tables = {}
+    tables: dict[str, Any] = {}  # the last PANs-per-layer table logged
     for row in logged.history:
         step, epoch = row.get("trainer/global_step", row["_step"]), row.get("epoch")
         epoch = epoch if isinstance(epoch, int) else None

@@ -171,6 +171,9 @@ def _flip(data: bytes) -> bytes:
     (lambda d, w: _copy_run(w, d, lambda data: None), "expected one run-*.wandb file"),
     (lambda d, w: (d.mkdir(), (d / "results.json").write_text("{not json")), "is corrupt"),
     (lambda d, w: (d.mkdir(), (d / "pan_monitor.json").write_text('{"format": "other"}')), "not a PANMonitor JSON"),
+    (lambda d, w: (d.mkdir(), (d / "pan_monitor.json").write_text(
+        '{"format": "pan_repair.monitor/1", "history": {"scans": [], "pans": {}}, "last_report": {"x": 1}}')),
+     "pan_monitor.json is corrupt"),
     (lambda d, w: (d.mkdir(), (d / "metrics.csv").write_text("step,val/acc\n0,high\n")), "not a readable Lightning"),
 ])
 def test_bad_runs_fail_in_one_line_and_write_nothing(setup, message, runs, tmp_path, capsys):
@@ -181,3 +184,16 @@ def test_bad_runs_fail_in_one_line_and_write_nothing(setup, message, runs, tmp_p
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert err.startswith("pan-repair compare: error: ") and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_a_wandb_run_without_the_monitor_json_uses_what_it_logged(runs, tmp_path, capsys):
+    """Where the monitor wrote its JSON elsewhere (e.g. a CSVLogger came first), W&B's own tables serve."""
+    copy = Path(shutil.copytree(runs["wandb"], tmp_path / runs["wandb"].name))
+    (copy / "files" / "pan_monitor.json").unlink()
+    code, stdout, _ = _compare(capsys, str(copy), "--format", "json")
+    assert code == 0
+    run = json.loads(stdout)["runs"][0]
+    history, report, _ = read_monitor_json(runs["wandb"] / "files" / "pan_monitor.json")
+    assert run["scans"] == [] and run["per_layer"] == {layer.name: len(report.by_layer().get(layer.name, []))
+                                                      for layer in report.layers}
+    assert [v for _, _, v in run["curves"]["pan/count"]] == [s["count"] for s in history.scans]
