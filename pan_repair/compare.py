@@ -22,6 +22,7 @@ from .logged_runs import LoggedRun, ordered_keys  # noqa: E402
 
 __all__ = ["build_report", "text_table", "to_json"]
 
+_FIGURES = ("pans_per_layer.png", "timeline.png", "border_curve.png", "metrics.png")
 _BARS = ("val/acc", "swapped/acc", "val/padding_flip", "val/border_gap")
 _MISSING = "–"
 _CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-width:1500px}"
@@ -37,6 +38,11 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-w
 
 def _colour(i: int) -> str:
     return matplotlib.colors.to_hex(plt.get_cmap("tab10")(i % 10))
+
+
+def _dashes(i: int) -> str:
+    """Line style of run ``i``: runs that logged the same values stay distinguishable."""
+    return ("-", "--", "-.", ":")[i % 4]
 
 
 def _value(run: LoggedRun, key: str) -> str:
@@ -69,19 +75,19 @@ def _pans_per_layer(runs: Sequence[LoggedRun], path: Path) -> Path | None:
 
 
 def _lines(runs: Sequence[LoggedRun], path: Path, series: Callable[[LoggedRun], tuple[list, list]],
-           title: str, xlabel: str, ylabel: str = "", size: tuple[float, float] = (7, 4),
-           integer_y: bool = False) -> Path | None:
+           title: str, xlabel: str, ylabel: str = "", size: tuple[float, float] = (7, 4)) -> Path | None:
     lines = [(i, run, *series(run)) for i, run in enumerate(runs)]
     lines = [line for line in lines if line[2]]
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=size, constrained_layout=True)
     for i, run, xs, ys in lines:
-        ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=run.name, color=_colour(i))
+        ax.plot(xs, ys, _dashes(i), marker="o" if len(xs) <= 30 else None, markersize=3, label=run.name,
+                color=_colour(i))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if xlabel in ("step", "epoch"):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if integer_y:
+    if all(float(y).is_integer() for *_, ys in lines for y in ys):  # counts
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -94,10 +100,13 @@ def _border_curve(run: LoggedRun) -> tuple[list, list]:
 
 
 def _curve(key: str, x: str) -> Callable[[LoggedRun], tuple[list, list]]:
+    """``key`` against the step, or against the epoch (its last value in each epoch)."""
     def series(run: LoggedRun) -> tuple[list, list]:
-        points = [(s if x == "step" else e, v) for s, e, v in run.curves.get(key, [])]
-        points = [(a, v) for a, v in points if a is not None]
-        return [a for a, _ in points], [v for _, v in points]
+        points = run.curves.get(key, [])
+        if x == "epoch":
+            last = {e: v for _, e, v in points if e is not None}
+            return list(last), list(last.values())
+        return [s for s, _, _ in points], [v for _, _, v in points]
     return series
 
 
@@ -164,13 +173,14 @@ def build_report(runs: Sequence[LoggedRun], out_dir: str | Path, x: str = "step"
         sections = [
             ("PANs per layer", _figure(_pans_per_layer(runs, tmp / "pans_per_layer.png"), "PANs per layer")),
             ("PAN timeline", _figure(_lines(runs, tmp / "timeline.png", lambda r: r.timeline(),
-                                            "PANs found at each scan", "epoch", "PANs", integer_y=True),
+                                            "PANs found at each scan", "epoch", "PANs"),
                                      "PAN timeline")),
             ("Accuracy against the distance to the border", _figure(_lines(
                 runs, tmp / "border_curve.png", _border_curve, "Accuracy vs distance to the border",
                 "distance to the nearest border (px)", "accuracy"), "border curve")),
             ("Final accuracy and padding reliance", _figure(_bars(runs, tmp / "metrics.png"), "final metrics")),
-            (f"Logged curves (against the {x})",
+            ("Logged curves (against the step)" if x == "step" else
+             "Logged curves (against the epoch: each epoch's last value)",
              "<div class='grid'>" + "".join(_figure(p, k) for k, p in curves) + "</div>" if curves else ""),
         ]
         groups = ", ".join(sorted({html.escape(r.group) for r in runs if r.group})) or "no group"
@@ -183,6 +193,8 @@ def build_report(runs: Sequence[LoggedRun], out_dir: str | Path, x: str = "step"
         if not out.exists():
             tmp.rename(out)
         else:
+            for stale in [*out.glob("curve_*.png"), *(out / name for name in _FIGURES)]:
+                stale.unlink(missing_ok=True)
             for f in sorted(tmp.iterdir(), key=lambda f: f.name == "index.html"):
                 f.replace(out / f.name)
     finally:

@@ -88,6 +88,10 @@ def test_user_runs_compare_as_html(runs, tmp_path, capsys):
     row = re.search(r"<tr><td>time/seconds</td>(.*?)</tr>", page).group(1)
     assert row.count("<td>–</td>") == 2
     assert not list(tmp_path.glob(".report.*"))  # the temporary folder is gone
+    code, _, _ = _compare(capsys, str(runs["wandb"]), str(runs["csv"]), "--out", str(out), "--x", "epoch")
+    page = (out / "index.html").read_text()  # replaced in place
+    assert code == 0 and "each epoch's last value" in page and "baseline" not in page
+    assert sorted(re.findall(r"<img src='([^']+)'", page)) == sorted(p.name for p in out.glob("*.png"))  # no stale
 
 
 def test_user_runs_compare_as_json_with_what_they_logged(runs, capsys):
