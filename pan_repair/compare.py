@@ -191,6 +191,7 @@ def build_report(runs: Sequence[LoggedRun], out_dir: str | Path, x: str = "step"
                 + "".join(f"<h2>{title}</h2>{body}" for title, body in sections if body) + "</body></html>")
         (tmp / "index.html").write_text(page, encoding="utf-8")
         if not out.exists():
+            tmp.chmod(0o755)  # mkdtemp's folder is private
             tmp.rename(out)
         else:
             for stale in [*out.glob("curve_*.png"), *(out / name for name in _FIGURES)]:

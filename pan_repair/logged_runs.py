@@ -130,8 +130,11 @@ def _search(folder: Path, depth: int) -> list[Path]:
 
 
 def find_run_folders(path: str | os.PathLike) -> list[Path]:
-    """The run folders ``path`` is or holds (see the module docstring); ``ValueError`` if none."""
+    """The run folders ``path`` is or holds (see the module docstring), or the folder of a run's
+    file (``run-*.wandb``, ``metrics.csv``, ...) ``path`` names; ``ValueError`` if none."""
     path = Path(path)
+    if path.is_file() and (_is_wandb_run(path.parent) or _is_log_folder(path.parent)):
+        return [path.parent]
     if not path.is_dir():
         raise ValueError(f"{path} does not exist" if not path.exists() else f"{path} is not a folder")
     found = _search(path, _DEPTH)

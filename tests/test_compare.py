@@ -136,8 +136,8 @@ def test_group_folder_holds_every_run_and_names_can_be_given(runs, tmp_path, cap
     (group / "latest-run").symlink_to(group / runs["wandb"].name)  # wandb's link: not a third run
     code, stdout, _ = _compare(capsys, str(tmp_path / "project"), "--format", "json")
     assert code == 0 and [r["name"] for r in json.loads(stdout)["runs"]] == ["zeros", "zeros (2)"]
-    code, stdout, _ = _compare(capsys, str(group), str(runs["csv"]), "--name", "a", "--name", "b", "--name", "c",
-                               "--format", "json")
+    code, stdout, _ = _compare(capsys, str(group), str(runs["csv"] / "metrics.csv"), "--name", "a", "--name", "b",
+                               "--name", "c", "--format", "json")  # a run's file stands for its folder
     assert code == 0 and [r["name"] for r in json.loads(stdout)["runs"]] == ["a", "b", "c"]
     code, _, err = _compare(capsys, str(group), "--name", "a", "--format", "json")
     assert code == 2 and "1 --name given for 2 runs (zeros, zeros (2))" in err and len(err.splitlines()) == 1
