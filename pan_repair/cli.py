@@ -61,8 +61,14 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import build_report
-    print(f"report: {build_report(args.runs, args.out)}")
+    from .compare import build_report, text_table, to_json
+    from .logged_runs import read_runs
+
+    runs = read_runs(args.runs, args.name or ())  # every run read before anything is written
+    if args.format == "html":
+        print(f"report: {build_report(runs, args.out, args.x)}")
+    else:
+        print(text_table(runs) if args.format == "table" else to_json(runs))
     return 0
 
 
@@ -89,9 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--plot", help="write a PNG: PANs per layer and border-response maps")
     scan.add_argument("--quiet", action="store_true", help="hide warnings")
     scan.set_defaults(run=_scan)
-    compare = sub.add_parser("compare", help="HTML report comparing recipe runs (directories with results.json)")
-    compare.add_argument("runs", nargs="+", help="run directories")
-    compare.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    compare = sub.add_parser("compare", help="compare runs: W&B runs (offline or synced), W&B group folders, "
+                                             "Lightning log folders, recipe runs")
+    compare.add_argument("runs", nargs="+", help="run folders, or folders holding them (e.g. wandb/)")
+    compare.add_argument("--name", action="append", help="rename the runs: once per run found, in order")
+    compare.add_argument("--format", choices=("html", "table", "json"), default="html",
+                         help="html: a report folder (default); table, json: printed")
+    compare.add_argument("--x", choices=("step", "epoch"), default="step", help="x axis of the curves (default step)")
+    compare.add_argument("--out", default="runs/compare", help="report folder for html (default runs/compare)")
     compare.set_defaults(run=_compare)
     return parser
 

@@ -24,6 +24,7 @@ from .probes import calibration_images
 from .data import SWAPPED, LitDigitsCanvasDataModule
 from .image_folder import ImageFolderDataModule
 from .lit_module import BiasAwareClassifier
+from .logged_runs import read_runs
 from .model_spec import load_weights
 from .models import SmallCNN
 from .pruning import clean_state_dict
@@ -243,7 +244,7 @@ class Experiment:
         """Build the comparison report of all stages (after the runs whose weights were loaded),
         print their figures and the report's path."""
         dirs = self.earlier + [self.root / run.name for run in self.runs]
-        path = build_report(dirs, self.root / "report")
+        path = build_report(read_runs(dirs), self.root / "report")
         for run in [RunResult.load(d) for d in dirs]:
             m = run.metrics
             nan = float("nan")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,11 @@ _BLOCK = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 _TYPE_SEED = {t: zlib.crc32(bytes([t])) for t in (_FULL, _FIRST, _MIDDLE, _LAST)}
 _INTERNAL_KEY = "_wandb"  # wandb's own bookkeeping in config and summary
+_SETTLE_S = 1.0  # a file ending mid-record is re-read until it has not grown for this long
+
+
+class _TruncatedError(ValueError):
+    """The file ends inside a record: still being written, or cut off."""
 
 
 @dataclass
@@ -50,7 +56,8 @@ class OfflineRun:
 
     Attributes:
         path: the ``run-<id>.wandb`` file.
-        run_id, project, group: from the run record (``group`` is ``""`` when unset).
+        run_id, name, project, group: from the run record (``name``: the display name;
+            ``name`` and ``group`` are ``""`` when unset).
         config: user config (nested dicts), without wandb's ``_wandb`` entry.
         summary: final summary (nested dicts), without ``_wandb``.
         history: one dict per ``log`` step, key -> decoded JSON value, including ``_step``
@@ -60,6 +67,7 @@ class OfflineRun:
 
     path: Path
     run_id: str = ""
+    name: str = ""
     project: str = ""
     group: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -84,11 +92,7 @@ class OfflineRun:
 def iter_records(path: str | os.PathLike) -> Iterator[pb.Record]:
     """Yield every :class:`Record` of a ``.wandb`` file, in order; ``ValueError`` if it is corrupt."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"cannot read W&B run file {path}: {err.strerror}") from None
-    _check_file_header(data, path)
+    data = _complete_bytes(path)
     for offset, payload in _payloads(data, path):
         record = pb.Record()
         try:
@@ -96,6 +100,38 @@ def iter_records(path: str | os.PathLike) -> Iterator[pb.Record]:
         except DecodeError:
             raise ValueError(f"{path}: corrupt W&B record at byte {offset} (not a Record protobuf)") from None
         yield record
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read W&B run file {path}: {err.strerror}") from None
+
+
+def _complete_bytes(path: Path) -> bytes:
+    """The file's bytes, framing checked. wandb-core may still be writing the file when
+    ``run.finish()`` returns (offline, wandb 0.31: only the header, or whole 32 KiB blocks, then
+    the rest ~10 ms later), so a file with no record or ending mid-record is re-read while it
+    grows; one that stops growing is empty or truncated."""
+    data, settled = _read(path), time.monotonic() + _SETTLE_S
+    while True:
+        _check_file_header(data, path)
+        try:
+            for _ in _payloads(data, path):
+                pass
+            if len(data) > _FILE_HEADER.size:
+                return data
+            if time.monotonic() >= settled:
+                raise ValueError(f"{path}: W&B run file holds no records")
+        except _TruncatedError:
+            if time.monotonic() >= settled:
+                raise
+        time.sleep(0.02)
+        again = _read(path)
+        if len(again) != len(data):
+            settled = time.monotonic() + _SETTLE_S
+        data = again
 
 
 def _check_file_header(data: bytes, path: Path) -> None:
@@ -117,10 +153,12 @@ def _payloads(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
             pos += block_left
             continue
         if pos + _CHUNK_HEADER.size > len(data):
-            raise ValueError(f"{path}: truncated W&B record header at byte {pos}")
+            raise _TruncatedError(f"{path}: truncated W&B record header at byte {pos}")
         checksum, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
         body = data[pos + _CHUNK_HEADER.size:pos + _CHUNK_HEADER.size + length]
-        if kind not in _TYPE_SEED or len(body) != length or zlib.crc32(body, _TYPE_SEED[kind]) != checksum:
+        if pos + _CHUNK_HEADER.size + length > len(data):
+            raise _TruncatedError(f"{path}: truncated W&B record at byte {pos}")
+        if kind not in _TYPE_SEED or zlib.crc32(body, _TYPE_SEED[kind]) != checksum:
             raise ValueError(f"{path}: corrupt W&B record at byte {pos} (bad type, length or checksum)")
         if kind in (_FULL, _FIRST):
             if parts:
@@ -134,7 +172,7 @@ def _payloads(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
             parts = []
         pos += _CHUNK_HEADER.size + length
     if parts:
-        raise ValueError(f"{path}: truncated W&B record at byte {start}")
+        raise _TruncatedError(f"{path}: truncated W&B record at byte {start}")
 
 
 def _set_item(target: dict[str, Any], item: Any) -> None:
@@ -165,7 +203,7 @@ def _apply(target: dict[str, Any], update: Any) -> None:
 
 
 def read_offline_run(run_dir_or_file: str | os.PathLike) -> OfflineRun:
-    """Read an ``offline-run-*`` folder (or its ``run-*.wandb`` file) into an :class:`OfflineRun`.
+    """Read an ``offline-run-*`` (or synced ``run-*``) folder, or its ``run-*.wandb`` file, into an :class:`OfflineRun`.
 
     Raises:
         ValueError: missing folder/file, or a corrupt file.
@@ -180,7 +218,8 @@ def read_offline_run(run_dir_or_file: str | os.PathLike) -> OfflineRun:
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.run_id, run.project, run.group = record.run.run_id, record.run.project, record.run.run_group
+            run.run_id, run.name = record.run.run_id, record.run.display_name
+            run.project, run.group = record.run.project, record.run.run_group
             _apply(run.config, record.run.config)
         elif kind == "config":
             _apply(run.config, record.config)

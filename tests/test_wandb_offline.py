@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,14 +107,14 @@ def test_lightning_wandb_logger(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
     data = DataLoader(TensorDataset(torch.randn(8, 3), torch.randn(8, 1)), batch_size=4)
-    logger = WandbLogger(offline=True, save_dir=tmp_path, project="p", group="g")
+    logger = WandbLogger(offline=True, save_dir=tmp_path, project="p", group="g", name="tiny")
     trainer = Trainer(max_epochs=1, limit_train_batches=2, logger=logger, log_every_n_steps=1, accelerator="cpu",
                       enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(Tiny(), data)
     logger.experiment.finish()  # WandbLogger never finishes its run itself
 
     run = read_offline_run(latest_run(tmp_path))
-    assert run.group == "g" and run.project == "p" and run.config == {"lr": 0.1}
+    assert run.group == "g" and run.project == "p" and run.name == "tiny" and run.config == {"lr": 0.1}
     rows = [row for row in run.history if "train_loss" in row]
     assert [row["trainer/global_step"] for row in rows] == [0, 1]
     assert all(math.isfinite(row["train_loss"]) for row in rows)
@@ -126,6 +127,7 @@ def test_corrupt_and_missing_files(logged, tmp_path):
         "truncated.wandb": data[: len(data) - 5],
         "header.wandb": b"XXXX" + data[4:],
         "empty.wandb": b"",
+        "header_only.wandb": data[:7],
     }
     for name, content in cases.items():
         (tmp_path / name).write_bytes(bytes(content))
@@ -136,3 +138,23 @@ def test_corrupt_and_missing_files(logged, tmp_path):
         read_offline_run(tmp_path / "missing.wandb")
     with pytest.raises(ValueError, match="no offline-run"):
         latest_run(tmp_path)
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
+
+
+def test_a_file_still_being_written_is_read_once_complete(logged, tmp_path):
+    """wandb-core may finish writing the file just after run.finish() returns: the reader waits for it."""
+    complete = read_offline_run(logged)
+    data = complete.path.read_bytes()
+    for cut in (7, 32 * 1024 + 100):  # only the header; whole blocks and a record cut off
+        path = tmp_path / f"growing{cut}.wandb"
+        path.write_bytes(data[:cut])
+        writer = threading.Timer(0.2, _append, [path, data[cut:]])
+        writer.start()
+        try:
+            assert read_offline_run(path).history == complete.history
+        finally:
+            writer.join()
