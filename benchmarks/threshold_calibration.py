@@ -1,20 +1,33 @@
-"""Where the default thresholds come from: score distributions on the pretrained EfficientNet-Lite0.
+"""Where the default thresholds come from: score distributions on the pretrained EfficientNet-Lite0,
+scanned on its own kind of data (the photos bundled with scikit-image, and their mirror images)
+and data-free (probes in its declared [-1, 1] convention).
 
 Border threshold: Tukey's far-out fence, Q3 + 3 * IQR, of the border scores of every channel in
-layers whose padding makes a border. Position threshold: set by the causal test
-(tests/test_causal.py); this prints how many channels it and its neighbours keep.
+layers whose padding makes a border. Position thresholds: set by the causal tests
+(tests/test_causal.py, benchmarks/detector_validity.py); this prints how many channels they and
+their neighbours keep.
 Run: ``.venv/bin/python benchmarks/threshold_calibration.py``
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pan_repair import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
-from pan_repair.pretrained import load_efficientnet_lite0
+import torch
+
+from pan_repair import find_pans
+from pan_repair.pretrained import load_efficientnet_lite0, sample_images
 
 
 def main() -> None:
-    report = find_pans(load_efficientnet_lite0(), (3, 224, 224))
+    model = load_efficientnet_lite0()
+    photos = sample_images(224)[0]
+    for what, kwargs in (("on 10 photos", dict(data=torch.cat([photos, photos.flip(-1)]))),
+                         ("data-free", dict(input_size=(3, 224, 224)))):
+        print(f"## Lite0 {what}")
+        scores(find_pans(model, **kwargs))
+
+
+def scores(report) -> None:
     border = np.concatenate([report.scores[layer.name]["border"] for layer in report.layers if layer.makes_border])
     position = np.concatenate([s["position"] for s in report.scores.values()])
     q1, q3 = np.percentile(border, [25, 75])
@@ -23,9 +36,9 @@ def main() -> None:
     print("  percentiles 90/95/99/99.9:", np.percentile(border, [90, 95, 99, 99.9]).round(3).tolist())
     print(f"position scores ({position.size} channels): percentiles 50/90/99/99.9:",
           np.percentile(position, [50, 90, 99, 99.9]).round(3).tolist())
-    for t in (0.8, 0.9, 0.95, 0.99):
+    for t in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
         print(f"  position >= {t}: {(position >= t).sum()} channels ({100 * (position >= t).mean():.2f}%)")
-    print(f"defaults: border {DEFAULT_BORDER_THRESHOLD}, position {DEFAULT_POSITION_THRESHOLD} -> {report}")
+    print(f"defaults: border {report.border_threshold}, position {report.position_threshold} -> {report!r}")
 
 
 if __name__ == "__main__":

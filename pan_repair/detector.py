@@ -382,10 +382,11 @@ def _eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Ten
 
 def _invariant(pooled: torch.Tensor, n_positions: int, scale: torch.Tensor) -> bool:
     """Responses (2 * Q, C) of one base image rolled along both axes do not move with the roll
-    beyond ``_INVARIANT`` times ``scale`` (C,), the model's own spread of responses."""
+    beyond ``_INVARIANT`` times ``scale`` (C,), the model's own spread of responses, plus rounding
+    (``1e-5`` of the layer's largest response)."""
     r = pooled.reshape(2, n_positions, -1).double()
     spread = (r.amax(dim=1) - r.amin(dim=1)).amax(dim=0)
-    return bool((spread <= _INVARIANT * scale.double() + 1e-6 * scale.double().amax()).all())
+    return bool((spread <= _INVARIANT * scale.double() + 1e-5 * r.abs().amax()).all())
 
 
 def _border_free_twin(model: nn.Module) -> nn.Module | None:
