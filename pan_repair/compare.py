@@ -147,6 +147,26 @@ def _final_table(runs: Sequence[LoggedRun], keys: Sequence[str]) -> str:
     return f"<div class='scroll'><table><tr><th>final value</th>{head}</tr>{rows}</table></div>"
 
 
+#: what the one-line summaries compare, in order: key, label, shown as a percentage
+_STORY = (("pan/count", "PANs", False), ("val/padding_flip", "padding flips", True),
+          ("swapped/acc", "swapped acc", True), ("val/acc", "acc", True))
+
+
+def what_happened(runs: Sequence[LoggedRun]) -> list[str]:
+    """One line per run after the first: its headline figures against the first run's, e.g.
+    ``"pruned: PANs 6 -> 0; padding flips 19% -> 16%; swapped acc 49% -> 54%; acc 78% -> 82%"``."""
+    first = runs[0].final if runs else {}
+    lines = []
+    for run in runs[1:]:
+        parts = []
+        for key, label, percent in _STORY:
+            if key in first and key in run.final:
+                a, b = first[key], run.final[key]
+                parts.append(f"{label} {100 * a:.0f}% -> {100 * b:.0f}%" if percent else f"{label} {a:.0f} -> {b:.0f}")
+        lines.append(f"{run.name}: " + ("; ".join(parts) if parts else "no figure in common with the first run"))
+    return lines
+
+
 def _figure(path: Path | None, title: str) -> str:
     return f"<figure><img src='{path.name}' alt='{html.escape(title)}'></figure>" if path else ""
 
@@ -186,7 +206,11 @@ def build_report(runs: Sequence[LoggedRun], out_dir: str | Path, x: str = "step"
         groups = ", ".join(sorted({html.escape(r.group) for r in runs if r.group})) or "no group"
         page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pan_repair comparison</title>"
                 f"<style>{_CSS}</style></head><body><h1>pan_repair comparison</h1>"
-                f"<p class='sub'>{len(runs)} runs · {groups}</p><h2>Runs</h2>{_runs_table(runs)}"
+                f"<p class='sub'>{len(runs)} runs · {groups}</p>"
+                + (f"<h2>What happened (against {html.escape(runs[0].name)})</h2><ul>"
+                   + "".join(f"<li>{html.escape(line)}</li>" for line in what_happened(runs)) + "</ul>"
+                   if len(runs) > 1 else "")
+                + f"<h2>Runs</h2>{_runs_table(runs)}"
                 f"<h2>Final values</h2>{_final_table(runs, keys)}"
                 + "".join(f"<h2>{title}</h2>{body}" for title, body in sections if body) + "</body></html>")
         (tmp / "index.html").write_text(page, encoding="utf-8")

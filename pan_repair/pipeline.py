@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from .callbacks._target import CALIBRATION_IMAGES
 from .callbacks.monitor import PANMonitorBase
 from .lightning import PANMonitor
-from .compare import build_report
+from .compare import build_report, what_happened
 from .detector import find_pans
 from .probes import calibration_images
 from .data import SWAPPED, LitDigitsCanvasDataModule
@@ -244,12 +244,15 @@ class Experiment:
         """Build the comparison report of all stages (after the runs whose weights were loaded),
         print their figures and the report's path."""
         dirs = self.earlier + [self.root / run.name for run in self.runs]
-        path = build_report(read_runs(dirs), self.root / "report")
+        runs = read_runs(dirs)
+        path = build_report(runs, self.root / "report")
         for run in [RunResult.load(d) for d in dirs]:
             m = run.metrics
             nan = float("nan")
             print(f"      {run.name:22s} acc {m['val/acc']:.3f}  swapped acc {m.get('swapped/acc', nan):.3f}  "
                   f"border gap {m.get('val/border_gap', nan):+.3f}  "
                   f"padding flips {m['val/padding_flip']:.3f}  PANs {int(m['pan/count'])}")
+        for line in what_happened(runs):
+            print(f"      {line}")
         print(f"report: {path.resolve()}")
         return path

@@ -7,13 +7,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
 __all__ = ["run_recipe"]
 
 
 def run_recipe(recipe: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` into ``recipe``'s arguments and run it; 0 on success, 2 on bad input."""
+    from jsonargparse import ActionConfigFile, ArgumentParser  # the recipes' functions run without it
+
     parser = ArgumentParser(prog=recipe.__name__, exit_on_error=False,
                             description=(recipe.__doc__ or "").split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with recipe arguments")

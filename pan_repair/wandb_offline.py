@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from google.protobuf.message import DecodeError
-from wandb.proto import wandb_internal_pb2 as pb
 
 __all__ = ["OfflineRun", "read_offline_run", "latest_run", "iter_records"]
 
@@ -89,8 +88,10 @@ class OfflineRun:
         return json.loads((self.files_dir / value["path"]).read_text())
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[pb.Record]:
+def iter_records(path: str | os.PathLike) -> Iterator[Any]:
     """Yield every :class:`Record` of a ``.wandb`` file, in order; ``ValueError`` if it is corrupt."""
+    from wandb.proto import wandb_internal_pb2 as pb  # wandb only when a run is read
+
     path = Path(path)
     data = _complete_bytes(path)
     for offset, payload in _payloads(data, path):
