@@ -25,8 +25,12 @@ MODELS = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_large_100", "c
 
 
 def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -52,17 +56,20 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data", action="store_true", help="scan on 16 photos instead of data-free")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     size = (3, args.size, args.size)
     data = photos(args.size) if args.data else None
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# {where}, "
           f"torch {torch.__version__}, input {size}, {'16 photos' if args.data else 'data-free'}")
     print("| model | probe images | forward (s) | scan (s) | scan / forward | PANs |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
         torch.manual_seed(0)
-        model = timm.create_model(name).eval()
-        images = probe_batch(model, size, data=data)
+        model = timm.create_model(name).eval().to(args.device)
+        images = probe_batch(model, size, data=data).to(args.device)
         report = None
 
         def forward():

@@ -367,7 +367,7 @@ def _eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Ten
     """eta^2 per axis (2, C) of the roll, and the mean response with the object nearest an edge
     minus centred, per axis (2, C). A channel whose responses vary by less than ``1e-6`` of the
     layer's most varying channel is flat (rounding noise): eta^2 = 0."""
-    g = grid.grid(pooled).double()                    # (P, 2, Q, C)
+    g = grid.grid(pooled.detach().cpu()).double()     # (P, 2, Q, C), scores live on the CPU
     grand = g.mean(dim=(0, 2), keepdim=True)
     total = (g - grand).pow(2).sum(dim=(0, 2))        # (2, C)
     by_position = g.mean(dim=0)                       # (2, Q, C)
@@ -503,9 +503,9 @@ def _classify(stat: _LayerStats, position: torch.Tensor, eta2: torch.Tensor, edg
     """PANs of one layer from its border statistics and its padding-caused position scores
     ``eta2`` (2, C) (``position`` = their max over the axes)."""
     c = stat.conv.out_channels
-    bn_sign = _bn_sign(stat)
+    bn_sign = _bn_sign(stat).cpu()
     if stat.border_rms is not None:
-        per_side = stat.border_rms / _channel_sigma(stat)  # (4, C)
+        per_side = (stat.border_rms / _channel_sigma(stat)).cpu()  # (4, C)
         border = per_side.max(dim=0).values
     else:
         per_side, border = torch.zeros(4, c), torch.zeros(c)
@@ -513,7 +513,7 @@ def _classify(stat: _LayerStats, position: torch.Tensor, eta2: torch.Tensor, edg
     per_side_l, eta2_l = per_side.T.tolist(), eta2.T.tolist()
     border_l, position_l, bn_sign_l = border.tolist(), position.tolist(), bn_sign.tolist()
     # the border-mean of each channel's strongest side, the edge difference of its strongest axis
-    border_raw = (stat.border_mean.gather(0, per_side.argmax(dim=0, keepdim=True))[0].tolist()
+    border_raw = (stat.border_mean.cpu().gather(0, per_side.argmax(dim=0, keepdim=True))[0].tolist()
                   if stat.border_rms is not None else [0.0] * c)
     edge_raw = edge.gather(0, eta2.argmax(dim=0, keepdim=True))[0].tolist()
     pans = []

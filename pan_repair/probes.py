@@ -236,7 +236,7 @@ def calibration_images(data, max_images: int) -> torch.Tensor:
         raise TypeError(f"data must be a tensor, a DataLoader or a Dataset, got {type(data).__name__}")
     if images is None or images.ndim != 4 or not images.is_floating_point() or len(images) == 0:
         raise ValueError("data holds no floating images (N, C, H, W)")
-    return images[:max_images].detach()
+    return images[:max_images].detach().cpu()
 
 
 def synthetic_images(input_size: tuple[int, int, int], convention: InputConvention, n_patterns: int,
