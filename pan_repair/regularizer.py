@@ -327,7 +327,10 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
                      border_margin: float = 0.5 * DEFAULT_BORDER_THRESHOLD,
                      position_margin: float = 0.5 * DEFAULT_POSITION_THRESHOLD,
                      n_patterns: int = 2, n_positions: int = 8, seed: int = 0) -> torch.Tensor:
-    """The detector's two scores (:func:`pan_repair.find_pans`), made differentiable and hinged:
+    """The detector's two scores on synthetic probes, made differentiable and hinged (the border
+    score is :func:`pan_repair.find_pans`' on the same uniform probes; the position score is its
+    eta^2 on the centred textures of :func:`~pan_repair.probes.make_probes`, without the
+    border-free twin's correction, which a training-time penalty need not pay for):
 
     ``border_weight * mean_c sum_s relu(b_cs - border_margin)^2
     + position_weight * mean_c sum_a relu(eta2_ca - position_margin)^2``

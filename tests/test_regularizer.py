@@ -185,25 +185,23 @@ def test_bad_arguments():
 
 
 def _detector_probes(model, size=SIZE):
-    """The probe batch find_pans builds at its defaults."""
+    """The penalty's probe batch at its defaults (uniform N(0, 1)-level probes, centred textures)."""
     return make_probes(size, 8, 8, total_stride(model, size, torch.device("cpu"), torch.float32), seed=0)
 
 
 def test_detector_penalty_is_zero_exactly_above_the_detectors_scores():
-    """Hinged at a margin just above the largest score find_pans reports, each term is 0; just
-    below it, positive: the penalty measures the detector's scores (same probes, channel scale,
-    response)."""
+    """Hinged at a margin just above the largest border score find_pans reports on the penalty's
+    own uniform probes (given as data: same D, same BatchNorm channel scale), the border term is
+    0; just below it, positive. The position term is 0 at margin 1 and positive at margin 0."""
     torch.manual_seed(0)
     model = _trained_bn(SmallCNN(depth=3, width=8, strides=(1,))).eval()
-    scores = find_pans(model, SIZE).scores
-    b_max = max(max(v["border"]) for v in scores.values())
-    p_max = max(max(v["position"]) for v in scores.values())
-    assert b_max > 0.1 and p_max > 0.01
     probes = _detector_probes(model)
+    scores = find_pans(model, data=probes.images[:probes.n_constants], n_patterns=2, dependence=False).scores
+    b_max = max(max(v["border"]) for v in scores.values())
+    assert b_max > 0.1
     border = [detector_penalty(model, probes, position_weight=0, border_margin=b_max * f).item()
               for f in (1.001, 0.999)]
-    position = [detector_penalty(model, probes, border_weight=0, position_margin=p_max * f).item()
-                for f in (1.001, 0.99)]
+    position = [detector_penalty(model, probes, border_weight=0, position_margin=m).item() for m in (1.0, 0.0)]
     assert border[0] == 0.0 and border[1] > 0
     assert position[0] == 0.0 and position[1] > 0
 
