@@ -19,8 +19,9 @@ Operations and their checks (eval mode, one random input ``x`` of the cell's siz
   give the same output shape and the same values (to 1e-4 of the output scale) wherever the
   layer's window does not reach its padding. *Nothing left behind*: every layer that still pads
   with a constant frame during that forward pass is listed in the summary's ``skipped``.
-* ``prune_mask``: ``prune_pans`` masks the PANs of the ``find`` report; the forward runs, the
-  output shape is unchanged.
+* ``prune_mask``: ``prune_pans`` masks the PANs of the ``find`` report (where ``find`` is refused
+  at 64 px, of the 96 px scan's report: it names the same layers and channels); the forward runs,
+  the output shape is unchanged.
 * ``prune_remove``: ``prune_pans(mode="remove")``; the forward runs and equals the masked model's
   to 1e-4 (relative to the output scale, at least 1; the masked output's scale is shown, so that
   a vacuous comparison of zeros would show).
@@ -65,6 +66,7 @@ FIND_ARGS = dict(n_patterns=2, n_positions=4)
 MONITOR_ARGS = dict(n_patterns=2, n_positions=4)
 TOLERANCE = 1e-4
 SIZES = (64, 96)
+FALLBACK_SIZE = 96
 OPS = ("find", *(f"convert_{m}" for m in CONVERT_MODES), "prune_mask", "prune_remove", "monitor")
 
 
@@ -358,6 +360,7 @@ class Cell:
     report: object = None
     masked: nn.Module | None = None
     cannot_run: str | None = None
+    report_note: str = ""
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -384,6 +387,16 @@ def op_convert(mode: str) -> Callable[[Cell], str]:
 
 
 def need_report(cell: Cell):
+    """The cell's ``find`` report; where ``find`` was refused at this size, the report of a scan
+    at :data:`FALLBACK_SIZE` px (a report names layers and channels, whatever the input size)."""
+    if cell.cannot_run:
+        raise Skipped(cell.cannot_run)
+    if cell.report is None and cell.size < FALLBACK_SIZE:
+        try:
+            cell.report = find_pans(cell.model, (3, FALLBACK_SIZE, FALLBACK_SIZE), **FIND_ARGS)
+            cell.report_note = f"; report of the {FALLBACK_SIZE} px scan"
+        except Exception as err:  # noqa: BLE001  recorded in the find cell at that size
+            raise Skipped(f"no find_pans report at {cell.size} or {FALLBACK_SIZE} px") from err
     if cell.report is None:
         raise Skipped("no find_pans report")
     return cell.report
@@ -396,7 +409,7 @@ def op_prune_mask(cell: Cell) -> str:
     if forward(masked, cell.x).shape != forward(cell.model, cell.x).shape:
         raise CheckFailed("output shape changed")
     cell.masked = masked
-    return f"{summary.count} channels masked"
+    return f"{summary.count} channels masked{cell.report_note}"
 
 
 def op_prune_remove(cell: Cell) -> str:
@@ -411,7 +424,7 @@ def op_prune_remove(cell: Cell) -> str:
         raise CheckFailed(f"removed differs from masked by {err:.2e}")
     cut = sum(len(v) for v in summary.removed.values())
     return (f"{cut} channels cut, {len(summary.not_removable)} layers masked instead; diff {err:.0e} "
-            f"of output scale {masked_out.abs().max():.1e}")
+            f"of output scale {masked_out.abs().max():.1e}{cell.report_note}")
 
 
 def op_monitor(cell: Cell) -> str:
