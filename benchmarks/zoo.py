@@ -3,22 +3,24 @@
 Per architecture, input size and operation the sweep records one of
 
 * ``pass``: the operation completed and its checks held;
-* ``refused``: it raised ``ValueError``/``TypeError``/``NotImplementedError`` from pan_repair's own
-  code, with a one-line message, and left the model exactly as it was (state dict and module types);
+* ``refused``: it raised ``ValueError``/``TypeError``/``NotImplementedError`` (for callbacks at
+  setup, Lightning's ``MisconfigurationException``) from pan_repair's own code, with a one-line message, and left the model exactly as it was (state dict and module types);
 * ``FAIL``: anything else (another exception, a multi-line or foreign error, a model changed by a
   refused operation, a check that did not hold).
 
 Operations and their checks (eval mode, one random input ``x`` of the cell's size):
 
-* ``find``: ``find_pans`` (default thresholds, 2 probe patterns x 4 positions) completes and leaves
-  the model unchanged. Random-weight models have plenty of PANs (15-30% of their filters).
+* ``find``: ``find_pans`` (default thresholds, 2 probe patterns x 4 positions) completes, leaves
+  the model unchanged and reports every convolution (but timm's unsupported ``CondConv2d``). Random-weight models have plenty of PANs (15-30% of their filters).
 * ``convert_<mode>``: ``convert_padding`` on a copy. The converted model runs and gives the
   output shape of the original. *Interior check*: a whole network's outputs all depend on its
   border at these sizes, so the check is per layer, in place: every switched layer's real input
   in the converted model's forward pass is fed to both the original and the new layer, which must
   give the same output shape and the same values (to 1e-4 of the output scale) wherever the
   layer's window does not reach its padding. *Nothing left behind*: every layer that still pads
-  with a constant frame during that forward pass is listed in the summary's ``skipped``.
+  with a constant frame during that forward pass is listed in the summary's ``skipped``. For
+  ``circular``, the detail also says whether the converted model is invariant to circular rolls of
+  its input by its total stride (information, not a check: see :func:`roll_invariance`).
 * ``prune_mask``: ``prune_pans`` masks the PANs of the ``find`` report (where ``find`` is refused
   at 64 px, of the 96 px scan's report: it names the same layers and channels); the forward runs,
   the output shape is unchanged.
@@ -48,13 +50,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
 import pan_repair
 from pan_repair import convert_padding, find_pans, prune_pans
-from pan_repair.layers import layer_padding
+from pan_repair.layers import conv_layers, layer_padding, unsupported_layers
 from pan_repair.lightning import PANMonitor
 from pan_repair.padding_switch import MODES as CONVERT_MODES
 
@@ -227,7 +228,8 @@ def classify(err: BaseException, model: nn.Module | None, before: Snapshot | Non
     if isinstance(err, CheckFailed):
         return "FAIL", str(err)
     message = first_line(err)
-    if not isinstance(err, (ValueError, TypeError, NotImplementedError)):
+    refusals = (ValueError, TypeError, NotImplementedError)
+    if not isinstance(err, refusals) and type(err).__name__ != "MisconfigurationException":
         return "FAIL", message
     if not raised_by_pan_repair(err):
         return "FAIL", f"{message} (raised outside pan_repair)"
@@ -281,13 +283,15 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def capture_inputs(model: nn.Module, names: set[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The first input each named module gets in one forward pass of ``model`` on ``x``."""
+def capture_inputs(model: nn.Module, names: set[str], x: torch.Tensor,
+                   output: bool = False) -> dict[str, torch.Tensor]:
+    """The first input (or ``output``) each named module gets in one forward pass of ``model`` on ``x``."""
     seen: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
-        def fn(module, inputs, output) -> None:
-            seen.setdefault(name, inputs[0])
+        def fn(module, inputs, out) -> None:
+            if name not in seen:  # a clone: later in-place ops (x += shortcut) must not change it
+                seen[name] = (out if output else inputs[0]).detach().clone()
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n in names]
@@ -297,6 +301,10 @@ def capture_inputs(model: nn.Module, names: set[str], x: torch.Tensor) -> dict[s
         for h in handles:
             h.remove()
     return seen
+
+
+def capture_outputs(model: nn.Module, names: set[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return capture_inputs(model, names, x, output=True)
 
 
 def border_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
@@ -373,6 +381,10 @@ def op_find(cell: Cell) -> str:
     diff = changed(cell.model, before)
     if diff:
         raise CheckFailed(f"find_pans modified the model: {diff}")
+    missing = ({n for n, _ in conv_layers(cell.model)} - {layer.name for layer in cell.report.layers}
+               - set(unsupported_layers(cell.model)))
+    if missing:
+        raise CheckFailed(f"{len(missing)} convolutions missing from the report, e.g. {sorted(missing)[0]}")
     return f"{cell.report.count} PANs / {cell.report.total_filters} filters"
 
 
@@ -382,8 +394,39 @@ def op_convert(mode: str) -> Callable[[Cell], str]:
             raise Skipped(cell.cannot_run)
         twin = copy.deepcopy(cell.model)
         summary = run_refusable(twin, lambda: convert_padding(twin, mode))
-        return check_conversion(cell.model, twin, summary, cell.x)
+        detail = check_conversion(cell.model, twin, summary, cell.x)
+        return detail + (f"; {roll_invariance(twin, cell.x)}" if mode == "circular" else "")
     return run
+
+
+def total_stride(model: nn.Module, x: torch.Tensor) -> int:
+    """Input side / smallest output side of a conv on a spatial map (not on the 1x1 of a
+    squeeze-excitation): the network's total stride, for square inputs."""
+    sides: list[int] = []
+
+    def hook(module, inputs, out) -> None:
+        if inputs[0].shape[-1] > 1:
+            sides.append(out.shape[-1])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return x.shape[-1] // min(sides)
+
+
+def roll_invariance(model: nn.Module, x: torch.Tensor) -> str:
+    """Information, not a check: a model whose every padding is circular is exactly invariant to
+    circular rolls of its input by its total stride (global pooling), so a difference shows what
+    convert_padding does not switch: -inf max-pool frames (by design), padding inside a module's
+    forward (F.pad), ceil-mode windows, position embeddings."""
+    stride = total_stride(model, x)
+    if stride >= x.shape[-1]:
+        return "roll invariance not measurable (total stride >= input side)"
+    err = close(forward(model, x.roll((stride, stride), (-2, -1))), forward(model, x))
+    return f"{'' if err <= TOLERANCE else 'not '}invariant to rolls by the total stride {stride} (diff {err:.0e})"
 
 
 def need_report(cell: Cell):
@@ -408,8 +451,21 @@ def op_prune_mask(cell: Cell) -> str:
     summary = run_refusable(masked, lambda: prune_pans(masked, report))
     if forward(masked, cell.x).shape != forward(cell.model, cell.x).shape:
         raise CheckFailed("output shape changed")
+    check_silenced(masked, summary, cell.x)
     cell.masked = masked
-    return f"{summary.count} channels masked{cell.report_note}"
+    return f"{summary.count} channels masked and silent{cell.report_note}"
+
+
+def check_silenced(model: nn.Module, summary, x: torch.Tensor) -> None:
+    """Every masked channel outputs exactly 0 after its BatchNorm (or conv, without one), except
+    those ``summary.not_silenced`` explains."""
+    outputs = {summary.batchnorms.get(layer, layer): layer for layer in summary.masked
+               if layer not in summary.not_silenced}
+    seen = capture_outputs(model, set(outputs), x)
+    for name, out in seen.items():
+        chans = summary.masked[outputs[name]]
+        if out[:, chans].abs().max() > 0:
+            raise CheckFailed(f"masked channels of {outputs[name]} are not 0 after {name}")
 
 
 def op_prune_remove(cell: Cell) -> str:
@@ -429,7 +485,7 @@ def op_prune_remove(cell: Cell) -> str:
 
 def op_monitor(cell: Cell) -> str:
     module = _Classifier(copy.deepcopy(cell.model).train())
-    data = _loader(cell.size, forward(cell.model, cell.x).shape[-1])
+    data = _loader(cell.size)
     monitor = PANMonitor(cell.input_size, model_attr="model", log_tables=False, **MONITOR_ARGS)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -442,6 +498,8 @@ def op_monitor(cell: Cell) -> str:
         except Exception as err:
             if module.steps:  # not refused at setup: the callback ended a training run
                 raise CheckFailed(f"fit stopped after {module.steps} steps: {first_line(err)}") from err
+            if cell.cannot_run and not raised_by_pan_repair(err):
+                raise Skipped(f"{cell.cannot_run} (the fit fails in the model's own forward)") from err
             raise
     scans = monitor.history.scans
     warned = [str(w.message).splitlines()[0] for w in caught
@@ -449,15 +507,13 @@ def op_monitor(cell: Cell) -> str:
     return f"{len(scans)} scan(s)" + (f"; warned: {warned[0][:100]}" if warned else "")
 
 
-def _loader(size: int, classes: int):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 3, size, size, generator=g)
-    y = torch.randint(0, classes, (4,), generator=g)
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+def _loader(size: int):
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=2)
 
 
 class _Classifier(LightningModule):
-    """Cross-entropy on the model's (first) output."""
+    """Trains the model to shrink its (first) output: any loss will do for a smoke test."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -467,7 +523,7 @@ class _Classifier(LightningModule):
     def _loss(self, batch) -> torch.Tensor:
         out = self.model(batch[0])
         out = out[0] if isinstance(out, (tuple, list)) else out
-        return F.cross_entropy(out, batch[1])
+        return out.square().mean()
 
     def training_step(self, batch, batch_idx):
         self.steps += 1
