@@ -34,8 +34,10 @@ What each layer type becomes:
 * timm's ``CondConv2d`` and other ``nn.Conv2d`` subclasses: not supported, skipped.
 
 Padding written inside a custom module's ``forward`` (e.g. timm's ``BlurPool2d``)
-is not a layer and is not switched. Hooks registered on a replaced layer are not
-carried over. :func:`pan_repair.layers.layer_padding` describes converted layers.
+is not a layer and is not switched. A replaced layer's forward hooks, pruning masks
+(``torch.nn.utils.prune``, e.g. :func:`~pan_repair.prune_pans`), ``weight_norm`` and
+``spectral_norm`` are carried over (the same hooks and tensors); ``torch.nn.utils.parametrize``
+changes a layer's type, which is then not supported. :func:`pan_repair.layers.layer_padding` describes converted layers.
 """
 from __future__ import annotations
 
@@ -323,10 +325,26 @@ class _Leave:
     unsupported: bool = False
 
 
+#: The forward-hook registries of ``nn.Module`` (pruning, weight_norm and spectral_norm are hooks).
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
 def _adopt(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Give ``new`` the parameters of ``old`` (the same tensors) and its training mode."""
-    for name, param in old.named_parameters(recurse=False):
+    """Give ``new`` the tensors of ``old`` (the same objects: parameters, buffers, and tensors a
+    forward pre-hook computes, e.g. the ``weight`` of ``torch.nn.utils.prune``, ``weight_norm``
+    or ``spectral_norm``), its forward hooks and its training mode."""
+    for name in [n for n in new._parameters if n not in old._parameters]:
+        del new._parameters[name]  # e.g. ``weight``, which pruning turns into ``weight_orig``
+    for name, param in old._parameters.items():
         new.register_parameter(name, param)
+    for name, buf in old._buffers.items():
+        new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
+    for name, value in vars(old).items():
+        if isinstance(value, torch.Tensor):
+            setattr(new, name, value)
+    for registry in _HOOK_DICTS:
+        getattr(new, registry).update(getattr(old, registry))
     if new.state_dict().keys() != old.state_dict().keys():
         raise RuntimeError(f"{type(new).__name__} is not state-dict compatible with {type(old).__name__}")
     return new.train(old.training)
@@ -344,7 +362,7 @@ def _convert_conv(conv: nn.Conv2d, mode: str) -> nn.Module | _Leave:
     for attr in ("eps", "scale"):  # weight standardisation constants
         if hasattr(conv, attr):
             setattr(new, attr, getattr(conv, attr))
-    return _adopt(new, conv)
+    return new
 
 
 def _convert_avg_pool(pool: nn.Module, mode: str) -> nn.Module | _Leave:
@@ -460,6 +478,7 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanRepo
         layer = found[name]
         new = _convert(layer, mode)
         if isinstance(new, nn.Module):
+            new = _adopt(new, layer)
             if isinstance(new, _ExplicitPadding):
                 new.layer_name = name
             new_by_id[id(layer)] = new
