@@ -27,6 +27,8 @@ Operations and their checks (eval mode, one random input ``x`` of the cell's siz
 * ``prune_remove``: ``prune_pans(mode="remove")``; the forward runs and equals the masked model's
   to 1e-4 (relative to the output scale, at least 1; the masked output's scale is shown, so that
   a vacuous comparison of zeros would show).
+* ``convert_masked``: ``convert_padding`` (replicate) of the ``prune_mask`` model: the conversion
+  checks, against the masked model, and its masked channels still output 0.
 * ``monitor``: a Lightning fit (2 training batches of 2 random images, 1 validation batch) with
   ``PANMonitor`` completes.
 
@@ -68,7 +70,8 @@ MONITOR_ARGS = dict(n_patterns=2, n_positions=4)
 TOLERANCE = 1e-4
 SIZES = (64, 96)
 FALLBACK_SIZE = 96
-OPS = ("find", *(f"convert_{m}" for m in CONVERT_MODES), "prune_mask", "prune_remove", "monitor")
+OPS = ("find", *(f"convert_{m}" for m in CONVERT_MODES), "prune_mask", "prune_remove", "convert_masked",
+       "monitor")
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,7 @@ class Cell:
     x: torch.Tensor
     report: object = None
     masked: nn.Module | None = None
+    mask_summary: object = None
     cannot_run: str | None = None
     report_note: str = ""
 
@@ -452,7 +456,7 @@ def op_prune_mask(cell: Cell) -> str:
     if forward(masked, cell.x).shape != forward(cell.model, cell.x).shape:
         raise CheckFailed("output shape changed")
     check_silenced(masked, summary, cell.x)
-    cell.masked = masked
+    cell.masked, cell.mask_summary = masked, summary
     return f"{summary.count} channels masked and silent{cell.report_note}"
 
 
@@ -481,6 +485,19 @@ def op_prune_remove(cell: Cell) -> str:
     cut = sum(len(v) for v in summary.removed.values())
     return (f"{cut} channels cut, {len(summary.not_removable)} layers masked instead; diff {err:.0e} "
             f"of output scale {masked_out.abs().max():.1e}{cell.report_note}")
+
+
+def op_convert_masked(cell: Cell) -> str:
+    """``convert_padding`` (replicate) of the masked model: the conversion checks against the
+    masked model, and the masked channels stay silent."""
+    need_report(cell)
+    if cell.masked is None:
+        raise Skipped("no masked model")
+    twin = copy.deepcopy(cell.masked)
+    summary = run_refusable(twin, lambda: convert_padding(twin, "replicate"))
+    detail = check_conversion(cell.masked, twin, summary, cell.x)
+    check_silenced(twin, cell.mask_summary, cell.x)
+    return f"{detail}; masked channels silent"
 
 
 def op_monitor(cell: Cell) -> str:
@@ -556,6 +573,7 @@ OPERATIONS: dict[str, Callable[[Cell], str]] = {
     **{f"convert_{m}": op_convert(m) for m in CONVERT_MODES},
     "prune_mask": op_prune_mask,
     "prune_remove": op_prune_remove,
+    "convert_masked": op_convert_masked,
     "monitor": op_monitor,
 }
 
@@ -587,9 +605,9 @@ def run_cell(a: Arch, size: int, ops: list[str]) -> list[dict]:
     except Exception as err:  # noqa: BLE001  the model itself cannot run: only refusals to check
         cell.cannot_run = f"the model itself cannot run at {size} px: {first_line(err)[:100]}"
     needed = set(ops)
-    if needed & {"prune_mask", "prune_remove"}:
+    if needed & {"prune_mask", "prune_remove", "convert_masked"}:
         needed.add("find")
-    if "prune_remove" in needed:
+    if needed & {"prune_remove", "convert_masked"}:
         needed.add("prune_mask")
     rows = [run_op(op, cell) for op in OPS if op in needed]
     print(" ".join(f"{r['op']}={r['status']}" for r in rows), f"{a.name}@{size}", flush=True)
