@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from timm.layers import (BatchNormAct2d, Conv2dSame, MixedConv2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d,
                          StdConv2dSame)
@@ -72,9 +72,14 @@ class Removal:
             set_module(model, name, module)
 
 
-def _has_masks(module: nn.Module) -> bool:
-    """Whether ``module`` has ``torch.nn.utils.prune`` masks (its parameters cannot be sliced)."""
-    return any(isinstance(h, prune.BasePruningMethod) for h in module._forward_pre_hooks.values())
+def _unsliceable(module: nn.Module) -> str | None:
+    """Why ``module``'s parameters cannot be sliced (``torch.nn.utils.prune`` masks, or a weight
+    computed in forward by ``weight_norm``, ``spectral_norm`` or a parametrization), else None."""
+    if any(isinstance(h, prune.BasePruningMethod) for h in module._forward_pre_hooks.values()):
+        return "has pruning masks (torch.nn.utils.prune): make them permanent or undo them first"
+    if "weight" not in module._parameters or parametrize.is_parametrized(module):
+        return "computes its weight in forward (weight_norm, spectral_norm or a parametrization)"
+    return None
 
 
 class _NotRemovable(Exception):
@@ -159,9 +164,9 @@ class _Tracer:
         conv = self.modules[layer]
         if self.calls[layer] > 1:
             raise _NotRemovable("the conv is called more than once in forward")
-        if _has_masks(conv):
-            raise _NotRemovable("the conv already has pruning masks (torch.nn.utils.prune): "
-                                "make them permanent or undo them first")
+        why = _unsliceable(conv)
+        if why:
+            raise _NotRemovable(f"the conv {why}")
         if _conv_kind(conv) == "other":
             raise _NotRemovable(f"unsupported conv type {type(conv).__name__}")
         plan = _Plan()
@@ -187,8 +192,9 @@ class _Tracer:
             raise _NotRemovable(f"depthwise conv whose input ({desc}) also feeds other layers")
         if node.op == "call_module":
             module = self.modules[node.target]
-            if self.calls[node.target] > 1 or _has_masks(module):
-                raise _NotRemovable(f"depthwise conv fed by {desc}, called more than once or masked")
+            if self.calls[node.target] > 1 or _unsliceable(module):
+                raise _NotRemovable(f"depthwise conv fed by {desc}, called more than once, masked or "
+                                    "reparametrized")
             if isinstance(module, nn.Conv2d) and module.groups == 1 and _conv_kind(module) != "other":
                 plan.out_remove[node.target] |= chans
                 return
@@ -235,8 +241,8 @@ class _Tracer:
                 if const is None and node.target != bn_allowed:
                     raise _NotRemovable(f"{self._desc(node)} after a non-linearity turns the zero "
                                         "channel into a constant")
-                if _has_masks(module):
-                    raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+                if _unsliceable(module):
+                    raise _NotRemovable(f"{self._desc(node)} {_unsliceable(module)}")
                 plan.bn_remove[node.target] |= chans
                 if const is not None:
                     const = self._apply(node, const)
@@ -298,8 +304,8 @@ class _Tracer:
     def _into_linear(self, node, linear, chans, plan, const, flat) -> None:
         if flat is None:
             raise _NotRemovable(f"{self._desc(node)} on an unflattened tensor")
-        if _has_masks(linear):
-            raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+        if _unsliceable(linear):
+            raise _NotRemovable(f"{self._desc(node)} {_unsliceable(linear)}")
         plan.in_remove[node.target] |= chans
         if const is not None:
             cols = sorted(chans)
@@ -309,8 +315,8 @@ class _Tracer:
     def _into_conv(self, node, conv, chans, plan, const, flat) -> None:
         if flat is not None:
             raise _NotRemovable(f"{self._desc(node)} after flattening")
-        if _has_masks(conv):
-            raise _NotRemovable(f"{self._desc(node)} already has pruning masks")
+        if _unsliceable(conv):
+            raise _NotRemovable(f"{self._desc(node)} {_unsliceable(conv)}")
         kind = _conv_kind(conv)
         if kind != "plain":
             raise _NotRemovable(f"its input channels cannot be cut from {self._desc(node)} "

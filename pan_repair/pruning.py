@@ -8,7 +8,9 @@ channel would output a constant, not a zero; with all four masked it outputs exa
 after the BatchNorm in eval *and* in train mode (batch statistics of a zero channel are 0). The
 pairing conv -> BatchNorm is read from one forward pass with hooks: a BatchNorm is paired with a
 conv when its input tensor *is* the conv's output, whatever the module names or nesting (plain
-``nn.Sequential``, ``conv1``/``bn1``, timm's ``ConvNormAct``/``BatchNormAct2d``).
+``nn.Sequential``, ``conv1``/``bn1``, timm's ``ConvNormAct``/``BatchNormAct2d``). A conv whose
+weight is computed in forward (``weight_norm``, ``spectral_norm``, a parametrization) keeps its
+weight: the masked BatchNorm it feeds silences the channel (without one, ``ValueError``).
 
 As with all of torch's pruning, a masked parameter ``p`` becomes ``p_orig`` (a parameter, still
 trained) times ``p_mask`` (a buffer), so until the masks are made permanent the *state dict*
@@ -39,7 +41,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from .channel_removal import remove_channels
 from .layers import conv_bn_pairs
@@ -187,14 +189,19 @@ def _plan_masks(model: nn.Module, selected: dict[str, list[int]], pairs: dict[st
     plan = []
     for layer, chans in selected.items():
         conv = model.get_submodule(layer)
-        plan.append((conv, "weight", _channel_mask(conv.weight, chans)))
-        if conv.bias is not None:
-            plan.append((conv, "bias", _channel_mask(conv.bias, chans)))
         bn_name = pairs.get(layer)
-        if bn_name is not None:
-            bn = model.get_submodule(bn_name)
+        bn = None if bn_name is None else model.get_submodule(bn_name)
+        affine_bn = bn is not None and bn.weight is not None and bn.bias is not None
+        if not _computed_weight(conv):
+            plan.append((conv, "weight", _channel_mask(conv.weight, chans)))
+        elif not affine_bn:
+            raise ValueError(f"cannot mask {layer!r}: its weight is computed in forward (weight_norm, "
+                             "spectral_norm or a parametrization) and no affine BatchNorm follows it")
+        if conv.bias is not None and not parametrize.is_parametrized(conv, "bias"):
+            plan.append((conv, "bias", _channel_mask(conv.bias, chans)))
+        if bn is not None:
             summary.batchnorms[layer] = bn_name
-            if bn.weight is None or bn.bias is None:
+            if not affine_bn:
                 summary.not_silenced[layer] = (f"{bn_name} has no affine parameters: the channels "
                                                "output -running_mean / running_std after it")
             else:
@@ -202,6 +209,15 @@ def _plan_masks(model: nn.Module, selected: dict[str, list[int]], pairs: dict[st
                          (bn, "bias", _channel_mask(bn.bias, chans))]
         summary.masked[layer] = list(chans)
     return plan
+
+
+def _computed_weight(conv: nn.Module) -> bool:
+    """Whether ``conv.weight`` is computed in forward by ``weight_norm``, ``spectral_norm`` or a
+    parametrization: no parameter to mask (the BatchNorm it feeds silences its channels)."""
+    if parametrize.is_parametrized(conv, "weight"):
+        return True
+    pruned = any(isinstance(h, prune.BasePruningMethod) for h in conv._forward_pre_hooks.values())
+    return "weight" not in conv._parameters and not pruned
 
 
 def _apply_masks(plan: list[tuple[nn.Module, str, torch.Tensor]]) -> None:
@@ -341,6 +357,8 @@ def prune_pans(model: nn.Module, report: PanReport, *, kinds: Iterable[str] = KI
         return summary
     pairs = conv_bn_pairs(model, report.input_size)
     to_mask, removal = selected, None
+    if mode == "remove" and fallback == "mask":  # refuse unmaskable layers before anything changes
+        _plan_masks(model, selected, pairs, PruneSummary(mode))
     if mode == "remove":
         removal = remove_channels(model, selected, pairs, report.input_size, mask_rest=fallback == "mask")
         summary.removed, summary.not_removable = removal.removed, removal.not_removable
