@@ -2,7 +2,7 @@
 
 :func:`convert_padding` replaces, in place and atomically, every padded layer of a
 model (or the named ones) by a layer that pads its input explicitly with the new
-mode; :func:`converted_copy` does it on a deep copy. The replacements keep the
+mode; :func:`converted_copy` does it on a copy. The replacements keep the
 original's parameters (the same tensors, as ``nn.SyncBatchNorm.convert_sync_batchnorm``
 does), so state dicts load both ways, and its training mode.
 
@@ -41,7 +41,6 @@ changes a layer's type, which is then not supported. :func:`pan_repair.layers.la
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NamedTuple
@@ -69,6 +68,7 @@ from .layers import (
     pad_module_padding,
     unsupported_layers,
 )
+from .module_state import structural_copy
 from .report import PanReport
 
 __all__ = [
@@ -499,8 +499,10 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanRepo
 
 
 def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None) -> nn.Module:
-    """A deep copy of ``model`` with its padding switched to ``mode``; ``model`` is untouched
-    (e.g. to measure how much a model relies on its padding)."""
-    model = copy.deepcopy(model)
+    """An independent copy of ``model`` with its padding switched to ``mode``; ``model`` is
+    untouched (e.g. to measure how much a model relies on its padding). The copy is structural
+    (:func:`~pan_repair.module_state.structural_copy`), so it also works mid-training, on pruning
+    masks, ``weight_norm`` and ``spectral_norm``, which ``copy.deepcopy`` cannot copy."""
+    model = structural_copy(model, share=False)
     convert_padding(model, mode, layers)
     return model

@@ -471,3 +471,18 @@ def test_conversion_keeps_pruning_masks_and_weight_norm():
     torch.testing.assert_close(model(x)[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2])
     model(x).sum().backward()
     assert model[0].weight_orig.grad is not None and model[2].weight_g.grad is not None
+
+
+def test_converted_copy_of_a_masked_model_mid_training():
+    """converted_copy after a training forward of a masked / weight-normed model (non-leaf
+    computed weights, which copy.deepcopy refuses): an independent converted copy, the original
+    untouched."""
+    model = _masked_and_weight_normed().train()
+    x = torch.randn(2, 2, 8, 8)
+    model(x).sum().backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twin = converted_copy(model, "circular")
+    assert isinstance(twin[0], PaddedConv2d) and type(model[0]) is nn.Conv2d
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert twin[0].weight_orig is not model[0].weight_orig
+    torch.testing.assert_close(twin.eval()(x)[..., 2:-2, 2:-2], model.eval()(x)[..., 2:-2, 2:-2])
