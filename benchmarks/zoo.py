@@ -42,6 +42,7 @@ import copy
 import json
 import math
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -628,6 +629,11 @@ def load_cache(path: Path) -> dict[tuple[str, int, str], dict]:
     return rows
 
 
+def write_cache(path: Path, rows: dict[tuple[str, int, str], dict]) -> None:
+    """The cache, compacted: one line per cell and operation, the latest result."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+
+
 def append_cache(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
@@ -658,15 +664,22 @@ def render(rows: dict[tuple[str, int, str], dict], cells: list[tuple[Arch, int]]
              f"timm {_version('timm')}, torchvision {_version('torchvision')}; random weights (seed 0)  "]
     seconds = sum(r["seconds"] for (m, s, _), r in rows.items() if (m, s) in {(a.name, z) for a, z in cells})
     lines.append(f"Compute time of the cells shown: {seconds / 60:.1f} min"
-                 + (f"; wall time of the last run: {wall_s / 60:.1f} min" if wall_s is not None else ""))
+                 + (f"; wall time of the last run (the cells it computed): {wall_s / 60:.1f} min"
+                    if wall_s is not None else ""))
     lines += ["", __doc__.split("\n\n", 1)[1].rsplit("\n\nResults are cached", 1)[0], "",
               "## Pass counts per operation", "",
-              "| operation | pass | refused | FAIL | n/a |", "|---|---|---|---|---|"]
+              f"{len(cells)} cells (architecture x size) of {len({a.name for a, _ in cells})} architectures.", "",
+              "| operation | pass | refused | FAIL | n/a | architectures without FAIL |", "|---|---|---|---|---|---|"]
+    archs = list(dict.fromkeys(a.name for a, _ in cells))
     for op in OPS:
         got = [rows.get((a.name, s, op)) for a, s in cells]
         count = {k: sum(1 for r in got if r and r["status"] == k) for k in ("pass", "refused", "FAIL", "n/a")}
+        failing = {r["model"] for r in got if r and r["status"] == "FAIL"}
         lines.append(f"| {op} | {count['pass']} / {len(cells)} | {count['refused']} | {count['FAIL']} | "
-                     f"{count['n/a']} |")
+                     f"{count['n/a']} | {len(archs) - len(failing)} / {len(archs)} |")
+    lines += ["", "## Distinct failures and refusals", "",
+              "| operation (code) | status | reason | cells |", "|---|---|---|---|"]
+    lines += distinct_problems([rows[(a.name, s, op)] for a, s in cells for op in OPS if (a.name, s, op) in rows])
     lines += ["", "## Architectures", "", "| architecture | padding machinery |", "|---|---|"]
     lines += [f"| `{a.name}` | {a.machinery} |" for a in dict.fromkeys(a for a, _ in cells)]
     lines += ["", "## Results per architecture, size and operation", "",
@@ -675,6 +688,24 @@ def render(rows: dict[tuple[str, int, str], dict], cells: list[tuple[Arch, int]]
         lines.append(f"| `{a.name}` @ {s} | " + " | ".join(cell_text(rows.get((a.name, s, op))) for op in OPS)
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+#: The pan_repair code each operation exercises (where its failures are to be fixed).
+CODE = {"find": "detector.py", "prune_mask": "pruning.py", "prune_remove": "channel_removal.py",
+        "convert_masked": "padding_switch.py", "monitor": "callbacks/monitor.py",
+        **{f"convert_{m}": "padding_switch.py" for m in CONVERT_MODES}}
+
+
+def distinct_problems(rows: list[dict]) -> list[str]:
+    """One table row per (operation, status, reason) among refused and FAIL cells, with its cells."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in rows:
+        if r["status"] in ("refused", "FAIL"):
+            reason = re.sub(r"\d+x\d+|\(\d+, \d+, \d+\)|\d+ steps", "N", r["detail"])
+            groups.setdefault((r["op"], r["status"], reason), []).append(f"{r['model']}@{r['size']}")
+    return [f"| {op} ({CODE[op]}) | {status} | {reason.replace('|', '/')[:200]} | {len(where)}: "
+            f"{', '.join(where[:4])}{', ...' if len(where) > 4 else ''} |"
+            for (op, status, reason), where in sorted(groups.items())]
 
 
 def _version(name: str) -> str:
@@ -708,6 +739,7 @@ def main(argv: list[str] | None = None) -> None:
             append_cache(args.cache, new)
             rows.update({(r["model"], r["size"], r["op"]): r for r in new})
     wall = time.perf_counter() - start
+    write_cache(args.cache, rows)
     shown = [(a, s) for a in ARCHS for s in sizes_of(a, SIZES, True) if any((a.name, s, op) in rows for op in OPS)]
     args.out.write_text(render(rows, shown, wall))
     print(f"wall {wall / 60:.1f} min; wrote {args.out}")

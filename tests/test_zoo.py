@@ -106,3 +106,16 @@ def test_fast_zoo_at_64px_find_completes_or_refuses(fast_rows, name):
 @pytest.mark.parametrize("name", FAST)
 def test_fast_zoo_at_64px_monitor_survives_the_fit(fast_rows, name):
     assert fast_rows[(name, "monitor")]["status"] == "pass", fast_rows[(name, "monitor")]
+
+
+def test_report_counts_per_operation_and_groups_problems():
+    a = zoo.arch("resnet18")
+    rows = {(a.name, s, op): {"model": a.name, "size": s, "op": op, "status": "pass", "detail": "", "seconds": 1.0}
+            for s in (64, 96) for op in zoo.OPS}
+    rows[(a.name, 64, "find")].update(status="refused", detail="ValueError: input size 64x64 is too small")
+    rows[(a.name, 64, "monitor")].update(status="FAIL", detail="fit stopped after 2 steps: ValueError: x")
+    text = zoo.render(rows, [(a, 64), (a, 96)], None)
+    assert "| find | 1 / 2 | 1 | 0 | 0 | 1 / 1 |" in text
+    assert "| monitor | 1 / 2 | 0 | 1 | 0 | 0 / 1 |" in text
+    assert "| find (detector.py) | refused | ValueError: input size N is too small | 1: resnet18@64 |" in text
+    assert "Machine: " in text and "| `resnet18` @ 96 | pass (" in text
