@@ -663,7 +663,7 @@ def render(rows: dict[tuple[str, int, str], dict], cells: list[tuple[Arch, int]]
              f"Machine: {machine()}  ",
              f"timm {_version('timm')}, torchvision {_version('torchvision')}; random weights (seed 0)  "]
     seconds = sum(r["seconds"] for (m, s, _), r in rows.items() if (m, s) in {(a.name, z) for a, z in cells})
-    lines.append(f"Compute time of the cells shown: {seconds / 60:.1f} min"
+    lines.append(f"Time of the operations shown (one thread): {seconds / 60:.1f} min"
                  + (f"; wall time of the last run (the cells it computed): {wall_s / 60:.1f} min"
                     if wall_s is not None else ""))
     lines += ["", __doc__.split("\n\n", 1)[1].rsplit("\n\nResults are cached", 1)[0], "",
@@ -731,17 +731,18 @@ def main(argv: list[str] | None = None) -> None:
     archs = [arch(n) for n in args.models] if args.models else list(ARCHS)
     cells = [(a, s) for a in archs for s in sizes_of(a, tuple(args.sizes), not args.no_default_size)]
     rows = load_cache(args.cache)
-    start = time.perf_counter()
+    start, computed = time.perf_counter(), False
     for a, s in cells:
         todo = [op for op in args.ops if args.fresh or (a.name, s, op) not in rows]
         if todo:
+            computed = True
             new = run_cell(a, s, todo)
             append_cache(args.cache, new)
             rows.update({(r["model"], r["size"], r["op"]): r for r in new})
     wall = time.perf_counter() - start
     write_cache(args.cache, rows)
     shown = [(a, s) for a in ARCHS for s in sizes_of(a, SIZES, True) if any((a.name, s, op) in rows for op in OPS)]
-    args.out.write_text(render(rows, shown, wall))
+    args.out.write_text(render(rows, shown, wall if computed else None))
     print(f"wall {wall / 60:.1f} min; wrote {args.out}")
 
 
