@@ -22,8 +22,9 @@ Operations and their checks (eval mode, one random input ``x`` of the cell's siz
   ``circular``, the detail also says whether the converted model is invariant to circular rolls of
   its input by its total stride (information, not a check: see :func:`roll_invariance`).
 * ``prune_mask``: ``prune_pans`` masks the PANs of the ``find`` report (where ``find`` is refused
-  at 64 px, of the 96 px scan's report: it names the same layers and channels); the forward runs,
-  the output shape is unchanged.
+  at this size, of a 96 or 224 px scan's report: it names the same layers and channels); the
+  forward runs, the output shape is unchanged, and every masked channel outputs exactly 0 after
+  its BatchNorm (or conv).
 * ``prune_remove``: ``prune_pans(mode="remove")``; the forward runs and equals the masked model's
   to 1e-4 (relative to the output scale, at least 1; the masked output's scale is shown, so that
   a vacuous comparison of zeros would show).
@@ -70,7 +71,7 @@ FIND_ARGS = dict(n_patterns=2, n_positions=4)
 MONITOR_ARGS = dict(n_patterns=2, n_positions=4)
 TOLERANCE = 1e-4
 SIZES = (64, 96)
-FALLBACK_SIZE = 96
+FALLBACK_SIZES = (96, 224)
 OPS = ("find", *(f"convert_{m}" for m in CONVERT_MODES), "prune_mask", "prune_remove", "convert_masked",
        "monitor")
 
@@ -436,17 +437,18 @@ def roll_invariance(model: nn.Module, x: torch.Tensor) -> str:
 
 def need_report(cell: Cell):
     """The cell's ``find`` report; where ``find`` was refused at this size, the report of a scan
-    at :data:`FALLBACK_SIZE` px (a report names layers and channels, whatever the input size)."""
+    at the first larger size of :data:`FALLBACK_SIZES` that works (a report names layers and
+    channels, whatever the input size)."""
     if cell.cannot_run:
         raise Skipped(cell.cannot_run)
-    if cell.report is None and cell.size < FALLBACK_SIZE:
+    for size in (s for s in FALLBACK_SIZES if s > cell.size and cell.report is None):
         try:
-            cell.report = find_pans(cell.model, (3, FALLBACK_SIZE, FALLBACK_SIZE), **FIND_ARGS)
-            cell.report_note = f"; report of the {FALLBACK_SIZE} px scan"
-        except Exception as err:  # noqa: BLE001  recorded in the find cell at that size
-            raise Skipped(f"no find_pans report at {cell.size} or {FALLBACK_SIZE} px") from err
+            cell.report = find_pans(cell.model, (3, size, size), **FIND_ARGS)
+            cell.report_note = f"; report of the {size} px scan"
+        except Exception:  # noqa: BLE001  recorded in the find cell at that size
+            continue
     if cell.report is None:
-        raise Skipped("no find_pans report")
+        raise Skipped("no find_pans report at this or a larger size")
     return cell.report
 
 
