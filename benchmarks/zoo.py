@@ -16,18 +16,19 @@ Operations and their checks (eval mode, one random input ``x`` of the cell's siz
   output shape of the original. *Interior check*: a whole network's outputs all depend on its
   border at these sizes, so the check is per layer, in place: every switched layer's real input
   in the converted model's forward pass is fed to both the original and the new layer, which must
-  give the same output shape and the same values (to 1e-4 of the output scale) wherever the
-  layer's window does not reach its padding. *Nothing left behind*: every layer that still pads
-  with a constant frame during that forward pass is listed in the summary's ``skipped``. For
-  ``circular``, the detail also says whether the converted model is invariant to circular rolls of
-  its input by its total stride (information, not a check: see :func:`roll_invariance`).
+  give the same output shape and the same values (to 1e-4 of the output's largest value)
+  wherever the layer's window does not reach its padding. *Nothing left behind*: every layer that
+  still pads with a constant frame during that forward pass is listed in the summary's
+  ``skipped``. For ``circular``, the detail also says whether the converted model is invariant to
+  circular rolls of its input by its total stride (information, not a check: see
+  :func:`roll_invariance`).
 * ``prune_mask``: ``prune_pans`` masks the PANs of the ``find`` report (where ``find`` is refused
   at this size, of a 96 or 224 px scan's report: it names the same layers and channels); the
   forward runs, the output shape is unchanged, and every masked channel outputs exactly 0 after
   its BatchNorm (or conv).
 * ``prune_remove``: ``prune_pans(mode="remove")``; the forward runs and equals the masked model's
-  to 1e-4 (relative to the output scale, at least 1; the masked output's scale is shown, so that
-  a vacuous comparison of zeros would show).
+  to 1e-4 of the masked output's largest value (shown, so that a vacuous comparison of zeros
+  would show).
 * ``convert_masked``: ``convert_padding`` (replicate) of the ``prune_mask`` model: the conversion
   checks, against the masked model, and its masked channels still output 0.
 * ``monitor``: a Lightning fit (2 training batches of 2 random images, 1 validation batch) with
@@ -260,8 +261,8 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| relative to max(1, max |b|)."""
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1.0)) if a.numel() else 0.0
+    """max |a - b| relative to max |b| (at least 1e-6)."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) if a.numel() else 0.0
 
 
 def interior(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[slice, slice]:
@@ -486,8 +487,8 @@ def op_prune_remove(cell: Cell) -> str:
     if err > TOLERANCE:
         raise CheckFailed(f"removed differs from masked by {err:.2e}")
     cut = sum(len(v) for v in summary.removed.values())
-    return (f"{cut} channels cut, {len(summary.not_removable)} layers masked instead; diff {err:.0e} "
-            f"of output scale {masked_out.abs().max():.1e}{cell.report_note}")
+    return (f"{cut} channels cut, {len(summary.not_removable)} layers masked instead; relative diff "
+            f"{err:.0e} at output scale {masked_out.abs().max():.1e}{cell.report_note}")
 
 
 def op_convert_masked(cell: Cell) -> str:
