@@ -4,14 +4,16 @@ Per architecture, input size and operation the sweep records one of
 
 * ``pass``: the operation completed and its checks held;
 * ``refused``: it raised ``ValueError``/``TypeError``/``NotImplementedError`` (for callbacks at
-  setup, Lightning's ``MisconfigurationException``) from pan_repair's own code, with a one-line message, and left the model exactly as it was (state dict and module types);
+  setup, Lightning's ``MisconfigurationException``) from pan_repair's own code, with a one-line
+  message, and left the model exactly as it was (state dict and module types);
 * ``FAIL``: anything else (another exception, a multi-line or foreign error, a model changed by a
   refused operation, a check that did not hold).
 
 Operations and their checks (eval mode, one random input ``x`` of the cell's size):
 
 * ``find``: ``find_pans`` (default thresholds, 2 probe patterns x 4 positions) completes, leaves
-  the model unchanged and reports every convolution (but timm's unsupported ``CondConv2d``). Random-weight models have plenty of PANs (15-30% of their filters).
+  the model unchanged and reports every convolution (but timm's unsupported ``CondConv2d``).
+  Random-weight models have plenty of PANs (15-30% of their filters).
 * ``convert_<mode>``: ``convert_padding`` on a copy. The converted model runs and gives the
   output shape of the original. *Interior check*: a whole network's outputs all depend on its
   border at these sizes, so the check is per layer, in place: every switched layer's real input
