@@ -137,7 +137,7 @@ ARCHS = (
     Arch("edgenext_xx_small", "EdgeNeXt: conv + transposed attention hybrid"),
     Arch("mobilevit_xxs", "MobileViT: conv + transformer blocks (unfold)"),
     Arch("vit_tiny_r_s16_p8_224", "Hybrid ViT: ResNetV2 conv stem (StdConv2dSame) + patch embedding",
-         (("img_size", None),), default_size=True),
+         (("img_size", None), ("dynamic_img_size", True)), default_size=True),
     Arch("tv:vgg11_bn", "VGG (torchvision): plain zero-padded 3x3 convs"),
     Arch("tv:googlenet", "GoogLeNet (torchvision): inception branches, ceil_mode max pools",
          (("aux_logits", False), ("init_weights", True))),
