@@ -47,12 +47,11 @@ import json
 import math
 import platform
 import re
-import sys
 import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -267,7 +266,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) if a.numel() else 0.0
 
 
-def interior(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[slice, slice]:
+def interior(module: nn.Module, x: torch.Tensor) -> tuple[slice, slice]:
     """Output rows/columns of ``module`` on ``x`` whose window lies inside ``x`` (no padding):
     for a conv/pool, windows ``[i*s - pad, i*s - pad + (k-1)*d]`` within the input; for a pad
     module, the copied input."""
@@ -349,7 +348,7 @@ def check_conversion(original: nn.Module, converted: nn.Module, summary, x: torc
             a, b = old[name](inp), new[name](inp)
             if a.shape != b.shape:
                 raise CheckFailed(f"{name}: output shape {tuple(a.shape)} -> {tuple(b.shape)}")
-            rows, cols = interior(old[name], inp, a)
+            rows, cols = interior(old[name], inp)
             err = close(b[..., rows, cols], a[..., rows, cols])
             if err > TOLERANCE:
                 raise CheckFailed(f"{name} ({type(old[name]).__name__}): interior differs by {err:.2e}")
