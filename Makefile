@@ -36,6 +36,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/padding_consistency.py
 	$(PY) benchmarks/mitigations.py
 	$(PY) benchmarks/pruning_removal.py
+	$(PY) benchmarks/zoo.py --fresh
 	$(PY) benchmarks/mitigations_resnet.py --task random --threads 1 --seeds 0 1 2 3 4 5 6 7 8 9
 	$(PY) benchmarks/mitigations_resnet.py --task shortcut --threads 1 --seeds 0 1 2 3 4 5 6 7 8 9
 	$(PY) benchmarks/mitigations_resnet.py --task border --threads 1 --seeds 0 1 2 3 4 5 6 7 8 9

@@ -443,3 +443,46 @@ def test_a_report_of_another_model_is_refused():
     with pytest.raises(ValueError, match="another model"):
         convert_padding(model, "replicate", layers=foreign)
     assert type(model[0]) is nn.Conv2d
+
+
+def _masked_and_weight_normed() -> nn.Sequential:
+    from torch.nn.utils import prune
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                          torch.nn.utils.weight_norm(nn.Conv2d(4, 3, 3, padding=1))).eval()
+    mask = torch.ones_like(model[0].weight)
+    mask[1] = 0
+    prune.custom_from_mask(model[0], "weight", mask)
+    prune.custom_from_mask(model[0], "bias", torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    return model
+
+
+def test_conversion_keeps_pruning_masks_and_weight_norm():
+    """A model masked by prune_pans (torch.nn.utils.prune) or under weight_norm converts: the
+    masks and the weight-norm hooks come along (the same tensors), the state-dict keys stay, the
+    masked channel stays silent and the interior is unchanged."""
+    model = _masked_and_weight_normed()
+    x = torch.randn(1, 2, 8, 8)
+    expected, keys = model(x), list(model.state_dict())
+    summary = convert_padding(model, "replicate")
+    assert [c.name for c in summary.changed] == ["0", "2"]
+    assert list(model.state_dict()) == keys
+    assert model[0](x)[:, 1].abs().max() == 0  # the masked channel
+    torch.testing.assert_close(model(x)[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2])
+    model(x).sum().backward()
+    assert model[0].weight_orig.grad is not None and model[2].weight_g.grad is not None
+
+
+def test_converted_copy_of_a_masked_model_mid_training():
+    """converted_copy after a training forward of a masked / weight-normed model (non-leaf
+    computed weights, which copy.deepcopy refuses): an independent converted copy, the original
+    untouched."""
+    model = _masked_and_weight_normed().train()
+    x = torch.randn(2, 2, 8, 8)
+    model(x).sum().backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twin = converted_copy(model, "circular")
+    assert isinstance(twin[0], PaddedConv2d) and type(model[0]) is nn.Conv2d
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert twin[0].weight_orig is not model[0].weight_orig
+    torch.testing.assert_close(twin.eval()(x)[..., 2:-2, 2:-2], model.eval()(x)[..., 2:-2, 2:-2])

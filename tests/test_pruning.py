@@ -415,3 +415,45 @@ def test_depthwise_fed_by_a_shared_tensor_is_masked():
     model = _trained_looking(Shared())
     summary = prune_pans(model, _report(model, (3, 16, 16), {"dw.0": [1, 4]}), mode="remove")
     assert "also feeds other layers" in summary.not_removable["dw.0"] and summary.masked == {"dw.0": [1, 4]}
+
+
+REPARAMETRIZATIONS = {
+    "weight_norm": torch.nn.utils.weight_norm,
+    "spectral_norm": torch.nn.utils.spectral_norm,
+    "parametrizations.weight_norm": torch.nn.utils.parametrizations.weight_norm,
+}
+
+
+def _reparametrized_net(wrap, bn: bool = True) -> nn.Sequential:
+    """conv (under ``wrap``) -> [BatchNorm] -> ReLU -> conv -> pool -> linear, trained one step (so
+    the computed weights are non-leaf tensors)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(wrap(nn.Conv2d(3, 8, 3, padding=1)), nn.BatchNorm2d(8) if bn else nn.Identity(),
+                          nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2))
+    model(torch.randn(2, 3, 12, 12)).sum().backward()
+    return model.eval()
+
+
+@pytest.mark.parametrize("wrap", REPARAMETRIZATIONS.values(), ids=REPARAMETRIZATIONS.keys())
+def test_prune_reparametrized_conv_masks_through_its_batchnorm_and_is_not_removed(wrap):
+    """A conv whose weight is computed in forward is silenced by its BatchNorm (mask mode) and
+    listed as not removable (remove mode), with the same outputs; before, both raised TypeError."""
+    masked, removed = _reparametrized_net(wrap), _reparametrized_net(wrap)
+    report = _report(masked, (3, 12, 12), {"0": [1, 5]})
+    prune_pans(masked, report)
+    summary = prune_pans(removed, report, mode="remove")
+    assert "computes its weight in forward" in summary.not_removable["0"]
+    with torch.no_grad():
+        assert masked[1](masked[0](torch.randn(2, 3, 12, 12)))[:, [1, 5]].abs().max() == 0
+    _assert_same_outputs(removed, masked, (2, 3, 12, 12), 1e-6)
+
+
+@pytest.mark.parametrize("mode", ["mask", "remove"])
+def test_prune_reparametrized_conv_without_batchnorm_is_refused_unchanged(mode):
+    model = _reparametrized_net(torch.nn.utils.weight_norm, bn=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="cannot mask '0': its weight is computed in forward"):
+        prune_pans(model, _report(model, (3, 12, 12), {"0": [1]}), mode=mode)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
