@@ -16,8 +16,8 @@ exactly as found):
   ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias cancels); it lives on the border only.
   Per padded side ``s``: ``rms_s`` of ``D`` on the outermost output line, corners excluded, over the
   images; ``b_c = max_s rms_s / sigma_c``, ``sigma_c`` the channel's scale: the running std of the
-  trained BatchNorm it feeds, else its std over the scan's images (floored at 5% of the layer's
-  median). Where the images' border equals what the padding adds (digits on black, in [0, 1]), the
+  trained BatchNorm it feeds, else its std over the data images (data-free: over all probes),
+  floored at 5% of the layer's median. Where the images' border equals what the padding adds (digits on black, in [0, 1]), the
   first layer's ``D`` is 0: it cannot see the border there. First layer, uniform input ``v``:
   ``D_top = -sum_{taps on the top padding} w * v``, checkable by hand. Needs an output of at least
   3x3; smaller layers are listed in ``report.unmeasured``.
@@ -215,11 +215,12 @@ def _rectified(bn: nn.Module) -> bool:
 class _Recorder:
     """Forward hooks that collect per-layer statistics during one forward of the scan's images:
     the border deviation on the first ``n_border`` images (0: none), the pooled response of every
-    image, the channel scale over all images (convs without a trained BatchNorm)."""
+    image, the channel scale over the first ``n_scale`` images (None: all; 0: none; convs without
+    a trained BatchNorm)."""
 
     def __init__(self, model: nn.Module, n_border: int = 0, progress=None,
-                 feeds_bn: dict[str, nn.Module] | None = None, scale: bool = True):
-        self.n_border, self.progress, self.scale = n_border, progress, scale
+                 feeds_bn: dict[str, nn.Module] | None = None, n_scale: int | None = None):
+        self.n_border, self.progress, self.n_scale = n_border, progress, n_scale
         # convs whose response is read after their BatchNorm (from the blank pre-pass)
         self.feeds_bn = feeds_bn or {}
         self.device = device_dtype(model)[0]
@@ -258,11 +259,11 @@ class _Recorder:
                         stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_border], conv, padding)
                 if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
                     stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
-                if self.scale and stat.scale_bn is None:
-                    stat.sq_sum = self._pool(y, "square").sum(dim=0)
-                    stat.sum = (stat.pooled if stat.pooled is not None
-                                else y.mean(dim=(2, 3), dtype=torch.float32)).sum(dim=0)
-                    stat.count = y.shape[0]
+                if self.n_scale != 0 and stat.scale_bn is None:
+                    ys = y[:self.n_scale]
+                    stat.sq_sum = self._pool(ys, "square").sum(dim=0)
+                    stat.sum = ys.mean(dim=(2, 3), dtype=torch.float32).sum(dim=0)
+                    stat.count = ys.shape[0]
             if self.progress is not None:
                 self.progress.update()
         return hook
@@ -410,12 +411,12 @@ def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor]
         return None, False
     device, dtype = device_dtype(model)
     q = grid.n_positions
-    with _inspection(twin, feeds_bn=feeds_bn, scale=False) as rec:
+    with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
         _run(twin, grid.images[: 2 * q].to(device, dtype), input_size)
     first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
     if all(_invariant(r, q, spread[n]) for n, r in first.items()):
         return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
-    with _inspection(twin, feeds_bn=feeds_bn, scale=False) as rec:
+    with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
         _run(twin, grid.images.to(device, dtype), input_size)
     return {n: _eta2(rec.stats[n].response(), grid)[0] for n in names if rec.stats[n].response() is not None}, True
 
@@ -641,7 +642,9 @@ def find_pans(
     bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
                leave=False) if progress else None
     try:
-        with _inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn) as rec:
+        # the channel scale: on the data images themselves, or on every probe
+        n_scale = len(border_images) if images is not None else None
+        with _inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn, n_scale=n_scale) as rec:
             _run(model, torch.cat([border_images, grid.images]).to(device, dtype), input_size)
     finally:
         if bar is not None:

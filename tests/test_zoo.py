@@ -101,8 +101,6 @@ def test_fast_zoo_at_64px_find_completes_or_refuses(fast_rows, name):
     assert fast_rows[(name, "find")]["status"] in ("pass", "refused"), fast_rows[(name, "find")]
 
 
-@pytest.mark.xfail(reason="issue 12: PANMonitor ends the fit when its scan fails at 64 px (callbacks/ is "
-                          "being rewritten)", strict=False)
 @pytest.mark.parametrize("name", FAST)
 def test_fast_zoo_at_64px_monitor_survives_the_fit(fast_rows, name):
     assert fast_rows[(name, "monitor")]["status"] == "pass", fast_rows[(name, "monitor")]
