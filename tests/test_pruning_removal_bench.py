@@ -55,7 +55,7 @@ def test_rows_columns_and_report():
     resnet = _TinyRes().eval()
     log = lambda s: None  # noqa: E731
     rows = [bench.measure("smallcnn", plain, (1, 24, 24), "low", batch=2, rounds=1, log=log),
-            bench.measure("tinyres", resnet, (3, 24, 24), "default", batch=2, rounds=1, log=log)]
+            bench.measure("tinyres", resnet, (3, 24, 24), "low", batch=2, rounds=1, log=log)]
     for row in rows:
         _check(row)
     assert rows[1]["not_removable_layers"] > 0  # residual adds
