@@ -64,7 +64,7 @@ def test_rows_columns_and_report():
     assert len(lines) == 2 + len(rows)
     assert all(line.count("|") == len(bench.COLUMNS) + 1 for line in lines)
     assert lines[2].startswith("| smallcnn (1x24x24) | low |")
-    assert lines[3].startswith("| tinyres (3x24x24) | default |")
+    assert lines[3].startswith("| tinyres (3x24x24) | low |")
     reasons = bench.reasons_text(rows)
     assert "tinyres, default thresholds:" in reasons and "residual add" in reasons
 
