@@ -66,7 +66,7 @@ def test_rows_columns_and_report():
     assert lines[2].startswith("| smallcnn (1x24x24) | low |")
     assert lines[3].startswith("| tinyres (3x24x24) | low |")
     reasons = bench.reasons_text(rows)
-    assert "tinyres, default thresholds:" in reasons and "residual add" in reasons
+    assert "tinyres, low thresholds:" in reasons and "residual add" in reasons
 
 
 def test_main_writes_the_report(tmp_path):
