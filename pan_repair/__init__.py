@@ -15,7 +15,8 @@ from .callbacks import (PaddingConsistencyRegularizer, PaddingSwitch, PANMonitor
                         PANRegularizer, read_monitor_json)
 from .consistency import PaddingConsistency, padding_consistency
 from .data import DigitsCanvas, DigitsCanvasDataModule, LitDigitsCanvasDataModule
-from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, find_pans
+from .detector import (DEFAULT_BORDER_THRESHOLD, DEFAULT_DATA_BORDER_THRESHOLD, DEFAULT_DATA_POSITION_THRESHOLD,
+                       DEFAULT_POSITION_THRESHOLD, find_pans)
 from .metrics import BorderAccuracyGap, BorderActivationRatio, PaddingReliance, PANFraction
 from .models import SmallCNN
 from .padding_switch import ConversionSummary, convert_padding, converted_copy
@@ -35,6 +36,8 @@ __all__ = [
     "SIDES",
     "KINDS",
     "DEFAULT_BORDER_THRESHOLD",
+    "DEFAULT_DATA_BORDER_THRESHOLD",
+    "DEFAULT_DATA_POSITION_THRESHOLD",
     "DEFAULT_POSITION_THRESHOLD",
     "PANMonitor",
     "PaddingSwitch",

@@ -35,8 +35,9 @@ exactly as found):
   divides its input and the steps are multiples of the total stride, its eta2 is 0 and the rest
   of its pass is skipped.)
 
-**Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold``, else of kind
-``"position"`` if ``p_c >= position_threshold`` (default 0.9 on probes, 0.6 on data); each channel is counted once. ``sides``: the sides
+**Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold`` (default 2.4 on
+probes, 3.6 on data), else of kind ``"position"`` if ``p_c >= position_threshold`` (default 0.9 on
+probes, 0.6 on data); each channel is counted once. ``sides``: the sides
 with ``rms_s / sigma_c >= border_threshold`` and at least half the strongest side's (border), or
 the axes with a score ``>= position_threshold`` (top+bottom for rolls along rows). ``sign``: +1 if
 the BatchNorm-scaled response is higher at the border (border kind: mean ``D`` on the strongest
@@ -76,10 +77,14 @@ from .probes import RollGrid, calibration_images, data_canvases, resolve_convent
 from .report import SIDES, LayerInfo, Pan, PanReport
 
 __all__ = ["find_pans", "probe_batch", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
-           "DEFAULT_DATA_POSITION_THRESHOLD"]
+           "DEFAULT_DATA_BORDER_THRESHOLD", "DEFAULT_DATA_POSITION_THRESHOLD"]
 
-#: Default threshold on the border score (channel-std units); see README "Why these thresholds".
-DEFAULT_BORDER_THRESHOLD = 2.7
+#: Default threshold on the border score (channel-std units) on synthetic probes: Tukey's far-out
+#: fence (Q3 + 3 IQR) of the pretrained Lite0's data-free border scores (benchmarks/threshold_calibration.py)
+DEFAULT_BORDER_THRESHOLD = 2.4
+#: ... and on the model's own data: the same fence of Lite0's scores on photos (natural content at
+#: the border makes every channel's D larger than a uniform probe's)
+DEFAULT_DATA_BORDER_THRESHOLD = 3.6
 #: Default threshold on the position score (share of variance caused by padding) on synthetic probes.
 DEFAULT_POSITION_THRESHOLD = 0.9
 #: ... and on the model's own data, whose content varies more than the probe textures' (same
@@ -583,7 +588,7 @@ def find_pans(
     input_range: tuple[float, float] | None = None,
     mean: float | tuple[float, ...] | None = None,
     std: float | tuple[float, ...] | None = None,
-    border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+    border_threshold: float | None = None,
     position_threshold: float | None = None,
     n_patterns: int = 8,
     n_positions: int = 8,
@@ -604,7 +609,8 @@ def find_pans(
             up to ``max_images`` are used. Without it, synthetic probes in the input convention.
         input_range, mean, std: the input convention of data-free probes (see
             :func:`pan_repair.probes.resolve_convention`); ignored with ``data``.
-        border_threshold: minimum border score (channel-std units) of a border PAN.
+        border_threshold: minimum border score (channel-std units) of a border PAN; default
+            :data:`DEFAULT_DATA_BORDER_THRESHOLD` with data, :data:`DEFAULT_BORDER_THRESHOLD` on probes.
         position_threshold: minimum position score (share of variance, [0, 1]); default
             :data:`DEFAULT_DATA_POSITION_THRESHOLD` with data, :data:`DEFAULT_POSITION_THRESHOLD`
             on probes.
@@ -631,6 +637,8 @@ def find_pans(
     assumptions: list[str] = []
     images = calibration_images(data, max_images) if data is not None else None
     input_size = _resolve_size(model, input_size, images, assumptions)
+    if border_threshold is None:
+        border_threshold = DEFAULT_BORDER_THRESHOLD if images is None else DEFAULT_DATA_BORDER_THRESHOLD
     if position_threshold is None:
         position_threshold = DEFAULT_POSITION_THRESHOLD if images is None else DEFAULT_DATA_POSITION_THRESHOLD
     _check_input(model, input_size)

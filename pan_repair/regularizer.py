@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .border_geometry import border_windows, strip
-from .detector import DEFAULT_BORDER_THRESHOLD, DEFAULT_POSITION_THRESHOLD, total_stride
+from .detector import DEFAULT_POSITION_THRESHOLD, total_stride
 from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
 from .module_state import device_dtype, eval_mode
 from .placement_probes import N_CONSTANTS, STYLES, PlacementProbes, make_placement_probes, roll_axes
@@ -324,7 +324,7 @@ def _hinge(score: torch.Tensor, margin: float) -> torch.Tensor:
 def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
                      input_size: tuple[int, int, int] | None = None, layers: Iterable[str] | None = None,
                      border_weight: float = 1.0, position_weight: float = 1.0,
-                     border_margin: float = 0.5 * DEFAULT_BORDER_THRESHOLD,
+                     border_margin: float = 1.35,
                      position_margin: float = 0.5 * DEFAULT_POSITION_THRESHOLD,
                      n_patterns: int = 2, n_positions: int = 8, seed: int = 0) -> torch.Tensor:
     """The detector's two scores on synthetic probes, made differentiable and hinged (the border
@@ -453,7 +453,7 @@ class PANPenalty:
     def __init__(self, input_size: tuple[int, int, int], n_patterns: int | None = None,
                  n_positions: int | None = None, *, probes: str = "detector", weight: float | None = None,
                  border_weight: float | None = None, position_weight: float = 0.0,
-                 border_margin: float = 0.5 * DEFAULT_BORDER_THRESHOLD,
+                 border_margin: float = 1.35,
                  position_margin: float = 0.5 * DEFAULT_POSITION_THRESHOLD,
                  layers: Iterable[str] | None = None, border_layers: Iterable[str] | None = None,
                  axes: Iterable[int | str] = ("rows", "cols"), bank: int | None = None, every: int | None = None,

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pan_repair import DEFAULT_BORDER_THRESHOLD
 from pan_repair.lightning import PANPruning
 from pan_repair.pipeline import DigitsSetup, Experiment
 from pan_repair.pruning import prune_pans
@@ -18,7 +17,7 @@ from pan_repair.recipe_cli import run_recipe
 
 def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetune_epochs: int = 3,
                    kinds: Sequence[str] = ("border", "position"),
-                   border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+                   border_threshold: float | None = None,
                    position_threshold: float | None = None, redetect: bool = True,
                    baseline: str | None = None, setup: DigitsSetup = DigitsSetup()) -> Path:
     """Train, detect, prune and fine-tune; returns the comparison report's path.
@@ -29,7 +28,8 @@ def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetu
         finetune_epochs: fine-tuning epochs after pruning (at most ``epochs``: same budget), at a
             third of the learning rate.
         kinds: PAN kinds to prune (border, position).
-        border_threshold: border-score threshold of the PANs to prune (and of every scan).
+        border_threshold: border-score threshold of the PANs to prune (and of every scan); default
+            that of scans on data (:data:`pan_repair.detector.DEFAULT_DATA_BORDER_THRESHOLD`).
         position_threshold: position-score threshold of the PANs to prune (and of every scan);
             default that of scans on data (:data:`pan_repair.detector.DEFAULT_DATA_POSITION_THRESHOLD`).
         redetect: during fine-tuning, re-detect at every epoch start and prune new PANs (``PANPruning``).

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..detector import DEFAULT_BORDER_THRESHOLD
 from ..report import PanReport
 from ._namespaces import is_wandb_logger
 from ._target import ModelTarget, _attempt
@@ -133,7 +132,7 @@ class PANMonitorBase(ModelTarget):
         *,
         every_n_epochs: int | None = None,
         every_n_train_steps: int | None = None,
-        border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+        border_threshold: float | None = None,
         position_threshold: float | None = None,
         n_patterns: int = 4,
         n_positions: int = 8,
@@ -153,7 +152,7 @@ class PANMonitorBase(ModelTarget):
                 raise ValueError(f"PANMonitor: {name} must be a positive integer, got {value!r}")
         if every_n_train_steps is None and every_n_epochs is None:
             every_n_epochs = 1
-        if not (math.isfinite(border_threshold) and border_threshold > 0):
+        if border_threshold is not None and not (math.isfinite(border_threshold) and border_threshold > 0):
             raise ValueError(f"PANMonitor: border_threshold must be > 0, got {border_threshold}")
         if position_threshold is not None and not 0 < position_threshold <= 1:
             raise ValueError(f"PANMonitor: position_threshold must be in (0, 1], got {position_threshold}")
@@ -164,7 +163,7 @@ class PANMonitorBase(ModelTarget):
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"PANMonitor: prefix must be letters, digits, '_', '.' or '-', got {prefix!r}")
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
-        self.border_threshold, self.position_threshold = float(border_threshold), position_threshold
+        self.border_threshold, self.position_threshold = border_threshold, position_threshold
         self.n_patterns, self.n_positions = int(n_patterns), int(n_positions)
         self.log_tables, self.n_maps = bool(log_tables), int(n_maps)
         self.output_dir = Path(output_dir) if output_dir is not None else None

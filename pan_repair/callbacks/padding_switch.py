@@ -7,7 +7,6 @@ from typing import Any
 
 from torch import nn
 
-from ..detector import DEFAULT_BORDER_THRESHOLD
 from ..padding_switch import MODES, convert_padding
 from ._target import ModelTarget
 
@@ -61,7 +60,7 @@ class PaddingSwitchBase(ModelTarget):
         at_epoch: int = 0,
         input_size: Sequence[int] | None = None,
         model_attr: str | None = None,
-        border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+        border_threshold: float | None = None,
         position_threshold: float | None = None,
     ) -> None:
         self._init_target(input_size, model_attr)
@@ -74,7 +73,7 @@ class PaddingSwitchBase(ModelTarget):
             raise ValueError(f"PaddingSwitch: at_epoch must be an integer >= 0, got {at_epoch!r}")
         self.mode, self.at_epoch = mode, at_epoch
         self.layers = layers if layers is None or isinstance(layers, str) else list(layers)
-        self.border_threshold, self.position_threshold = float(border_threshold), position_threshold
+        self.border_threshold, self.position_threshold = border_threshold, position_threshold
         #: names of the layers switched (None until the switch)
         self.switched: list[str] | None = None
         self._restored = False

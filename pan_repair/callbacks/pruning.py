@@ -7,7 +7,6 @@ from typing import Any
 
 from torch import nn
 
-from ..detector import DEFAULT_BORDER_THRESHOLD
 from ..pruning import clean_state_dict, prune_pans, remove_pan_masks
 from ..report import KINDS, PanReport
 from ._target import EpochSchedule, ModelTarget
@@ -71,7 +70,7 @@ class PANPruningBase(ModelTarget):
         apply_pruning: bool | int | Sequence[int] | Callable[[int], bool] = True,
         *,
         kinds: Iterable[str] = KINDS,
-        border_threshold: float = DEFAULT_BORDER_THRESHOLD,
+        border_threshold: float | None = None,
         position_threshold: float | None = None,
         n_patterns: int = 8,
         input_size: Sequence[int] | None = None,
@@ -85,13 +84,14 @@ class PANPruningBase(ModelTarget):
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown or not self.kinds:
             raise ValueError(f"PANPruning: kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
-        if not border_threshold > 0 or not (position_threshold is None or 0 < position_threshold <= 1):
+        if not (border_threshold is None or border_threshold > 0) or \
+                not (position_threshold is None or 0 < position_threshold <= 1):
             raise ValueError(f"PANPruning: thresholds must be border > 0 and position in (0, 1], "
                              f"got {border_threshold}, {position_threshold}")
         if n_patterns < 2:
             raise ValueError(f"PANPruning: n_patterns must be >= 2, got {n_patterns}")
         self._apply = EpochSchedule(apply_pruning, "PANPruning")
-        self.border_threshold, self.position_threshold = float(border_threshold), position_threshold
+        self.border_threshold, self.position_threshold = border_threshold, position_threshold
         self.n_patterns = int(n_patterns)
         self.make_pruning_permanent = bool(make_pruning_permanent)
         self.prefix = prefix
