@@ -29,7 +29,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/scan_speed.py
+	$(PY) benchmarks/scan_speed.py --data
 	$(PY) benchmarks/threshold_calibration.py
+	$(PY) benchmarks/demo_stability.py --seeds 0 1 2 3 4 --threads 1 2
 	$(PY) benchmarks/monitor_overhead.py
 	$(PY) benchmarks/regularizer_cost.py
 	$(PY) benchmarks/pan_penalty.py
@@ -37,6 +39,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/mitigations.py
 	$(PY) benchmarks/pruning_removal.py
 	$(PY) benchmarks/zoo.py --fresh
+	$(PY) benchmarks/compare_runs.py
 	$(PY) benchmarks/mitigations_resnet.py --task random --threads 1 --seeds 0 1 2 3 4 5 6 7 8 9
 	$(PY) benchmarks/mitigations_resnet.py --task shortcut --threads 1 --seeds 0 1 2 3 4 5 6 7 8 9
 	$(PY) benchmarks/mitigations_resnet.py --task border --threads 1 --seeds 0 1 2 3 4 5 6 7 8 9
