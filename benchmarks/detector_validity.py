@@ -128,11 +128,11 @@ def dataset(size: int, convention: str, copies: int = 2, seed: int = 0):
 class TwoHeads(nn.Module):
     def __init__(self, features: int) -> None:
         super().__init__()
-        self.digit = nn.Linear(features, 10)
-        self.half = nn.Linear(features, 2)
+        self.digit_head = nn.Linear(features, 10)
+        self.half_head = nn.Linear(features, 2)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.digit(z), self.half(z)
+        return self.digit_head(z), self.half_head(z)
 
 
 class TimmTwoHeads(nn.Module):
@@ -141,7 +141,7 @@ class TimmTwoHeads(nn.Module):
         import timm
 
         self.body = timm.create_model(name, pretrained=False, num_classes=0, in_chans=3)
-        self.heads = TwoHeads(self.body.num_features)
+        self.heads = TwoHeads(getattr(self.body, "head_hidden_size", None) or self.body.num_features)
 
     def forward(self, x):
         return self.heads(self.body(x))
@@ -606,11 +606,14 @@ def _pair(v) -> str:
 
 
 def default_cells() -> list[str]:
-    cells = [f"smallcnn:{c}:{s}" for s in (32, 64, 96, 100) for c in CONVENTIONS]
+    """The matrix, cheapest and most needed first (a partial run is usable): every convention at 32 and
+    64 px for SmallCNN, at 64 px for resnet18 and mobilenet, then the other sizes."""
+    cells = [f"smallcnn:{c}:{s}" for s in (32, 64) for c in CONVENTIONS]
     cells += [f"{a}:{c}:64" for a in ("resnet18", "mobilenet") for c in CONVENTIONS]
+    cells += [f"smallcnn:{c}:{s}" for s in (96, 100) for c in CONVENTIONS]
     cells += [f"lite0:photos:{s}" for s in (32, 64, 96, 100, 224)]
     cells += [f"smallcnn:{c}:224" for c in CONVENTIONS]
-    cells += [f"{a}:black:{s}" for a in ("resnet18", "mobilenet") for s in (32, 96, 100)]
+    cells += [f"{a}:black:{s}" for s in (32, 100, 96) for a in ("resnet18", "mobilenet")]
     cells += [f"{a}:norm:224" for a in ("mobilenet", "resnet18")]
     return cells
 
