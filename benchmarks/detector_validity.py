@@ -308,7 +308,7 @@ def _layer_counts(report) -> dict[str, int]:
 
 
 def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies: int = 2, seed: int = 0,
-                        single_channel: bool = False) -> dict:
+                        single_channel: bool = False, free_selectivity: bool = True) -> dict:
     t0 = time.perf_counter()
     xtr, ytr, xte, yte, free_conv = dataset(size, convention, copies, seed)
     model, chans = build(arch, size, seed)
@@ -345,7 +345,7 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies
     row.update(rep_acc_digit=round(acc_rep[0], 4), rep_acc_half=round(acc_rep[1], 4))
     del rep
     # causal selectivity
-    for key, rep_ in (("", report), ("free_", free)):
+    for key, rep_ in (("", report), ("free_", free))[:2 if free_selectivity else 1]:
         chs = _pans(rep_)
         if not chs:
             row[key + "sel"] = None
@@ -412,6 +412,7 @@ def single_channel_analysis(model, pairs, report, x, y, chans, base, free) -> di
             half.append(float(d[1]))
             flagged.append((layer, ch) in pan_set)
             free_flag.append((layer, ch) in free_set)
+    half_eta = _half_eta2(model, pairs, report, x, y, chans)
     sel_a, flag_a = np.array(sel), np.array(flagged)
     top = np.argsort(-sel_a)[:max(1, int(flag_a.sum()) or 10)]
     return {
@@ -419,14 +420,43 @@ def single_channel_analysis(model, pairs, report, x, y, chans, base, free) -> di
         "corr_sel": {"border": _corr(sel, border), "position": _corr(sel, position), "share": _corr(sel, share)},
         "corr_half_drop": {"border": _corr(half, border), "position": _corr(half, position),
                            "share": _corr(half, share)},
+        "corr_half_eta2": {"position": _corr(half_eta, position), "border": _corr(half_eta, border),
+                           "selectivity": _corr(half_eta, sel)},
+        "half_eta2_top_selective": [round(float(half_eta[i]), 4) for i in top[:10]],
         "sel_flagged_mean": None if not flag_a.any() else round(float(sel_a[flag_a].mean()), 4),
         "sel_unflagged_mean": None if flag_a.all() else round(float(sel_a[~flag_a].mean()), 4),
         "sel_free_flagged_mean": None if not any(free_flag) else round(float(sel_a[np.array(free_flag)].mean()), 4),
         "top_selective": [dict(ch=names[i], sel=round(sel[i], 4), half_drop=round(half[i], 4), border=border[i],
                                position=position[i], share=share[i], flagged=flagged[i]) for i in top[:10]],
         "per_channel": [[names[i], round(sel[i], 4), round(half[i], 4), border[i], position[i], share[i],
-                         int(flagged[i])] for i in range(len(sel))],
+                         int(flagged[i]), round(float(half_eta[i]), 4)] for i in range(len(sel))],
     }
+
+
+@torch.no_grad()
+def _half_eta2(model, pairs, report, x, y, chans, batch: int = 200) -> np.ndarray:
+    """Per channel (in ``report.scores`` order): the share of the variance of its globally pooled
+    ``relu(bn(conv))`` response over the test images explained by the half label (real placements, no
+    rolls): how much position it carries on its own."""
+    names = list(report.scores)
+    pooled: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = []
+    for n in names:
+        def hook(module, inputs, output, n=n):
+            pooled[n].append(output.clamp_min(0).mean(dim=(2, 3)))
+        handles.append(model.get_submodule(pairs.get(n, n)).register_forward_hook(hook))
+    try:
+        model.eval()
+        for i in range(0, len(x), batch):
+            model(_chans(x[i:i + batch], chans))
+    finally:
+        for h in handles:
+            h.remove()
+    r = torch.cat([torch.cat(pooled[n]) for n in names], dim=1).double()  # (N, channels)
+    half = y[:, 1].bool()
+    total = ((r - r.mean(0)) ** 2).sum(0)
+    between = sum(m.sum() * (r[m].mean(0) - r.mean(0)) ** 2 for m in (half, ~half))
+    return (between / total.clamp_min(1e-12)).numpy()
 
 
 # ------------------------------------------------------------------------------------------------- Lite0
@@ -585,13 +615,20 @@ def table(rows: list[dict], header: str = "") -> str:
             c = s[key]
             lines.append(f"| {label} | " + " | ".join(
                 f"{_f(c[m]['pearson'], 3)} / {_f(c[m]['spearman'], 3)}" for m in ("border", "position", "share")) + " |")
+        if "corr_half_eta2" in s:
+            c = s["corr_half_eta2"]
+            lines.append("| half-label eta2 on real placements | " + " | ".join(
+                f"{_f(c[m]['pearson'], 3)} / {_f(c[m]['spearman'], 3)}" for m in ("border", "position")) +
+                f" | (with selectivity: {_f(c['selectivity']['pearson'], 3)} / {_f(c['selectivity']['spearman'], 3)}) |")
         lines += ["", f"mean single-channel selectivity: flagged {_f(s['sel_flagged_mean'], 3)}, unflagged "
                       f"{_f(s['sel_unflagged_mean'], 3)}, flagged by the data-free scan {_f(s['sel_free_flagged_mean'], 3)}",
                   "", "most selective channels:", "",
-                  "| channel | sel | half drop | border | position | share | flagged |", "|---|---|---|---|---|---|---|"]
-        for c in s["top_selective"]:
+                  "| channel | sel | half drop | border | position | share | flagged | half eta2 (real) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        etas = s.get("half_eta2_top_selective") or [None] * len(s["top_selective"])
+        for c, e in zip(s["top_selective"], etas):
             lines.append(f"| {c['ch']} | {c['sel']:+.3f} | {c['half_drop']:+.3f} | {c['border']:.2f} | "
-                         f"{c['position']:.2f} | {c['share']:.3f} | {c['flagged']} |")
+                         f"{c['position']:.2f} | {c['share']:.3f} | {c['flagged']} | {_f(e, 3)} |")
         lines.append("")
     return "\n".join(lines)
 
