@@ -671,6 +671,10 @@ def main(argv=None) -> None:
     p.add_argument("--jsonl", default="benchmarks/results/detector_validity.jsonl")
     p.add_argument("--out", default="benchmarks/results/detector_validity.md")
     p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
+    p.add_argument("--extra-jsonl", nargs="*", default=[],
+                   help="more rows to tabulate (a row replaces the main file's row of the same cell)")
+    p.add_argument("--notes", default="benchmarks/results/detector_validity_notes.md",
+                   help="appended to the results when it exists")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     header = "## Detector validity matrix (benchmarks/detector_validity.py)\n\nMachine: " + machine()
@@ -691,9 +695,31 @@ def main(argv=None) -> None:
                   file=sys.stderr, flush=True)
             rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
             Path(a.out).write_text(table(rows, header) + "\n")
-    rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
-    Path(a.out).write_text(table(rows, header) + "\n")
-    print(table(rows, header))
+    rows = {_key(r): r for f in [a.jsonl, *a.extra_jsonl] for r in map(json.loads, Path(f).read_text().splitlines())}
+    text = table(list(rows.values()), header) + "\n" + summary(list(rows.values()))
+    if Path(a.notes).exists():
+        text += "\n" + Path(a.notes).read_text()
+    Path(a.out).write_text(text)
+    print(text)
+
+
+def _key(r: dict) -> str:
+    return f"{r['arch']}:{r['convention'] if r['arch'] != 'lite0' else 'photos'}:{r['size']}"
+
+
+def summary(rows: list[dict]) -> str:
+    """Targets met / missed over the cells."""
+    lines = ["### Targets over the cells", "", "| target | met | missed | not applicable | missed in |", "|---|---|---|---|---|"]
+    for t, label in (("twin0", "circular twin 0 PANs (data scan)"), ("margin", "margin >= +0.10 where flagged"),
+                     ("frac", "<= 10% flagged unless selective"), ("trained", "heads above chance (0.70 / 0.90)")):
+        vals = [(r, r["targets"].get(t, None)) for r in rows]
+        met = sum(1 for _, v in vals if v is True)
+        missed = [_key(r) for r, v in vals if v is False]
+        na = sum(1 for _, v in vals if v is None)
+        lines.append(f"| {label} | {met} | {len(missed)} | {na} | {', '.join(missed) or '-'} |")
+    free_twin = [_key(r) for r in rows if r.get("twin_free_pans")]
+    lines += ["", f"Data-free circular twin non-zero in: {', '.join(free_twin) or 'none'}.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
