@@ -1,0 +1,726 @@
+"""Detector validity matrix (issue 13, point 5): does ``find_pans`` flag the channels that carry position?
+
+Architectures {SmallCNN, torchvision resnet18, timm mobilenetv3_small_050, pretrained Lite0 on real photos}
+x input conventions {normalised, [0, 1] on black, [0, 1] on white, noisy background} x sizes {32, 64, 96,
+100 (off the stride grid), 224}. The digits cells are trained briefly (AdamW, one-cycle) with two heads on a
+globally pooled network: *digit* (10 classes, position-free) and *half* (is the digit's centre in the top or
+bottom half of the canvas; only the padding can tell a globally pooled network that).
+
+Data: scikit-learn ``load_digits`` (8x8, ink/16) upscaled bilinearly to ``round(size / 3)`` px and placed at a
+uniformly random position; a fixed 1397/400 split of the 1797 digits by digit index, each train digit at
+``copies`` random places, each test digit at 2. Conventions, from the [0, 1]-on-black canvas ``b``:
+``black`` = b; ``white`` = 1 - b; ``noisy`` = clip(U(0, 0.5) background + b, 0, 1);
+``norm`` = (b - mu) / sigma with the train set's scalar mean and std. 3-channel models get the grey image
+repeated.
+
+Per cell:
+
+* ``frac`` = PAN fraction of ``find_pans(model, data=<16 fixed training images>)``; ``free`` = the
+  data-free scan ``find_pans(model, input_size, input_range=(0, 1) | mean/std of the convention)``.
+* ``twin`` = PANs of the circular twin (``structural_copy(share=False)`` + ``convert_padding("circular")``),
+  same data. Target: 0.
+* selectivity of a channel set = (half-head accuracy drop) - (digit-head accuracy drop) on the 800 test
+  images when the set is silenced (forward hook zeroing the channel at the output of the BatchNorm the conv
+  feeds, or of the conv if none); ``margin`` = flagged selectivity - mean over >= 5 draws of as many random
+  channels of the same layers (not flagged, when a layer has enough unflagged ones). Target: margin >= +0.10
+  where any channel is flagged.
+* ``dep`` = ``report.padding_dependence`` (output_shift / flip_rate under replicate padding: for the
+  two-head tuple output, find_pans averages the two heads), and the replicate-switched model's test
+  accuracies (digit, half).
+* scan time (s) of the data scan and of a plain forward of the same 16 images and of a batch the size of the
+  scan's (16 + 2 * 8 * 8 roll images).
+* Target "<= 10% flagged unless they carry position": frac <= 0.10 or margin >= 0.10.
+
+Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--jsonl ...] [--out ...]``;
+``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pan_repair import SmallCNN, convert_padding, find_pans
+from pan_repair.layers import conv_bn_pairs, conv_layers
+from pan_repair.module_state import structural_copy
+
+CONVENTIONS = ("norm", "black", "white", "noisy")
+SIZES = (32, 64, 96, 100, 224)
+ARCHS = ("smallcnn", "resnet18", "mobilenet")
+N_TRAIN_DIGITS = 1397
+RANDOM_DRAWS = 5
+SAMPLE = 16
+MARGIN_TARGET = 0.10
+FRACTION_TARGET = 0.10
+
+
+# ------------------------------------------------------------------------------------------------- data
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.images, dtype=torch.float32) / 16.0, torch.tensor(d.target, dtype=torch.int64)
+
+
+def render(size: int, split: str, copies: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[0, 1]-on-black canvases (N, 1, size, size) and labels (N, 2) = [digit, half] (half 0 = top)."""
+    images, labels = _digits()
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
+    idx = perm[:N_TRAIN_DIGITS] if split == "train" else perm[N_TRAIN_DIGITS:]
+    targets_ = labels[idx]
+    d = max(8, round(size / 3))
+    glyphs = F.interpolate(images[idx, None], size=(d, d), mode="bilinear", align_corners=False).clamp(0, 1)
+    span = size - d
+    ys_allowed = [y for y in range(span + 1) if 2 * y + d != size]  # no digit centred exactly on the midline
+    rng = np.random.default_rng(seed)
+    out = torch.zeros(copies * len(idx), 1, size, size)
+    lab = torch.zeros(copies * len(idx), 2, dtype=torch.int64)
+    k = 0
+    for _ in range(copies):
+        ys = rng.choice(ys_allowed, len(idx))
+        xs = rng.integers(0, span + 1, len(idx))
+        for i in range(len(idx)):
+            y, x = int(ys[i]), int(xs[i])
+            out[k, 0, y:y + d, x:x + d] = glyphs[i, 0]
+            lab[k, 0] = targets_[i]
+            lab[k, 1] = int(2 * y + d > size)
+            k += 1
+    return out, lab
+
+
+
+def apply_convention(b: torch.Tensor, convention: str, stats: tuple[float, float], seed: int) -> torch.Tensor:
+    if convention == "black":
+        return b
+    if convention == "white":
+        return 1.0 - b
+    if convention == "noisy":
+        g = torch.Generator().manual_seed(seed)
+        return (torch.rand(b.shape, generator=g) * 0.5 + b).clamp(0, 1)
+    if convention == "norm":
+        return (b - stats[0]) / stats[1]
+    raise ValueError(convention)
+
+
+def dataset(size: int, convention: str, copies: int = 2, seed: int = 0):
+    """(x_train, y_train, x_test, y_test, free-scan convention kwargs)."""
+    btr, ytr = render(size, "train", copies, seed)
+    bte, yte = render(size, "test", 2, seed + 1)
+    stats = (float(btr.mean()), float(btr.std()))
+    xtr = apply_convention(btr, convention, stats, seed + 2)
+    xte = apply_convention(bte, convention, stats, seed + 3)
+    free = dict(mean=stats[0], std=stats[1]) if convention == "norm" else dict(input_range=(0.0, 1.0))
+    return xtr, ytr, xte, yte, free
+
+
+# ------------------------------------------------------------------------------------------------- models
+class TwoHeads(nn.Module):
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.digit_head = nn.Linear(features, 10)
+        self.half_head = nn.Linear(features, 2)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.digit_head(z), self.half_head(z)
+
+
+class TimmTwoHeads(nn.Module):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        import timm
+
+        self.body = timm.create_model(name, pretrained=False, num_classes=0, in_chans=3)
+        self.heads = TwoHeads(getattr(self.body, "head_hidden_size", None) or self.body.num_features)
+
+    def forward(self, x):
+        return self.heads(self.body(x))
+
+
+def smallcnn_strides(size: int) -> tuple[int, ...]:
+    """Downsampling blocks of the 5-block SmallCNN so that its last map is 12-16 px."""
+    return {32: (1,), 64: (1, 2), 96: (1, 2, 3), 100: (1, 2, 3), 224: (0, 1, 2, 3)}.get(
+        size, tuple(range(max(0, int(math.log2(size / 16))))))
+
+
+def build(arch: str, size: int, seed: int = 0) -> tuple[nn.Module, int]:
+    """(model, input channels)."""
+    torch.manual_seed(seed)
+    if arch == "smallcnn":
+        return SmallCNN(1, (10, 2), width=24, depth=5, strides=smallcnn_strides(size)), 1
+    if arch == "resnet18":
+        import torchvision
+
+        m = torchvision.models.resnet18(num_classes=10)
+        m.fc = TwoHeads(512)
+        return m, 3
+    if arch == "mobilenet":
+        return TimmTwoHeads("mobilenetv3_small_050"), 3
+    raise ValueError(arch)
+
+
+TRAIN = {  # epochs, lr, batch
+    "smallcnn": (4, 1e-2, 64),
+    "resnet18": (3, 2e-3, 64),
+    "mobilenet": (4, 5e-3, 64),
+}
+
+
+def _chans(x: torch.Tensor, c: int) -> torch.Tensor:
+    return x if x.shape[1] == c else x.expand(-1, c, -1, -1).contiguous()
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, epochs: int, lr: float, batch: int,
+          seed: int = 0) -> nn.Module:
+    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=5e-4)
+    steps = epochs * ((len(x) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.25)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
+            digit, half = model(_chans(x[idx], chans))
+            loss = F.cross_entropy(digit, y[idx, 0]) + F.cross_entropy(half, y[idx, 1])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------- silencing
+class Silencer:
+    """Forward hooks zeroing channels at the output of the BatchNorm each conv feeds (the conv's own output
+    where it feeds none); removed on exit."""
+
+    def __init__(self, model: nn.Module, pairs: dict[str, str], channels: list[tuple[str, int]]) -> None:
+        self.handles = []
+        per_module: dict[str, list[int]] = {}
+        for layer, ch in channels:
+            per_module.setdefault(pairs.get(layer, layer), []).append(ch)
+        for name, chs in per_module.items():
+            idx = torch.tensor(sorted(set(chs)))
+
+            def hook(module, inputs, output, idx=idx):
+                output = output.clone()
+                output[:, idx] = 0
+                return output
+            self.handles.append(model.get_submodule(name).register_forward_hook(hook))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, batch: int = 200) -> np.ndarray:
+    """(digit accuracy, half accuracy)."""
+    model.eval()
+    hits = np.zeros(2)
+    for i in range(0, len(x), batch):
+        digit, half = model(_chans(x[i:i + batch], chans))
+        hits += [(digit.argmax(1) == y[i:i + batch, 0]).sum().item(), (half.argmax(1) == y[i:i + batch, 1]).sum().item()]
+    return hits / len(x)
+
+
+def drops(model, pairs, channels, x, y, chans, base) -> np.ndarray:
+    with Silencer(model, pairs, channels):
+        return base - accuracy(model, x, y, chans)
+
+
+def random_drops(model, pairs, channels, x, y, chans, base, draws=RANDOM_DRAWS, seed=1) -> tuple[np.ndarray, bool]:
+    """Mean drop over ``draws`` sets of as many random channels of the same layers (unflagged ones where the
+    layer has enough; ``overlap`` True when some layer had to draw among flagged ones too)."""
+    gen = torch.Generator().manual_seed(seed)
+    per_layer: dict[str, int] = {}
+    for layer, _ in channels:
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+    taken = set(channels)
+    overlap = False
+    out = []
+    for _ in range(draws):
+        pick = []
+        for layer, k in per_layer.items():
+            n = model.get_submodule(layer).out_channels
+            free = [c for c in range(n) if (layer, c) not in taken]
+            if len(free) < k:
+                free, overlap = list(range(n)), True
+            pick += [(layer, free[int(i)]) for i in torch.randperm(len(free), generator=gen)[:k]]
+        out.append(drops(model, pairs, pick, x, y, chans, base))
+    return np.mean(out, axis=0), overlap
+
+
+def selectivity(d: np.ndarray) -> float:
+    return float(d[1] - d[0])
+
+
+# ------------------------------------------------------------------------------------------------- cells
+def _timed(fn, *a, **k):
+    t = time.perf_counter()
+    r = fn(*a, **k)
+    return r, time.perf_counter() - t
+
+
+@torch.no_grad()
+def _forward_time(model, x, repeats=3) -> float:
+    model(x)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(x)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _pans(report) -> list[tuple[str, int]]:
+    return [(p.layer, p.channel) for p in report.pans]
+
+
+def _kinds(report) -> dict[str, int]:
+    k: dict[str, int] = {}
+    for p in report.pans:
+        k[p.kind] = k.get(p.kind, 0) + 1
+    return k
+
+
+def _dep(report) -> dict | None:
+    d = report.padding_dependence
+    return None if d is None else {"output_shift": d["output_shift"], "flip_rate": d["flip_rate"]}
+
+
+def _layer_counts(report) -> dict[str, int]:
+    return {layer: len(p) for layer, p in report.by_layer().items()}
+
+
+def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies: int = 2, seed: int = 0,
+                        single_channel: bool = False, free_selectivity: bool = True) -> dict:
+    t0 = time.perf_counter()
+    xtr, ytr, xte, yte, free_conv = dataset(size, convention, copies, seed)
+    model, chans = build(arch, size, seed)
+    epochs, lr, batch = TRAIN[arch]
+    _, t_train = _timed(train, model, xtr, ytr, chans, epochs, lr, batch, seed)
+    base = accuracy(model, xte, yte, chans)
+    sample = _chans(xtr[:SAMPLE], chans)
+    input_size = tuple(sample.shape[1:])
+    pairs = conv_bn_pairs(model, input_size)
+    row = dict(arch=arch, convention=convention, size=size, train_images=len(xtr), test_images=len(xte),
+               epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4))
+    report, t_scan = _timed(find_pans, model, data=sample)
+    n = report.total_filters
+    row.update(filters=n, pans=report.count, frac=round(report.fraction, 4), kinds=_kinds(report),
+               layers=_layer_counts(report), dep=_dep(report), scan_s=round(t_scan, 3),
+               unmeasured=sorted(report.unmeasured), assumptions=report.assumptions)
+    roll = torch.cat([sample] * (1 + 2 * 8 * 8 // SAMPLE))[:SAMPLE + 2 * 8 * 8]
+    row["fwd16_s"] = round(_forward_time(model, sample), 4)
+    row["fwd_scanbatch_s"] = round(_forward_time(model, roll), 4)
+    # data-free scan in the convention
+    free, t_free = _timed(find_pans, model, input_size, dependence=False, **free_conv)
+    row.update(free_pans=free.count, free_frac=round(free.fraction, 4), free_kinds=_kinds(free),
+               free_s=round(t_free, 3))
+    # circular twin
+    twin = structural_copy(model, share=False)
+    convert_padding(twin, "circular")
+    row["twin_pans"] = find_pans(twin, data=sample, dependence=False).count
+    row["twin_free_pans"] = find_pans(twin, input_size, dependence=False, **free_conv).count
+    del twin
+    # replicate-switched accuracy
+    rep = structural_copy(model, share=False)
+    convert_padding(rep, "replicate")
+    acc_rep = accuracy(rep, xte, yte, chans)
+    row.update(rep_acc_digit=round(acc_rep[0], 4), rep_acc_half=round(acc_rep[1], 4))
+    del rep
+    # causal selectivity
+    for key, rep_ in (("", report), ("free_", free))[:2 if free_selectivity else 1]:
+        chs = _pans(rep_)
+        if not chs:
+            row[key + "sel"] = None
+            continue
+        d = drops(model, pairs, chs, xte, yte, chans, base)
+        r, overlap = random_drops(model, pairs, chs, xte, yte, chans, base)
+        row[key + "drop_flagged"] = [round(v, 4) for v in d]
+        row[key + "drop_random"] = [round(v, 4) for v in r]
+        row[key + "random_overlap"] = overlap
+        row[key + "sel"] = round(selectivity(d), 4)
+        row[key + "sel_random"] = round(selectivity(r), 4)
+        row[key + "margin"] = round(selectivity(d) - selectivity(r), 4)
+    if single_channel:
+        row["single_channel"] = single_channel_analysis(model, pairs, report, xte, yte, chans, base, free)
+    row["targets"] = targets(row)
+    row["cell_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def targets(row: dict) -> dict:
+    t = {"twin0": row.get("twin_pans") == 0}
+    if "acc_half" in row:
+        t["trained"] = row["acc_digit"] > 0.70 and row["acc_half"] > 0.90
+        t["margin"] = None if row.get("sel") is None else row["margin"] >= MARGIN_TARGET
+        t["frac"] = row["frac"] <= FRACTION_TARGET or bool(t["margin"])
+    else:
+        t["frac"] = row["frac"] <= FRACTION_TARGET
+    return t
+
+
+def _rank(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(len(v))
+    # average ties
+    for val in np.unique(v):
+        m = v == val
+        if m.sum() > 1:
+            r[m] = r[m].mean()
+    return r
+
+
+def _corr(a, b) -> dict:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return {"pearson": None, "spearman": None}
+    return {"pearson": round(float(np.corrcoef(a, b)[0, 1]), 3),
+            "spearman": round(float(np.corrcoef(_rank(a), _rank(b))[0, 1]), 3)}
+
+
+def single_channel_analysis(model, pairs, report, x, y, chans, base, free) -> dict:
+    """Each channel silenced alone: its (digit drop, half drop); correlation of its selectivity and half drop
+    with its border, position and dependence-share scores; the flagged vs the most selective channels."""
+    names, border, position, share, sel, half, flagged, free_flag = [], [], [], [], [], [], [], []
+    pan_set, free_set = set(_pans(report)), set(_pans(free))
+    for layer, s in report.scores.items():
+        for ch in range(len(s["position"])):
+            d = drops(model, pairs, [(layer, ch)], x, y, chans, base)
+            names.append(f"{layer}:{ch}")
+            border.append(s["border"][ch])
+            position.append(s["position"][ch])
+            share.append(s.get("share", [0.0] * len(s["position"]))[ch])
+            sel.append(selectivity(d))
+            half.append(float(d[1]))
+            flagged.append((layer, ch) in pan_set)
+            free_flag.append((layer, ch) in free_set)
+    half_eta = _half_eta2(model, pairs, report, x, y, chans)
+    sel_a, flag_a = np.array(sel), np.array(flagged)
+    top = np.argsort(-sel_a)[:max(1, int(flag_a.sum()) or 10)]
+    return {
+        "channels": len(sel),
+        "corr_sel": {"border": _corr(sel, border), "position": _corr(sel, position), "share": _corr(sel, share)},
+        "corr_half_drop": {"border": _corr(half, border), "position": _corr(half, position),
+                           "share": _corr(half, share)},
+        "corr_half_eta2": {"position": _corr(half_eta, position), "border": _corr(half_eta, border),
+                           "selectivity": _corr(half_eta, sel)},
+        "half_eta2_top_selective": [round(float(half_eta[i]), 4) for i in top[:10]],
+        "sel_flagged_mean": None if not flag_a.any() else round(float(sel_a[flag_a].mean()), 4),
+        "sel_unflagged_mean": None if flag_a.all() else round(float(sel_a[~flag_a].mean()), 4),
+        "sel_free_flagged_mean": None if not any(free_flag) else round(float(sel_a[np.array(free_flag)].mean()), 4),
+        "top_selective": [dict(ch=names[i], sel=round(sel[i], 4), half_drop=round(half[i], 4), border=border[i],
+                               position=position[i], share=share[i], flagged=flagged[i]) for i in top[:10]],
+        "per_channel": [[names[i], round(sel[i], 4), round(half[i], 4), border[i], position[i], share[i],
+                         int(flagged[i]), round(float(half_eta[i]), 4)] for i in range(len(sel))],
+    }
+
+
+@torch.no_grad()
+def _half_eta2(model, pairs, report, x, y, chans, batch: int = 200) -> np.ndarray:
+    """Per channel (in ``report.scores`` order): the share of the variance of its globally pooled
+    ``relu(bn(conv))`` response over the test images explained by the half label (real placements, no
+    rolls): how much position it carries on its own."""
+    names = list(report.scores)
+    pooled: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = []
+    for n in names:
+        def hook(module, inputs, output, n=n):
+            pooled[n].append(output.clamp_min(0).mean(dim=(2, 3)))
+        handles.append(model.get_submodule(pairs.get(n, n)).register_forward_hook(hook))
+    try:
+        model.eval()
+        for i in range(0, len(x), batch):
+            model(_chans(x[i:i + batch], chans))
+    finally:
+        for h in handles:
+            h.remove()
+    r = torch.cat([torch.cat(pooled[n]) for n in names], dim=1).double()  # (N, channels)
+    half = y[:, 1].bool()
+    total = ((r - r.mean(0)) ** 2).sum(0)
+    between = sum(m.sum() * (r[m].mean(0) - r.mean(0)) ** 2 for m in (half, ~half))
+    return (between / total.clamp_min(1e-12)).numpy()
+
+
+# ------------------------------------------------------------------------------------------------- Lite0
+def photos(size: int, n: int = SAMPLE) -> torch.Tensor:
+    """``n`` real photos (scikit-image's bundled colour images, whole and as crops), in [-1, 1]."""
+    from skimage import data as skdata
+
+    from pan_repair.pretrained import _square_resize
+
+    raw = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "cat"):
+        try:
+            im = getattr(skdata, name)()
+        except Exception:  # noqa: BLE001 - not bundled in this version
+            continue
+        if im.ndim == 3 and im.shape[2] >= 3:
+            raw.append(im[..., :3])
+    out = []
+    i = 0
+    while len(out) < n:
+        im = raw[i % len(raw)]
+        k = i // len(raw)  # 0: whole, 1: top-left 2/3 crop, 2: bottom-right 2/3 crop
+        h, w = im.shape[:2]
+        if k == 1:
+            im = im[: 2 * h // 3, : 2 * w // 3]
+        elif k >= 2:
+            im = im[h // 3:, w // 3:]
+        out.append(_square_resize(im, size))
+        i += 1
+    return torch.stack(out)
+
+
+def measure_lite0_cell(size: int, log=print) -> dict:
+    from pan_repair.pretrained import load_efficientnet_lite0
+
+    t0 = time.perf_counter()
+    model = load_efficientnet_lite0()
+    sample = photos(size)
+    input_size = tuple(sample.shape[1:])
+    report, t_scan = _timed(find_pans, model, data=sample)
+    row = dict(arch="lite0", convention="photos [-1,1]", size=size, filters=report.total_filters, pans=report.count,
+               frac=round(report.fraction, 4), kinds=_kinds(report), layers=_layer_counts(report),
+               dep=_dep(report), scan_s=round(t_scan, 3), unmeasured=sorted(report.unmeasured),
+               assumptions=report.assumptions)
+    roll = torch.cat([sample] * (1 + 2 * 8 * 8 // SAMPLE))[:SAMPLE + 2 * 8 * 8]
+    row["fwd16_s"] = round(_forward_time(model, sample), 4)
+    row["fwd_scanbatch_s"] = round(_forward_time(model, roll, repeats=1), 4)
+    free, t_free = _timed(find_pans, model, input_size, dependence=False)
+    row.update(free_pans=free.count, free_frac=round(free.fraction, 4), free_kinds=_kinds(free),
+               free_s=round(t_free, 3))
+    twin = structural_copy(model, share=False)
+    convert_padding(twin, "circular")
+    row["twin_pans"] = find_pans(twin, data=sample, dependence=False).count
+    row["twin_free_pans"] = find_pans(twin, input_size, dependence=False).count
+    row["targets"] = targets(row)
+    row["cell_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------- table
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return (f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}, {torch.get_num_threads()} "
+            f"torch thread(s), Python {platform.python_version()}, {platform.platform()}")
+
+
+def _f(v, nd=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:+.{nd}f}" if nd == 3 else f"{v:.{nd}f}"
+    return str(v)
+
+
+def _ok(v) -> str:
+    return "n/a" if v is None else ("yes" if v else "**NO**")
+
+
+def table(rows: list[dict], header: str = "") -> str:
+    lines = [header, ""] if header else []
+    digits = [r for r in rows if r["arch"] != "lite0"]
+    lite = [r for r in rows if r["arch"] == "lite0"]
+    if digits:
+        lines += [
+            "### Two-head digits cells",
+            "",
+            "acc = test accuracy digit / half; PANs = data scan (16 training images) count / filters (fraction, "
+            "kinds b=border p=position); free = data-free scan in the convention; twin = circular twin's PANs "
+            "(data / data-free); drop = accuracy drop digit / half when silenced (flagged; random same-layer mean "
+            "of 5); sel = half drop - digit drop; margin = sel(flagged) - sel(random); dep = find_pans "
+            "padding_dependence output_shift / flip_rate (mean of the two heads); rep acc = replicate-switched "
+            "test accuracy digit / half; scan = data-scan seconds, x = scan / plain forward of the 16 images, "
+            "/ forward of a scan-sized batch (144 images).",
+            "",
+            "| arch | conv. | size | acc | PANs (data) | free | twin | drop flagged | drop random | sel | margin "
+            "| free margin | dep shift / flip | rep acc | scan s (x16, x144) | targets: twin0 / margin / frac / trained |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in digits:
+            k = r.get("kinds", {})
+            kinds = "/".join(f"{k.get(t, 0)}{t[0]}" for t in ("border", "position"))
+            fk = r.get("free_kinds", {})
+            fkinds = "/".join(f"{fk.get(t, 0)}{t[0]}" for t in ("border", "position"))
+            dep = r.get("dep") or {}
+            t = r["targets"]
+            lines.append(
+                f"| {r['arch']} | {r['convention']} | {r['size']} | {r['acc_digit']:.2f} / {r['acc_half']:.2f} "
+                f"| {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} ({r['free_frac']:.1%}, "
+                f"{fkinds}) | {r['twin_pans']} / {r['twin_free_pans']} "
+                f"| {_pair(r.get('drop_flagged'))} | {_pair(r.get('drop_random'))}{' (ovl)' if r.get('random_overlap') else ''} "
+                f"| {_f(r.get('sel'), 3)} | {_f(r.get('margin'), 3)} | {_f(r.get('free_margin'), 3)} "
+                f"| {_f(dep.get('output_shift'), 3)} / {_f(dep.get('flip_rate'), 3)} "
+                f"| {r['rep_acc_digit']:.2f} / {r['rep_acc_half']:.2f} "
+                f"| {r['scan_s']:.2f} ({r['scan_s'] / r['fwd16_s']:.0f}x, {r['scan_s'] / r['fwd_scanbatch_s']:.1f}x) "
+                f"| {_ok(t['twin0'])} / {_ok(t['margin'])} / {_ok(t['frac'])} / {_ok(t['trained'])} |")
+        lines.append("")
+    if lite:
+        lines += [
+            "### Pretrained Lite0 on real photos (no heads: no selectivity)",
+            "",
+            "| size | PANs (data) | free (pretrained_cfg) | twin (data / free) | dep shift / flip | scan s (x16, x144) "
+            "| unmeasured layers | targets: twin0 / frac |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in lite:
+            k = r.get("kinds", {})
+            kinds = "/".join(f"{k.get(t, 0)}{t[0]}" for t in ("border", "position"))
+            dep = r.get("dep") or {}
+            lines.append(
+                f"| {r['size']} | {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} "
+                f"({r['free_frac']:.1%}) | {r['twin_pans']} / {r['twin_free_pans']} "
+                f"| {_f(dep.get('output_shift'), 3)} / {_f(dep.get('flip_rate'), 3)} "
+                f"| {r['scan_s']:.2f} ({r['scan_s'] / r['fwd16_s']:.0f}x, {r['scan_s'] / r['fwd_scanbatch_s']:.1f}x) "
+                f"| {len(r['unmeasured'])} | {_ok(r['targets']['twin0'])} / {_ok(r['targets']['frac'])} |")
+        lines.append("")
+    singles = [r for r in rows if r.get("single_channel")]
+    for r in singles:
+        s = r["single_channel"]
+        lines += [
+            f"### Single-channel selectivity: {r['arch']} {r['convention']} {r['size']} px ({s['channels']} channels, "
+            "each silenced alone)",
+            "",
+            "| correlation with | border score | position score | dependence share |",
+            "|---|---|---|---|",
+        ]
+        for key, label in (("corr_sel", "selectivity (Pearson / Spearman)"), ("corr_half_drop", "half-head drop")):
+            c = s[key]
+            lines.append(f"| {label} | " + " | ".join(
+                f"{_f(c[m]['pearson'], 3)} / {_f(c[m]['spearman'], 3)}" for m in ("border", "position", "share")) + " |")
+        if "corr_half_eta2" in s:
+            c = s["corr_half_eta2"]
+            lines.append("| half-label eta2 on real placements | " + " | ".join(
+                f"{_f(c[m]['pearson'], 3)} / {_f(c[m]['spearman'], 3)}" for m in ("border", "position")) +
+                f" | (with selectivity: {_f(c['selectivity']['pearson'], 3)} / {_f(c['selectivity']['spearman'], 3)}) |")
+        lines += ["", f"mean single-channel selectivity: flagged {_f(s['sel_flagged_mean'], 3)}, unflagged "
+                      f"{_f(s['sel_unflagged_mean'], 3)}, flagged by the data-free scan {_f(s['sel_free_flagged_mean'], 3)}",
+                  "", "most selective channels:", "",
+                  "| channel | sel | half drop | border | position | share | flagged | half eta2 (real) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        etas = s.get("half_eta2_top_selective") or [None] * len(s["top_selective"])
+        for c, e in zip(s["top_selective"], etas):
+            lines.append(f"| {c['ch']} | {c['sel']:+.3f} | {c['half_drop']:+.3f} | {c['border']:.2f} | "
+                         f"{c['position']:.2f} | {c['share']:.3f} | {c['flagged']} | {_f(e, 3)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plain(v):
+    """numpy scalars in the rows, as plain JSON values."""
+    return v.item() if hasattr(v, "item") else str(v)
+
+
+def _pair(v) -> str:
+    return "-" if not v else f"{v[0]:.2f} / {v[1]:.2f}"
+
+
+def default_cells() -> list[str]:
+    """The matrix, cheapest and most needed first (a partial run is usable): every convention at 32 and
+    64 px for SmallCNN, at 64 px for resnet18 and mobilenet, then the other sizes."""
+    cells = [f"smallcnn:{c}:{s}" for s in (32, 64) for c in CONVENTIONS]
+    cells += [f"{a}:{c}:64" for a in ("resnet18", "mobilenet") for c in CONVENTIONS]
+    cells += [f"smallcnn:{c}:{s}" for s in (96, 100) for c in CONVENTIONS]
+    cells += [f"lite0:photos:{s}" for s in (32, 64, 96, 100, 224)]
+    cells += [f"smallcnn:{c}:224" for c in CONVENTIONS]
+    cells += [f"{a}:black:{s}" for s in (32, 100, 96) for a in ("resnet18", "mobilenet")]
+    cells += [f"{a}:norm:224" for a in ("mobilenet", "resnet18")]
+    return cells
+
+
+def run_cell(cell: str, single: set[str], log=print) -> dict:
+    arch, conv, size = cell.split(":")
+    if arch == "lite0":
+        return measure_lite0_cell(int(size), log)
+    return measure_digits_cell(arch, conv, int(size), log, single_channel=cell in single)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cells", nargs="+", default=None, help="arch:convention:size (default: the whole matrix)")
+    p.add_argument("--single-channel", nargs="*", default=["smallcnn:black:32", "smallcnn:norm:32"],
+                   help="cells that also get the single-channel selectivity analysis")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jsonl", default="benchmarks/results/detector_validity.jsonl")
+    p.add_argument("--out", default="benchmarks/results/detector_validity.md")
+    p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
+    p.add_argument("--extra-jsonl", nargs="*", default=[],
+                   help="more rows to tabulate (a row replaces the main file's row of the same cell)")
+    p.add_argument("--notes", default="benchmarks/results/detector_validity_notes.md",
+                   help="appended to the results when it exists")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    header = "## Detector validity matrix (benchmarks/detector_validity.py)\n\nMachine: " + machine()
+    if not a.from_jsonl:
+        done = set()
+        if Path(a.jsonl).exists():
+            done = {f"{r['arch']}:{r['convention'] if r['arch'] != 'lite0' else 'photos'}:{r['size']}"
+                    for r in map(json.loads, Path(a.jsonl).read_text().splitlines())}
+        for cell in a.cells or default_cells():
+            if cell in done:
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {cell}", file=sys.stderr, flush=True)
+            row = run_cell(cell, set(a.single_channel))
+            with open(a.jsonl, "a") as f:
+                f.write(json.dumps(row, default=_plain) + "\n")
+            print(json.dumps({k: v for k, v in row.items() if k not in ("single_channel", "assumptions", "layers")},
+                             default=_plain),
+                  file=sys.stderr, flush=True)
+            rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
+            Path(a.out).write_text(table(rows, header) + "\n")
+    rows = {_key(r): r for f in [a.jsonl, *a.extra_jsonl] for r in map(json.loads, Path(f).read_text().splitlines())}
+    text = table(list(rows.values()), header) + "\n" + summary(list(rows.values()))
+    if Path(a.notes).exists():
+        text += "\n" + Path(a.notes).read_text()
+    Path(a.out).write_text(text)
+    print(text)
+
+
+def _key(r: dict) -> str:
+    return f"{r['arch']}:{r['convention'] if r['arch'] != 'lite0' else 'photos'}:{r['size']}"
+
+
+def summary(rows: list[dict]) -> str:
+    """Targets met / missed over the cells."""
+    lines = ["### Targets over the cells", "", "| target | met | missed | not applicable | missed in |", "|---|---|---|---|---|"]
+    for t, label in (("twin0", "circular twin 0 PANs (data scan)"), ("margin", "margin >= +0.10 where flagged"),
+                     ("frac", "<= 10% flagged unless selective"), ("trained", "heads above chance (0.70 / 0.90)")):
+        vals = [(r, r["targets"].get(t, None)) for r in rows]
+        met = sum(1 for _, v in vals if v is True)
+        missed = [_key(r) for r, v in vals if v is False]
+        na = sum(1 for _, v in vals if v is None)
+        lines.append(f"| {label} | {met} | {len(missed)} | {na} | {', '.join(missed) or '-'} |")
+    free_twin = [_key(r) for r in rows if r.get("twin_free_pans")]
+    lines += ["", f"Data-free circular twin non-zero in: {', '.join(free_twin) or 'none'}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

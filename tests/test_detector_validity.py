@@ -1,0 +1,63 @@
+"""A fast subset of benchmarks/detector_validity.py (issue 13, point 5): SmallCNN at 32 px, two heads
+(digit; top or bottom half), on [0, 1]-on-black, normalised and [0, 1]-on-white canvases, trained briefly
+on one thread. (On black and normalised canvases the data scan flags nothing, so only the twin and the
+fraction targets bite there; on white it flags first-layer border channels, so the selectivity target is
+tested too.)
+
+The targets, on the scan ``find_pans(model, data=<16 training images>)``:
+
+* the circular twin (same weights, circular padding) reports 0 PANs (also data-free);
+* where any channel is flagged, silencing them is more position-selective (half-head drop minus
+  digit-head drop) than as many random channels of the same layers, by at least 0.10;
+* no more than 10% of the filters are flagged unless that selectivity shows they carry position.
+
+The heads must be clearly above chance (digit > 0.70, half > 0.90) for the cell to test anything.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "detector_validity.py"
+_spec = importlib.util.spec_from_file_location("detector_validity_bench", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench
+_spec.loader.exec_module(bench)
+
+_CELLS: dict[str, dict] = {}
+
+
+def _cell(convention: str) -> dict:
+    if convention not in _CELLS:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _CELLS[convention] = bench.measure_digits_cell("smallcnn", convention, 32, free_selectivity=False)
+        finally:
+            torch.set_num_threads(threads)
+    return _CELLS[convention]
+
+
+def _numbers(row: dict) -> str:
+    keys = ("acc_digit", "acc_half", "pans", "filters", "frac", "kinds", "layers", "twin_pans", "twin_free_pans",
+            "drop_flagged", "drop_random", "sel", "sel_random", "margin", "dep", "rep_acc_half")
+    return ", ".join(f"{k}={row.get(k)}" for k in keys)
+
+
+@pytest.mark.parametrize("convention", ["black", "norm", "white"])
+def test_smallcnn_32px_meets_the_validity_targets(convention):
+    row = _cell(convention)
+    numbers = _numbers(row)
+    assert row["acc_digit"] > 0.70 and row["acc_half"] > 0.90, numbers
+    assert row["twin_pans"] == 0 and row["twin_free_pans"] == 0, numbers
+    if row["pans"]:
+        assert row["margin"] >= bench.MARGIN_TARGET, numbers
+    assert row["frac"] <= bench.FRACTION_TARGET or (row["margin"] is not None
+                                                     and row["margin"] >= bench.MARGIN_TARGET), numbers
+    assert all(v is not False for v in row["targets"].values()), (row["targets"], numbers)
