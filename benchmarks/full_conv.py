@@ -89,7 +89,8 @@ def make_model(seed: int, classes: int = 10) -> nn.Module:
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
 
-def _bed(title: str, placement: str, test_placement: str, scale: int, classes: int, epochs: int) -> repair_table.Testbed:
+def _bed(title: str, placement: str, test_placement: str, scale: int, classes: int,
+         epochs: int) -> repair_table.Testbed:
     return repair_table.Testbed(title=title, make=lambda seed: make_model(seed, classes), canvas=CANVAS, scale=scale,
                                 channels=1, epochs=epochs, lr=3e-3, ft_epochs=epochs, ft_lr=3e-3, cosine=True,
                                 near=1, far=4, out=OUT, placement=placement, test_placement=test_placement)
@@ -264,9 +265,10 @@ def task_table(task: str, jobs: list[dict]) -> list[str]:
     by_name = {n: [next(r for r in j["rows"] if r["name"] == n) for j in jobs] for n in names}
     plain = statistics.mean(r["step_ms"] for r in by_name.get("fine-tune only", by_name["none"]))
     bed = TASKS[task]
+    wall = statistics.mean(j["wall"] for j in jobs)
     lines = [f"## {bed.title}\n", f"{len(jobs)} seeds ({', '.join(str(j['seed']) for j in jobs)}); "
              f"{jobs[0]['train']} training / {jobs[0]['val']} validation images; {jobs[0]['epochs']} epochs, "
-             f"each repair fine-tuned as long; device {jobs[0]['device']}; mean job {statistics.mean(j['wall'] for j in jobs):.0f} s.\n",
+             f"each repair fine-tuned as long; device {jobs[0]['device']}; mean job {wall:.0f} s.\n",
              f"| repair | {bed.test_placement} acc. % | {bed.placement} acc. % | gap (pts) | flips → replicate % "
              "| PANs after (border) | step ms | step vs plain |", "|---" * 8 + "|"]
     means = {}

@@ -13,9 +13,9 @@ both branches. With ``mode="full"`` the twin is a full convolution (F-Conv: zero
 side, every input pixel seen by every tap) that, unlike the circular twin, does not wrap content
 across edges; its maps are larger, so the model must reduce them globally (global pooling head):
 outputs of another shape are refused, as are layers needing a fixed size (the twin is built by
-:func:`~pan_repair.convert_padding` at the batch's size). ``C = 0`` for a model whose padding already is ``mode``. The twin's BatchNorm
-uses the batch's statistics in train mode like the model, but its running statistics are never
-updated (the twin runs on copies of the buffers).
+:func:`~pan_repair.convert_padding` at the batch's size). ``C = 0`` for a model whose padding
+already is ``mode``. The twin's BatchNorm uses the batch's statistics in train mode like the
+model, but its running statistics are never updated (the twin runs on copies of the buffers).
 
 **Effect, measured** (``benchmarks/padding_consistency.py``, 40 seeds; placement shortcut,
 digits 8 top / 9 bottom, 24x24, zero-padded SmallCNN(depth 4); the baseline's swapped-placement
@@ -107,10 +107,11 @@ class PaddingConsistency:
     rebuilt when the model's structure changes (layers pruned, removed or switched).
 
     ``mode``: the twin's padding, ``"circular"`` or ``"full"`` (a repair), or another of
-    :data:`pan_repair.padding_switch.MODES`. ``weight`` multiplies the penalty (default 0.5: measured best, see above). ``every=k``
-    computes it on every k-th call only, multiplied by ``k`` (the same average gradient); the
-    other calls return a constant zero without running the twin. ``warmup=n`` ramps the weight
-    linearly over the first ``n`` calls (call ``t``, from 1: ``weight * min(1, t / n)``).
+    :data:`pan_repair.padding_switch.MODES`. ``weight`` multiplies the penalty (default 0.5:
+    measured best, see above). ``every=k`` computes it on every k-th call only, multiplied by
+    ``k`` (the same average gradient); the other calls return a constant zero without running
+    the twin. ``warmup=n`` ramps the weight linearly over the first ``n`` calls (call ``t``,
+    from 1: ``weight * min(1, t / n)``).
     ``state_dict``/``load_state_dict`` keep the call count.
 
     Example:

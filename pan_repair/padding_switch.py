@@ -20,7 +20,8 @@ Modes, for a window of ``A`` taps of which ``V`` fall on real (not padded) pixel
   on every side of each axis (``d`` dilation, ``k`` kernel; TF-"same" padding replaced), so every
   input pixel meets every tap of the kernel; a conv's output grows by ``d * (k - 1)`` per axis at
   stride 1 (``floor((n + d(k - 1) - 1) / s) + 1`` at stride ``s``), and so does every map after it.
-  Padded average pools get ``k - 1`` zeros a side (they are convolutions with a uniform kernel).
+  Padded average pools get ``k - 1`` zeros a side (they are convolutions with a uniform kernel);
+  unpadded layers (1x1 or "valid" convs) stay as they are.
   Layers that need a fixed spatial size downstream (a flatten into a ``Linear``, a pool whose
   fixed window covers the whole map, a positional embedding, a residual add of a grown and an
   ungrown map) are found first by a trial forward of a blank image at ``input_size`` on a twin
@@ -255,8 +256,9 @@ class PaddedAvgPool2d(_ExplicitPadding, nn.Module):
 
     Partial: the mean of the valid pixels of each window,
     ``sum(x_zero_padded) / V``. Full: zeros ``k - 1`` a side, counted in the mean
-    (``padding`` and ``same_pad`` kept for a switch to another mode). Padding is explicit, so with ``ceil_mode`` a last
-    window starting in the padding is kept (``nn.AvgPool2d`` drops it).
+    (``padding`` and ``same_pad`` kept for a switch to another mode). Padding is explicit,
+    so with ``ceil_mode`` a last window starting in the padding is kept (``nn.AvgPool2d``
+    drops it).
     """
 
     def __init__(
