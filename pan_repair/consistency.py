@@ -9,9 +9,13 @@ batch ``x``,
 
 where ``f_twin`` is the same network, *the same parameters*, with every padding switched to
 ``mode`` (default ``"circular"``; :func:`pan_repair.convert_padding`). Gradients flow through
-both branches. ``C = 0`` for a model whose padding already is ``mode``. The twin's BatchNorm
-uses the batch's statistics in train mode like the model, but its running statistics are never
-updated (the twin runs on copies of the buffers).
+both branches. With ``mode="full"`` the twin is a full convolution (F-Conv: zeros ``d(k - 1)`` a
+side, every input pixel seen by every tap) that, unlike the circular twin, does not wrap content
+across edges; its maps are larger, so the model must reduce them globally (global pooling head):
+outputs of another shape are refused, as are layers needing a fixed size (the twin is built by
+:func:`~pan_repair.convert_padding` at the batch's size). ``C = 0`` for a model whose padding
+already is ``mode``. The twin's BatchNorm uses the batch's statistics in train mode like the
+model, but its running statistics are never updated (the twin runs on copies of the buffers).
 
 **Effect, measured** (``benchmarks/padding_consistency.py``, 40 seeds; placement shortcut,
 digits 8 top / 9 bottom, 24x24, zero-padded SmallCNN(depth 4); the baseline's swapped-placement
@@ -38,11 +42,12 @@ from .padding_switch import MODES, convert_padding
 __all__ = ["padding_consistency", "PaddingConsistency"]
 
 
-def _twin(model: nn.Module, mode: str) -> nn.Module:
+def _twin(model: nn.Module, mode: str, input_size: tuple[int, ...]) -> nn.Module:
     """``model`` with its padding switched to ``mode``, sharing its tensors (no memory, works
-    mid-training: :func:`~pan_repair.module_state.structural_copy`)."""
+    mid-training: :func:`~pan_repair.module_state.structural_copy`); ``input_size`` (C, H, W) for
+    the trial forward of ``"full"``."""
     twin = structural_copy(model, share=True)
-    convert_padding(twin, mode)
+    convert_padding(twin, mode, input_size=input_size)
     return twin
 
 
@@ -81,7 +86,7 @@ def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor 
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    twin = _twin(model, mode) if twin is None else twin
+    twin = _twin(model, mode, tuple(x.shape[1:])) if twin is None else twin
     twin.train(model.training)
     state = dict(model.named_parameters())
     state.update({name: b.clone() for name, b in model.named_buffers()})  # running stats untouched
@@ -90,6 +95,9 @@ def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor 
     other = functional_call(twin, state, (x,))
     if not isinstance(logits, torch.Tensor) or not isinstance(other, torch.Tensor):
         raise TypeError("padding_consistency needs a model returning one tensor of logits")
+    if logits.shape != other.shape:
+        raise ValueError(f"padding_consistency: the {mode} twin's output has shape {tuple(other.shape)}, the "
+                         f"model's {tuple(logits.shape)}: the output must not depend on the map size (global pooling)")
     diff = F.log_softmax(logits.float(), dim=1) - F.log_softmax(other.float(), dim=1)
     return diff.pow(2).sum(dim=1).mean()
 
@@ -98,10 +106,12 @@ class PaddingConsistency:
     """:func:`padding_consistency` with the twin built once (on the first call) and reused; it is
     rebuilt when the model's structure changes (layers pruned, removed or switched).
 
-    ``weight`` multiplies the penalty (default 0.5: measured best, see above). ``every=k``
-    computes it on every k-th call only, multiplied by ``k`` (the same average gradient); the
-    other calls return a constant zero without running the twin. ``warmup=n`` ramps the weight
-    linearly over the first ``n`` calls (call ``t``, from 1: ``weight * min(1, t / n)``).
+    ``mode``: the twin's padding, ``"circular"`` or ``"full"`` (a repair), or another of
+    :data:`pan_repair.padding_switch.MODES`. ``weight`` multiplies the penalty (default 0.5:
+    measured best, see above). ``every=k`` computes it on every k-th call only, multiplied by
+    ``k`` (the same average gradient); the other calls return a constant zero without running
+    the twin. ``warmup=n`` ramps the weight linearly over the first ``n`` calls (call ``t``,
+    from 1: ``weight * min(1, t / n)``).
     ``state_dict``/``load_state_dict`` keep the call count.
 
     Example:
@@ -143,7 +153,7 @@ class PaddingConsistency:
             return torch.zeros((), device=x.device)
         structure = _structure(model)
         if self._twin is None or structure != self._structure:
-            self._twin, self._structure = _twin(model, self.mode), structure
+            self._twin, self._structure = _twin(model, self.mode, tuple(x.shape[1:])), structure
         ramp = min(1.0, self.step / self.warmup) if self.warmup else 1.0
         return ramp * self.every * self.weight * padding_consistency(model, x, logits, self.mode, self._twin)
 

@@ -1,4 +1,4 @@
-"""Switch the padding of a model's layers to reflect, replicate, circular or partial.
+"""Switch the padding of a model's layers to reflect, replicate, circular, partial or full.
 
 :func:`convert_padding` replaces, in place and atomically, every padded layer of a
 model (or the named ones) by a layer that pads its input explicitly with the new
@@ -16,6 +16,26 @@ Modes, for a window of ``A`` taps of which ``V`` fall on real (not padded) pixel
 * ``"partial"``: partial-convolution padding (Liu et al. 2018):
   ``conv(x_zero_padded, W) * A / V + b``; an average pool takes the mean of the
   ``V`` valid pixels (``count_include_pad=False``).
+* ``"full"``: full convolution (F-Conv, Kayhan & van Gemert, CVPR 2020): zeros, ``d * (k - 1)``
+  on every side of each axis (``d`` dilation, ``k`` kernel; TF-"same" padding replaced), so every
+  input pixel meets every tap of the kernel; a conv's output grows by ``d * (k - 1)`` per axis at
+  stride 1 (``floor((n + d(k - 1) - 1) / s) + 1`` at stride ``s``), and so does every map after it.
+  Padded average pools get ``k - 1`` zeros a side (they are convolutions with a uniform kernel);
+  unpadded layers (1x1 or "valid" convs) stay as they are.
+  Layers that need a fixed spatial size downstream (a flatten into a ``Linear``, a pool whose
+  fixed window covers the whole map, a positional embedding, a residual add of a grown and an
+  ungrown map) are found first by a trial forward of a blank image at ``input_size`` on a twin
+  (:func:`~pan_repair.module_state.structural_copy`, shared tensors): such a model is refused,
+  naming the layer, and left untouched. Global (adaptive) pooling heads are fine.
+
+**The detector on a full-convolution model.** A full layer pads zeros, and
+:func:`~pan_repair.layers.layer_padding` says so (``Padding(pads=(d(k-1),) * 4, mode="zeros")``):
+:func:`~pan_repair.find_pans` scores its border like any zero-padded layer's (on the outermost
+output line, whose window holds ``k - 1`` padded lines and one line of the input), so channels that
+respond to the zero frame are still reported as border PANs: F-Conv keeps a frame, what it removes
+is the shortfall of taps at the border of the input. The position score is measured against the
+circular twin of the layers' original padding (a full layer switched to another mode gets its
+original padding back), which is exactly roll-invariant where strides divide the input.
 
 What each layer type becomes:
 
@@ -24,15 +44,15 @@ What each layer type becomes:
   ``ScaledStdConv2d``/``ScaledStdConv2dSame`` -> :class:`PaddedScaledStdConv2d` (these
   two keep weight standardisation; ``MixedConv2d`` is converted through its convs).
 * ``nn.ZeroPad2d``/``nn.ConstantPad2d``/``nn.Reflection|Replication|CircularPad2d``
-  -> :class:`Pad2d`. Not for ``"partial"``: the re-weighting belongs to the conv that
-  consumes the pad, which a pad module cannot know; such layers are skipped.
+  -> :class:`Pad2d`. Not for ``"partial"`` and ``"full"``: the re-weighting and the kernel
+  belong to the conv that consumes the pad, which a pad module cannot know; such layers are skipped.
 * ``nn.AvgPool2d`` with padding -> :class:`PaddedAvgPool2d`, or for ``"partial"``
   ``nn.AvgPool2d(count_include_pad=False)``; timm's ``AvgPool2dSame`` ->
   :class:`PaddedAvgPool2d`. Not with ``ceil_mode`` (its last window may start in the
   padding, so explicit padding changes the output size) nor ``divisor_override``.
 * ``nn.MaxPool2d``/``MaxPool2dSame`` pad ``-inf``, which never wins a max, yet a window that
   straddles the border takes the max of fewer pixels: for ``"circular"`` (no border at all)
-  they become :class:`PaddedMaxPool2d`; for the other modes they are skipped.
+  they become :class:`PaddedMaxPool2d`; for the other modes (``"full"`` too) they are skipped.
 * timm's ``CondConv2d`` and other ``nn.Conv2d`` subclasses: not supported, skipped.
 
 Padding written inside a custom module's ``forward`` (e.g. timm's ``BlurPool2d``)
@@ -44,6 +64,7 @@ carried over, except what computes a reparametrised weight (``torch.nn.utils.pru
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NamedTuple
 
@@ -70,7 +91,7 @@ from .layers import (
     pad_module_padding,
     unsupported_layers,
 )
-from .module_state import carry_reparametrizations, plain_type, structural_copy
+from .module_state import carry_reparametrizations, device_dtype, eval_mode, plain_type, structural_copy
 from .report import PanReport
 
 __all__ = [
@@ -89,7 +110,7 @@ __all__ = [
 ]
 
 #: Padding modes :func:`convert_padding` switches to.
-MODES = ("reflect", "replicate", "circular", "partial")
+MODES = ("reflect", "replicate", "circular", "partial", "full")
 
 #: A 1x1 input gets a dynamic "same" layer's largest padding, (k - 1) * d per axis;
 #: static layers ignore the size.
@@ -100,6 +121,12 @@ def _check_mode(mode: str, modes: tuple[str, ...] = MODES) -> str:
     if mode not in modes:
         raise ValueError(f"unknown padding mode {mode!r}; valid modes: {', '.join(modes)}")
     return mode
+
+
+def _full_pads(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Full convolution's padding, ``d * (k - 1)`` on both sides of each axis: (left, right, top, bottom)."""
+    (kh, kw), (dh, dw) = kernel, dilation
+    return (dw * (kw - 1), dw * (kw - 1), dh * (kh - 1), dh * (kh - 1))
 
 
 def _wrap(x: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
@@ -132,6 +159,8 @@ class _ExplicitPadding:
         mode = self.padding_mode
         if mode == "circular":
             return _wrap(x, pads)
+        if mode == "full":
+            return F.pad(x, pads)
         if mode == "reflect" and not _reflect_fits(tuple(x.shape[-2:]), pads):
             self._warn_fallback(tuple(x.shape[-2:]), pads)
             mode = "replicate"
@@ -147,7 +176,9 @@ class _ExplicitPadding:
 class PaddedConv2d(_ExplicitPadding, nn.Conv2d):
     """``nn.Conv2d`` that pads explicitly with ``padding_mode`` (reflect, replicate,
     circular or partial), statically (``padding``) plus, with ``same_pad``, TF-style
-    dynamic "same" padding computed from each input's size (as timm's ``Conv2dSame``).
+    dynamic "same" padding computed from each input's size (as timm's ``Conv2dSame``);
+    or, for ``"full"``, zeros ``d * (k - 1)`` a side instead of both (``padding`` and
+    ``same_pad`` are kept for a switch to another mode).
 
     Partial: ``out = conv(x_zero_padded, W) * A / V + b`` with ``A = kh * kw`` and ``V``
     the taps of each window on real pixels. The applied kernel is
@@ -178,6 +209,8 @@ class PaddedConv2d(_ExplicitPadding, nn.Conv2d):
         self.same_pad = same_pad
 
     def input_padding(self, input_hw: tuple[int, int]) -> Padding:
+        if self.padding_mode == "full":
+            return Padding(_full_pads(self.kernel_size, self.dilation), "zeros")
         pads = tuple(self._reversed_padding_repeated_twice)
         if self.same_pad:
             same = _same_pads(input_hw, self.kernel_size, self.stride, self.dilation)
@@ -222,8 +255,10 @@ class PaddedAvgPool2d(_ExplicitPadding, nn.Module):
     padding from each input's size (as timm's ``AvgPool2dSame``).
 
     Partial: the mean of the valid pixels of each window,
-    ``sum(x_zero_padded) / V``. Padding is explicit, so with ``ceil_mode`` a last
-    window starting in the padding is kept (``nn.AvgPool2d`` drops it).
+    ``sum(x_zero_padded) / V``. Full: zeros ``k - 1`` a side, counted in the mean
+    (``padding`` and ``same_pad`` kept for a switch to another mode). Padding is explicit,
+    so with ``ceil_mode`` a last window starting in the padding is kept (``nn.AvgPool2d``
+    drops it).
     """
 
     def __init__(
@@ -244,6 +279,8 @@ class PaddedAvgPool2d(_ExplicitPadding, nn.Module):
         self.same_pad = same_pad
 
     def input_padding(self, input_hw: tuple[int, int]) -> Padding:
+        if self.padding_mode == "full":
+            return Padding(_full_pads(self.kernel_size, (1, 1)), "zeros")
         ph, pw = self.padding
         pads = (pw, pw, ph, ph)
         if self.same_pad:
@@ -402,7 +439,7 @@ def _convert(layer: nn.Module, mode: str) -> nn.Module | _Leave | None:
     padding = layer_padding(layer, _PROBE_HW)
     if not padding.is_padded:
         return None
-    if padding.mode == mode:
+    if padding.mode == mode or getattr(layer, "padding_mode", None) == mode:
         return _Leave(f"already {mode}")
     if isinstance(layer, PaddedMaxPool2d):  # back to -inf padding, which every other mode equals for a max
         if layer.same_pad:
@@ -423,6 +460,9 @@ def _convert(layer: nn.Module, mode: str) -> nn.Module | _Leave | None:
         if mode == "partial":
             return _Leave("partial padding re-weights the outputs of the conv that consumes "
                           "the pad; a pad module cannot", unsupported=True)
+        if mode == "full":
+            return _Leave("full padding is d(k-1) of the conv that consumes the pad; a pad module "
+                          "cannot know it", unsupported=True)
         return Pad2d(padding.pads, mode).train(layer.training)
     return _convert_avg_pool(layer, mode)
 
@@ -473,19 +513,25 @@ def _pan_layers(model: nn.Module, found: dict[str, nn.Module], report: PanReport
     return names, skipped
 
 
-def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None) -> ConversionSummary:
+def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None,
+                    input_size: Sequence[int] | None = None) -> ConversionSummary:
     """Switch the padding of every padded layer of ``model``, of the named ``layers``, or of the
     layers holding PANs (``layers`` a :class:`~pan_repair.report.PanReport` of ``model``) to
     ``mode`` (one of :data:`MODES`), in place.
 
-    A converted layer pads with content, so it has no border PANs of its own any more
-    (:func:`~pan_repair.find_pans` scores its border 0). Channels may still encode position
+    A layer converted to reflect, replicate, circular or partial pads with content, so it has no
+    border PANs of its own any more (:func:`~pan_repair.find_pans` scores its border 0); a full
+    layer pads zeros and keeps a border score (module docstring). Channels may still encode position
     (reflect and replicate padding leak it, the detector's ``position`` kind), and PAN layers
     that pad nothing (1x1 convs) inherit theirs from upstream: those are listed in ``skipped``.
 
-    Atomic: arguments and layers are validated and all replacements built before the
-    model is touched. Raises ValueError for an unknown mode, names not in the model,
-    and requested layers that do not pad or cannot be switched. Layers without
+    ``input_size = (C, H, W)``: only for ``"full"``, the size of the trial forward that finds
+    layers needing a fixed spatial size (default: timm's ``pretrained_cfg["input_size"]``).
+
+    Atomic: arguments and layers are validated and all replacements built (and, for ``"full"``,
+    tried) before the model is touched. Raises ValueError for an unknown mode, names not in the
+    model, requested layers that do not pad or cannot be switched, and, for ``"full"``, a missing
+    ``input_size`` or a layer that needs a fixed spatial size. Layers without
     padding are left alone; padded layers left as they are are listed in
     ``skipped`` with the reason (and, when ``layers`` is None, timm's ``CondConv2d``).
     The model itself must be a container of layers, not a layer.
@@ -494,6 +540,17 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanRepo
     if layer_padding(model, _PROBE_HW) is not None:
         raise ValueError(f"model is itself a padding layer ({type(model).__name__}); "
                          "wrap it, e.g. in nn.Sequential")
+    summary, new_by_id = _plan(model, mode, layers)
+    if mode == "full" and new_by_id:
+        _check_grown_maps(model, layers, _full_input_size(model, input_size))
+    _swap(model, new_by_id)
+    return summary
+
+
+def _plan(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None
+          ) -> tuple[ConversionSummary, dict[int, nn.Module]]:
+    """What :func:`convert_padding` would do, and the replacement of each layer to switch (by
+    ``id``); raises for what it refuses. The model is not touched."""
     found = dict(_padding_layers(model))
     summary = ConversionSummary(mode)
     named = layers is not None and not isinstance(layers, PanReport)
@@ -522,14 +579,93 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanRepo
         raise ValueError(f"cannot switch to {mode!r}: {'; '.join(unsupported)}")
     if layers is None:
         summary.skipped += [Skip(n, "CondConv2d is not supported") for n in unsupported_layers(model)]
-    _swap(model, new_by_id)
-    return summary
+    return summary, new_by_id
 
 
-def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None) -> nn.Module:
+def _full_input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
+    """``input_size``, else timm's ``pretrained_cfg["input_size"]``; ValueError if neither."""
+    size = input_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if size is None:
+        raise ValueError("cannot switch to 'full' without input_size=(C, H, W): full convolution grows the "
+                         "feature maps, and a trial forward must find layers that need a fixed size")
+    return tuple(int(n) for n in size)
+
+
+class _Trial(NamedTuple):
+    """One blank forward: ``sizes``, name -> (input HW, output HW) of every module with 4-D input
+    and output, in the order modules finished; ``failed``: the innermost module running when it
+    raised and the error's first line, or None."""
+    sizes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+    failed: tuple[str, str] | None
+
+
+def _trial(model: nn.Module, input_size: tuple[int, ...]) -> _Trial:
+    """Run one blank image of ``input_size`` (eval mode, no gradients, modes restored) with hooks."""
+    sizes, running = {}, []
+
+    def enter(name: str):
+        return lambda module, inputs: running.append(name)
+
+    def leave(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+            running.pop()
+            x = inputs[0] if inputs else None
+            if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor) and x.dim() == output.dim() == 4:
+                sizes[name] = (tuple(x.shape[-2:]), tuple(output.shape[-2:]))
+        return hook
+
+    modules = [(n, m) for n, m in model.named_modules() if n]
+    handles = [m.register_forward_pre_hook(enter(n)) for n, m in modules]
+    handles += [m.register_forward_hook(leave(n)) for n, m in modules]
+    device, dtype = device_dtype(model)
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+        return _Trial(sizes, None)
+    except Exception as err:  # noqa: BLE001 - any failure of the trial forward is the model's answer
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return _Trial(sizes, (running[-1] if running else "", first))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_grown_maps(model: nn.Module, layers: Iterable[str] | PanReport | None,
+                      input_size: tuple[int, ...]) -> None:
+    """ValueError naming the first layer that needs a fixed spatial size: it fails on the maps of
+    a full-convolution twin, or it reduces a map larger than 1x1 to 1x1 in ``model`` but, in the
+    twin, either not to 1x1 or with a window (``kernel_size``) smaller than the grown map."""
+    before = _trial(model, input_size)
+    if before.failed:
+        raise ValueError(f"cannot switch to 'full': the model cannot run on input_size {input_size}: "
+                         f"{before.failed[1]}")
+    twin = structural_copy(model, share=True)
+    _swap(twin, _plan(twin, "full", layers)[1])
+    after = _trial(twin, input_size)
+    modules = dict(model.named_modules())
+
+    def layer(name: str) -> str:
+        return f"layer {name!r} ({type(modules[name]).__name__})" if name else f"{type(model).__name__}.forward"
+
+    if after.failed:
+        name, error = after.failed
+        raise ValueError(f"cannot switch to 'full': {layer(name)} needs a fixed spatial size and fails on the "
+                         f"grown feature maps: {error}")
+    for name, (hw_in, hw_out) in before.sizes.items():
+        grown = after.sizes.get(name)
+        if grown is None or hw_out != (1, 1) or hw_in == (1, 1):
+            continue
+        window = getattr(modules[name], "kernel_size", None)  # pools and convs; adaptive pools have none
+        if grown[1] != (1, 1) or (window is not None and any(k < n for k, n in zip(_pair(window), grown[0]))):
+            raise ValueError(f"cannot switch to 'full': {layer(name)} needs a fixed spatial size: it reduces the "
+                             f"whole {hw_in} map to 1x1 but not the grown {grown[0]} map")
+
+
+def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None,
+                   input_size: Sequence[int] | None = None) -> nn.Module:
     """An independent copy of ``model`` (:func:`~pan_repair.module_state.structural_copy`, also
-    mid-training) with its padding switched to ``mode``; ``model`` is untouched (e.g. to measure
-    how much a model relies on its padding)."""
+    mid-training) with its padding switched to ``mode`` (:func:`convert_padding`); ``model`` is
+    untouched (e.g. to measure how much a model relies on its padding)."""
     model = structural_copy(model, share=False)
-    convert_padding(model, mode, layers)
+    convert_padding(model, mode, layers, input_size)
     return model

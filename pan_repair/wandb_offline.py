@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from google.protobuf.message import DecodeError
 
 __all__ = ["OfflineRun", "read_offline_run", "latest_run", "iter_records"]
 
@@ -89,8 +88,10 @@ class OfflineRun:
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[Any]:
-    """Yield every :class:`Record` of a ``.wandb`` file, in order; ``ValueError`` if it is corrupt."""
-    from wandb.proto import wandb_internal_pb2 as pb  # wandb only when a run is read
+    """Yield every :class:`Record` of a ``.wandb`` file, in order; ``ValueError`` if it is corrupt.
+    (wandb and protobuf are imported here: importing pan_repair does not need them.)"""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(path)
     data = _complete_bytes(path)

@@ -1,5 +1,5 @@
 """Recipe: train a zero-padded CNN on the embedded digits with ``PANMonitor`` -> switch its padding
-(reflect, replicate, circular or partial) -> evaluate -> fine-tune with the new padding
+(reflect, replicate, circular, partial or full convolution) -> evaluate -> fine-tune with the new padding
 (``PaddingSwitch`` at fit start) -> compare (HTML report). Every stage is a W&B run (offline by
 default) in one group and leaves a ``results.json``.
 
@@ -23,7 +23,8 @@ def padding_switch_finetune(out_dir: str = "runs/padding_switch", mode: str = "p
 
     Args:
         out_dir: where runs and the report go.
-        mode: the new padding: reflect, replicate, circular or partial.
+        mode: the new padding: reflect, replicate, circular, partial or full (F-Conv: maps grow, the
+            SmallCNN's global pooling head takes them).
         layers: ``all`` (every padded layer) or ``pans`` (the padded layers holding PANs).
         epochs: training epochs of the baseline (zero padding).
         finetune_epochs: fine-tuning epochs with the new padding (at most ``epochs``), at a third
@@ -44,7 +45,8 @@ def padding_switch_finetune(out_dir: str = "runs/padding_switch", mode: str = "p
     report = exp.scan(module.model)
     print(f"      {report}")
     print(f"[2/4] switched to {mode} padding; evaluating before fine-tuning")
-    exp.fit(exp.module(converted_copy(module.model, mode, None if layers == "all" else report)), mode, 0)
+    exp.fit(exp.module(converted_copy(module.model, mode, None if layers == "all" else report,
+                                             input_size=exp.input_size)), mode, 0)
     print(f"[3/4] fine-tuning with {mode} padding for {finetune_epochs} epochs")
     module.hparams.lr = setup.lr / 3
     switch = PaddingSwitch(mode, None if layers == "all" else "pans", input_size=exp.input_size, model_attr="model")

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from pan_repair import SmallCNN
+from pan_repair import SmallCNN, converted_copy
 from pan_repair.consistency import PaddingConsistency, padding_consistency
 from pan_repair.shortcut import shortcut_data
 
@@ -61,6 +63,30 @@ def test_warmup_ramps_the_weight_over_the_first_calls():
     resumed = PaddingConsistency(weight=0.5, warmup=4)
     resumed.load_state_dict({"step": 1})
     torch.testing.assert_close(resumed(model, x), 0.5 * full)
+
+
+def test_full_twin_is_the_full_convolution_of_the_same_weights():
+    torch.manual_seed(0)
+    model, x = SmallCNN(1, 3, width=8, depth=3), torch.randn(4, 1, 24, 24)
+    full = converted_copy(model, "full", input_size=(1, 24, 24))
+    expected = (F.log_softmax(model(x), 1) - F.log_softmax(full(x), 1)).pow(2).sum(1).mean()
+    term = padding_consistency(model, x, mode="full")
+    torch.testing.assert_close(term, expected)
+    term.backward()
+    assert model.features[0].weight.grad.abs().sum() > 0 and type(model.features[0]) is nn.Conv2d
+    assert padding_consistency(full, x, mode="full").item() == 0.0  # already full: its own twin
+    consistency = PaddingConsistency(2.0, mode="full")
+    torch.testing.assert_close(consistency(model, x), 2 * expected)
+
+
+def test_full_twin_needs_outputs_of_the_same_shape():
+    dense = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1))  # a map out: the twin's is larger
+    with pytest.raises(ValueError, match=r"the full twin's output has shape \(2, 3, 10, 10\), the model's "
+                                         r"\(2, 3, 8, 8\): the output must not depend on the map size"):
+        padding_consistency(dense, torch.randn(2, 1, 8, 8), mode="full")
+    flat = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Flatten(), nn.Linear(192, 2))
+    with pytest.raises(ValueError, match=r"layer '2' \(Linear\) needs a fixed spatial size"):
+        PaddingConsistency(mode="full")(flat, torch.randn(2, 1, 8, 8))
 
 
 @pytest.mark.parametrize("make", [lambda: PaddingConsistency(mode="zeros"), lambda: PaddingConsistency(weight=-1),

@@ -123,14 +123,14 @@ def test_find_pans_sees_the_computed_weights(kind):
 def test_convert_padding_keeps_the_reparametrisation(kind, mode):
     model = _live(kind)
     x = torch.randn(4, *INPUT)
-    expected = _outputs(converted_copy(_baked(model), mode), x)
+    expected = _outputs(converted_copy(_baked(model), mode, input_size=INPUT), x)
     reference = _outputs(model, x)
-    switched = converted_copy(model, mode)
+    switched = converted_copy(model, mode, input_size=INPUT)
     assert torch.allclose(_outputs(switched, x), expected, atol=1e-5)
     assert torch.equal(_outputs(model, x), reference)  # the original untouched
     assert reparametrization(switched.features[0]) == reparametrization(model.features[0])
     assert switched.state_dict().keys() == model.state_dict().keys()
-    summary = convert_padding(model, mode)  # in place: the same parameters keep training
+    summary = convert_padding(model, mode, input_size=INPUT)  # in place: the same parameters keep training
     assert len(summary.changed) == 3
     F.cross_entropy(model.train()(x), torch.arange(4)).backward()
     assert all(g is not None and g.abs().sum() > 0 for g in _underlying_grads(model))

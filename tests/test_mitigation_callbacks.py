@@ -141,6 +141,42 @@ def test_padding_switch_only_the_pan_layers(tmp_path):
     assert sorted(n for n, m in net.model.named_modules() if isinstance(m, PaddedConv2d)) == expected
 
 
+def test_padding_switch_full_in_a_fit_checkpoint_and_resume(tmp_path):
+    """F-Conv from fit start: the input size comes from the first batch (kept in the state), the maps
+    grow by 2 per 3x3 conv, checkpoints load into the unmodified net, resume switches again."""
+    ns = NAMESPACES["lightning.pytorch"]
+    ckpt = ns.pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    switch, types = ns.callbacks.PaddingSwitch("full", model_attr="model"), _Types()
+    net, _ = _fit(ns, tmp_path, [switch, types, ckpt], enable_checkpointing=True)
+    assert types.seen == ["PaddedConv2d", "PaddedConv2d"] and switch.input_size == INPUT
+    assert switch.switched == ["features.0", "features.3", "features.6"]
+    assert net.model.features(torch.zeros(1, *INPUT)).shape[-2:] == (30, 30)  # 24 + 3 * 2
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    SmallCNN(1, 10, width=8, depth=3).load_state_dict({k[len("model."):]: v for k, v in saved["state_dict"].items()})
+    resumed = ns.callbacks.PaddingSwitch("full", model_attr="model")
+    fresh = ns.net()
+    _trainer(ns, tmp_path, callbacks=[resumed], max_epochs=3).fit(fresh, _data(ns),
+                                                                  ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.switched == switch.switched and resumed.input_size == INPUT
+    assert all(fresh.model.features[i].padding_mode == "full" for i in (0, 3, 6))
+
+
+def test_padding_switch_full_refuses_a_flatten_head_before_any_step(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+
+    class Flat(ns.net):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 24 * 24, 10))
+
+    net = Flat()
+    trainer = _trainer(ns, tmp_path, callbacks=[ns.callbacks.PaddingSwitch("full", model_attr="model")])
+    with pytest.raises(ns.pl.utilities.exceptions.MisconfigurationException,
+                       match=r"PaddingSwitch: cannot switch to 'full': layer '2' \(Linear\) needs a fixed spatial"):
+        trainer.fit(net, _data(ns))
+    assert net.steps == 0 and type(net.model[0]) is nn.Conv2d
+
+
 # ------------------------------------------------------------------------------ PANRegularizer
 def _sgd(ns):
     """The namespace's test net trained by plain SGD (the regularisers' parity tests)."""
@@ -357,3 +393,27 @@ def test_consistency_and_penalty_callbacks_compose(tmp_path):
     for (key, a), b in zip(nets["manual"].model.state_dict().items(), nets["callbacks"].model.state_dict().values()):
         torch.testing.assert_close(b, a, msg=key)
     assert callbacks[1].penalty.step == 6 and callbacks[0].consistency.step == 6
+
+
+def test_consistency_regularizer_with_a_full_twin_equals_adding_it_to_the_loss(tmp_path):
+    from pan_repair.consistency import PaddingConsistency
+    ns = NAMESPACES["lightning.pytorch"]
+    Plain = _sgd(ns)
+
+    class Manual(Plain):
+        def __init__(self):
+            super().__init__()
+            self.consistency = PaddingConsistency(0.5, mode="full")
+
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) + self.consistency(self.model, batch[0])
+
+    nets, callback = {}, ns.callbacks.PaddingConsistencyRegularizer(0.5, mode="full", model_attr="model")
+    for name, cls, callbacks in (("manual", Manual, []), ("callback", Plain, [callback]), ("plain", Plain, [])):
+        ns.pl.seed_everything(0, verbose=False)
+        nets[name] = cls()
+        _trainer(ns, tmp_path, callbacks=callbacks).fit(nets[name], _data(ns))
+    for (key, a), b in zip(nets["manual"].model.state_dict().items(), nets["callback"].model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=key)
+    assert not torch.equal(nets["callback"].model.features[0].weight, nets["plain"].model.features[0].weight)
+    assert type(nets["callback"].model.features[0]) is nn.Conv2d  # the model keeps its padding

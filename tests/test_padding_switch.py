@@ -20,7 +20,7 @@ from timm.layers import (
 from timm.layers.conv2d_same import Conv2dSameExport
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
-from pan_repair.layers import conv_padding, effective_weight, layer_padding
+from pan_repair.layers import Padding, conv_padding, effective_weight, layer_padding
 from pan_repair.padding_switch import (
     MODES,
     PaddedConv2d,
@@ -33,6 +33,7 @@ from pan_repair.padding_switch import (
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
 PAD_MODES = ("reflect", "replicate", "circular")
+SAME_SIZE_MODES = tuple(m for m in MODES if m != "full")  # "full" grows the maps: its own tests below
 
 ZOO = {
     "conv_int": lambda: nn.Conv2d(4, 6, 3, padding=1),
@@ -117,7 +118,7 @@ def test_reference_padding_is_the_original(kind, hw):
 
 
 @pytest.mark.parametrize("hw", SIZES)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SAME_SIZE_MODES)
 @pytest.mark.parametrize("kind", ZOO)
 def test_zoo(kind, mode, hw):
     model = make(kind)
@@ -240,7 +241,7 @@ def test_keeps_parameters_dtype_requires_grad_training(mode):
                           StdConv2d(3, 3, 3)).double().train()
     model[1].bias.requires_grad_(False)
     params = list(model.parameters())
-    convert_padding(model, mode)
+    convert_padding(model, mode, input_size=(2, 8, 8))
     assert [type(m) for m in model] == [PaddedConv2d, PaddedScaledStdConv2d, PaddedStdConv2d]
     assert all(a is b for a, b in zip(model.parameters(), params))  # optimizers keep working
     assert not model[1].bias.requires_grad and model[1].weight.requires_grad
@@ -261,13 +262,13 @@ def test_standardised_weight_is_kept():
 def test_pickle_deepcopy_and_state_dict_both_ways(mode):
     original = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), ScaledStdConv2dSame(3, 3, 3, stride=2),
                              AvgPool2dSame(3, 2)).eval()
-    converted = converted_copy(original, mode)
+    converted = converted_copy(original, mode, input_size=(2, 9, 9))
     x = torch.randn(1, 2, 9, 9)
     out = converted(x)
     for clone in (pickle.loads(pickle.dumps(converted)), copy.deepcopy(converted)):
         torch.testing.assert_close(clone(x), out)
     assert converted.state_dict().keys() == original.state_dict().keys()
-    fresh = converted_copy(original, mode)
+    fresh = converted_copy(original, mode, input_size=(2, 9, 9))
     with torch.no_grad():
         for p in fresh.parameters():
             p.zero_()
@@ -386,7 +387,7 @@ def too_small_for_reflect(model: nn.Module, x: torch.Tensor) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SAME_SIZE_MODES)
 def test_timm_models(timm_model, mode):
     summary = convert_padding(model := copy.deepcopy(timm_model), mode)
     reported = {c.name for c in summary.changed} | {s.name for s in summary.skipped}
@@ -486,3 +487,158 @@ def test_converted_copy_of_a_masked_model_mid_training():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert twin[0].weight_orig is not model[0].weight_orig
     torch.testing.assert_close(twin.eval()(x)[..., 2:-2, 2:-2], model.eval()(x)[..., 2:-2, 2:-2])
+
+
+# --- full convolution (F-Conv) ----------------------------------------------------------
+
+FULL_CONVS = {
+    "conv": lambda: nn.Conv2d(4, 6, 3, padding=1),
+    "conv_tuple_dilated": lambda: nn.Conv2d(4, 6, (3, 5), padding=(2, 4), dilation=2),
+    "conv_stride2": lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1),
+    "conv2d_same": lambda: Conv2dSame(4, 6, 3, stride=2),
+    "conv2d_same_export": lambda: Conv2dSameExport(4, 6, 5, stride=2, bias=False),
+    "scaled_std_conv_same": lambda: ScaledStdConv2dSame(4, 6, 3, stride=2),
+}
+
+
+@pytest.mark.parametrize("kind", FULL_CONVS)
+def test_full_is_zero_padding_of_dilation_times_kernel_minus_one(kind):
+    """Every kind of conv, TF-"same" ones included: zeros d(k-1) a side, the same parameters and keys."""
+    torch.manual_seed(0)
+    model = nn.Sequential(FULL_CONVS[kind]()).eval()
+    conv, keys = model[0], model.state_dict().keys()
+    weight = effective_weight(conv).detach()
+    x = torch.randn(2, 4, 11, 10)
+    summary = convert_padding(model, "full", input_size=(4, 11, 10))
+    assert [c.new for c in summary.changed] == [f"{type(model[0]).__name__}(full)"]
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    pads = (dw * (kw - 1),) * 2 + (dh * (kh - 1),) * 2
+    assert layer_padding(model[0], (11, 10)) == layer_padding(model[0], (1, 1)) == Padding(pads, "zeros")
+    expected = F.conv2d(F.pad(x, pads), weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+    torch.testing.assert_close(model(x), expected)
+    assert model[0].weight is conv.weight and model.state_dict().keys() == keys
+
+
+def test_full_grows_each_conv_by_kernel_minus_one_and_keeps_the_interior():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 9, 8)
+    before = conv(x)
+    model = nn.Sequential(conv)
+    convert_padding(model, "full", input_size=(2, 9, 8))
+    after = model(x)
+    assert after.shape[-2:] == (11, 10)
+    # the original's outputs out of reach of its padding, one pixel further in (shifted by d(k-1)/2 = 1)
+    torch.testing.assert_close(after[..., 2:-2, 2:-2], before[..., 1:-1, 1:-1])
+    stack = nn.Sequential(*(nn.Conv2d(2, 2, k, padding=k // 2) for k in (3, 5, 3)))
+    convert_padding(stack, "full", input_size=(2, 9, 8))
+    assert stack(x).shape[-2:] == (9 + 2 + 4 + 2, 8 + 2 + 4 + 2)
+
+
+def test_full_avg_pool_counts_the_zeros_and_max_pool_stays():
+    model = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), nn.MaxPool2d(3, 1, 1), nn.ZeroPad2d(1),
+                          nn.Conv2d(2, 2, 3))
+    x = torch.randn(1, 2, 6, 6)
+    summary = convert_padding(model, "full", input_size=(2, 6, 6))
+    assert [c.name for c in summary.changed] == ["0"]
+    assert [s.name for s in summary.skipped] == ["1", "2"]  # -inf frame; a pad module cannot know the kernel
+    torch.testing.assert_close(model[0](x), F.avg_pool2d(F.pad(x, (2, 2, 2, 2)), 3, 1))
+    with pytest.raises(ValueError, match=r"cannot switch to 'full': '2' \(full padding is d\(k-1\)"):
+        convert_padding(model, "full", ["2"], input_size=(2, 6, 6))
+
+
+def test_full_and_back():
+    """A full layer is not switched again; switched to another mode, it gets its original padding."""
+    model = nn.Sequential(Conv2dSame(2, 2, 3, stride=2), nn.Conv2d(2, 2, 3, padding=1)).eval()
+    x = torch.randn(1, 2, 9, 9)
+    expected = converted_copy(model, "circular")(x)
+    convert_padding(model, "full", input_size=(2, 9, 9))
+    again = convert_padding(model, "full", input_size=(2, 9, 9))
+    assert not again.changed and {s.reason for s in again.skipped} == {"already full"}
+    convert_padding(model, "circular")
+    torch.testing.assert_close(model(x), expected)
+
+
+class _PositionEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.pos = nn.Parameter(torch.zeros(1, 2, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.pos
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def _head(*layers: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), *layers)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: _head(nn.Flatten(), nn.Linear(128, 3)), r"layer '3' \(Linear\) needs a fixed spatial size and fails"),
+    (lambda: _head(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(2, 3)),
+     r"layer '2' \(AvgPool2d\) needs a fixed spatial size: it reduces the whole \(8, 8\) map to 1x1 but not the "
+     r"grown \(10, 10\) map"),
+    (lambda: _head(nn.MaxPool2d(8), nn.AdaptiveAvgPool2d(1)), r"layer '2' \(MaxPool2d\)"),
+    (lambda: _head(nn.Conv2d(2, 3, 8), nn.AdaptiveMaxPool2d(1)), r"layer '2' \(Conv2d\)"),
+    (lambda: nn.Sequential(_PositionEmbedding(), nn.AdaptiveAvgPool2d(1)), r"layer '0' \(_PositionEmbedding\)"),
+    (lambda: nn.Sequential(_Residual(), nn.AdaptiveAvgPool2d(1)), r"layer '0' \(_Residual\)"),
+])
+def test_full_refuses_layers_that_need_a_fixed_size_and_leaves_the_model(make, match):
+    model = make()
+    before = state(model)
+    with pytest.raises(ValueError, match=match):
+        convert_padding(model, "full", input_size=(1, 8, 8))
+    assert_unchanged(model, before)
+    with pytest.raises(ValueError, match=r"without input_size=\(C, H, W\)"):
+        convert_padding(model, "full")
+    assert_unchanged(model, before)
+
+
+def test_full_accepts_global_pooling_and_timm_same_padding():
+    model = _head(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    convert_padding(model, "full", input_size=(1, 8, 8))
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    net = timm.create_model("mobilenetv3_small_050", features_only=False)
+    before = state(net)
+    with pytest.raises(ValueError, match=r"cannot switch to 'full': layer 'blocks\.[0-9.]+' \(\w+\) needs a fixed"):
+        convert_padding(net, "full")  # residual adds; the size comes from its pretrained_cfg
+    assert_unchanged(net, before)
+    vgg = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.ReLU(), StdConv2d(4, 4, 3, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    convert_padding(vgg, "full", input_size=(3, 15, 15))
+    assert vgg[2](vgg[0](torch.randn(1, 3, 15, 15))).shape[-2:] == (11, 11)  # 15 -> 9 (stride 2) -> 11
+
+
+def test_detector_scores_a_full_model_as_zero_padding_by_d_k_minus_one():
+    """What find_pans reports on an F-Conv model (padding_switch's docstring): the border of a full
+    layer is scored exactly as that of a conv zero-padded by d(k-1) by hand (a zero frame, border
+    PANs possible); positions are measured against the circular twin of the original padding."""
+    from pan_repair import find_pans
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)).eval()
+    by_hand = copy.deepcopy(model)
+    for i in (0, 2):
+        by_hand[i].padding = (2, 2)
+        by_hand[i]._reversed_padding_repeated_twice = [2, 2, 2, 2]
+    full = converted_copy(model, "full", input_size=(1, 16, 16))
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(full(x), by_hand(x))
+    report, hand = find_pans(full, (1, 16, 16)), find_pans(by_hand, (1, 16, 16))
+    assert [(info.pads, info.padding_mode, info.makes_border) for info in report.layers] == \
+        [((2, 2, 2, 2), "zeros", True)] * 2
+    for layer in ("0", "2"):
+        assert report.scores[layer]["border"] == hand.scores[layer]["border"]
+        assert max(report.scores[layer]["border"]) > 0
+    border = [(p.layer, p.channel, p.border_score) for p in report.of_kind("border")]
+    assert border and border == [(p.layer, p.channel, p.border_score) for p in hand.of_kind("border")]

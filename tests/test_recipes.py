@@ -89,6 +89,7 @@ def test_finetune_budget_is_checked(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, extra, stages", [
     ("padding_switch_finetune", ["--mode", "replicate"], ("baseline", "replicate", "replicate+finetuned")),
+    ("padding_switch_finetune", ["--mode", "full"], ("baseline", "full", "full+finetuned")),
     ("regularized_training", ["--every", "1"], ("plain", "regularized", "plain+regularized_finetune")),
     ("regularized_training", ["--penalty", "consistency"], ("plain", "regularized", "plain+regularized_finetune")),
 ])
@@ -105,9 +106,11 @@ def test_repair_recipes_end_to_end(recipe, extra, stages, tmp_path, monkeypatch)
     for run in runs.values():
         assert 0 <= run.metrics["val/acc"] <= 1 and 0 <= run.metrics["swapped/acc"] <= 1
         assert run.metrics["pan/count"] == run.pan_report().count
-    if recipe == "padding_switch_finetune":
+    if stages[1] == "replicate":
         # replicate padding makes no border PANs: none after the switch, none after fine-tuning
         assert all(not r.pan_report().of_kind("border") for r in list(runs.values())[1:])
+    elif stages[1] == "full":  # zeros d(k-1) a side: the detector scores the frame, see padding_switch
+        assert all(layer.pads == (2, 2, 2, 2) for layer in runs["full"].pan_report().layers)
     else:
         assert [h["epoch"] for h in runs["regularized"].history] == [0, 1]
     page = (out / "report" / "index.html").read_text()

@@ -31,7 +31,8 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
 
     Args:
         weight: weight of the penalty (default 0.5, measured: :mod:`pan_repair.consistency`).
-        mode: the twin's padding (default ``"circular"``).
+        mode: the twin's padding (default ``"circular"``; ``"full"``: a full-convolution twin, for
+            models with a global pooling head, see :mod:`pan_repair.consistency`).
         every: compute the penalty on every k-th step only, multiplied by k (the other steps
             skip both extra passes).
         warmup_steps: optimizer steps of the linear warm-up (0: none).

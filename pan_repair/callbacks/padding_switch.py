@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..padding_switch import MODES, convert_padding
+from ..padding_switch import MODES, ConversionSummary, convert_padding
 from ._target import ModelTarget
 
 __all__ = ["PaddingSwitchBase"]
@@ -19,7 +19,9 @@ class PaddingSwitchBase(ModelTarget):
     """Switches the padding of the model's padded layers to ``mode`` with
     :func:`~pan_repair.convert_padding`: at fit start (``at_epoch=0``) or when training reaches
     epoch ``at_epoch`` (at its first batch), e.g. to fine-tune a zero-padded model with
-    replicate or partial padding.
+    replicate or partial padding, or as full convolutions (``"full"``: F-Conv, feature maps grow by
+    ``d(k - 1)`` per conv; a model with a layer that needs a fixed spatial size is refused before
+    any step, naming the layer).
 
     Use the concrete class of your namespace: ``pan_repair.callbacks.PaddingSwitch``
     (``import pytorch_lightning``) or ``pan_repair.lightning.PaddingSwitch`` (``lightning.pytorch``).
@@ -33,12 +35,13 @@ class PaddingSwitchBase(ModelTarget):
     state: on resume they are switched again at ``on_fit_start``, before any step.
 
     Args:
-        mode: ``"reflect"``, ``"replicate"``, ``"circular"`` or ``"partial"``.
+        mode: ``"reflect"``, ``"replicate"``, ``"circular"``, ``"partial"`` or ``"full"``.
         layers: None, layer names, or ``"pans"`` (see above).
         at_epoch: the epoch at whose start the padding is switched (0: at fit start, before the
-            sanity check; when ``layers="pans"`` and the probe size must come from a batch, at
-            the first batch).
-        input_size: probe size ``(C, H, W)`` for ``layers="pans"``; None to infer.
+            sanity check; when ``layers="pans"`` or ``mode="full"`` and the input size must come
+            from a batch, at the first batch).
+        input_size: ``(C, H, W)``: the probe size for ``layers="pans"``, the trial forward's for
+            ``mode="full"``; None to infer (kept in the callback's state).
         model_attr: submodule of the LightningModule to switch (e.g. ``"model"``).
         border_threshold, position_threshold: passed to :func:`~pan_repair.find_pans` for
             ``layers="pans"``.
@@ -97,16 +100,21 @@ class PaddingSwitchBase(ModelTarget):
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
         if self._restored:
-            convert_padding(self._module(pl_module), self.mode, self.switched)
+            self._convert(self._module(pl_module), self.switched)
             self._restored = False
         elif self.switched is None and self.at_epoch <= trainer.current_epoch and \
-                (self.layers != "pans" or self.input_size is not None):
+                (not self._needs_input_size or self.input_size is not None):
             self._switch(trainer, pl_module)
+
+    @property
+    def _needs_input_size(self) -> bool:
+        return self.layers == "pans" or self.mode == "full"
 
     def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
         if self.switched is None and trainer.current_epoch >= self.at_epoch:
-            if self.layers == "pans":
+            if self._needs_input_size:
                 self._ensure_input_size(pl_module, batch)
+            if self.layers == "pans":
                 self._collect_calibration(batch)
             self._switch(trainer, pl_module)
 
@@ -120,19 +128,28 @@ class PaddingSwitchBase(ModelTarget):
             if failure is not None:
                 self.switched = []
                 return
-        summary = convert_padding(module, self.mode, layers)
+        summary = self._convert(module, layers)
         self.switched = [change.name for change in summary.changed]
         if trainer.is_global_zero:
             log.info("PaddingSwitch: %d layers switched to %s padding at epoch %d", len(self.switched), self.mode,
                      trainer.current_epoch)
 
+    def _convert(self, module: nn.Module, layers: list[str] | None) -> ConversionSummary:
+        try:
+            return convert_padding(module, self.mode, layers, input_size=self.input_size)
+        except ValueError as err:  # e.g. "full" and a layer that needs a fixed spatial size
+            raise self._error(str(err)) from None
+
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "switched": self.switched}
+        return {"mode": self.mode, "switched": self.switched,
+                "input_size": list(self.input_size) if self.input_size else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict["mode"] != self.mode:
             raise ValueError(f"PaddingSwitch: checkpoint state switched to {state_dict['mode']!r}, "
                              f"this callback to {self.mode!r}")
         self.switched = state_dict["switched"]
+        if self.input_size is None and state_dict.get("input_size"):
+            self.input_size = tuple(state_dict["input_size"])
         self._restored = self.switched is not None
