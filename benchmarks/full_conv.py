@@ -14,7 +14,11 @@
   standardised per image (mean 0, std 1), so the background is not zero and the canvas's edge is
   visible against zero padding;
 * ``relation-black``: the same pairs on a black canvas (no noise, ink in [0, 1] on exact zeros), as
-  in Kayhan & van Gemert's red-green task: the canvas's edge looks like zero padding.
+  in Kayhan & van Gemert's red-green task: the canvas's edge looks like zero padding;
+* ``relation-black-nobias``: the same with convs without bias, so that every layer's response to
+  empty canvas is 0, what the next layer's zero padding adds: the only setting where full
+  convolution leaves no border at any depth (with biases, a layer's constant response ``relu(b)``
+  to empty canvas meets the next layer's zero padding and makes a new border).
 
 **Procedure, per (task, seed) job.** A plain network without BatchNorm (4 convs 3x3, zero padding
 1, 32-64-64-64 channels, max pooling by 2 after the first two, global max pooling, a linear head;
@@ -38,7 +42,7 @@ of predictions that flip when every padding is switched to replicate
 position); cost of a training step (ms, and relative to the plain step of ``fine-tune only``).
 **Goal**, per task: dissimilar within 2 points of similar, with similar at least the circular row's.
 
-Run: ``python benchmarks/full_conv.py [--tasks halves border relation relation-black] [--seeds 0 ... 9] [--device cpu|cuda]
+Run: ``python benchmarks/full_conv.py [--tasks halves border relation relation-black relation-black-nobias] [--seeds 0 ... 9] [--device cpu|cuda]
 [--workers N] [--jsonl FILE]`` (each finished job appends a line to ``--jsonl``; jobs already there
 are skipped, so a run resumes); ``--from-jsonl FILE ...`` only writes the table. Results:
 benchmarks/results/full_conv.md.
@@ -81,22 +85,23 @@ ROWS = ["none", "fine-tune only", "reflect", "replicate", "partial", "circular",
         "consistency circular", "consistency full"]
 
 
-def make_model(seed: int, classes: int = 10) -> nn.Module:
+def make_model(seed: int, classes: int = 10, bias: bool = True) -> nn.Module:
     """4 zero-padded 3x3 convs without BatchNorm, max pooling, global max pooling, a linear head."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1, bias=bias), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, bias=bias), nn.ReLU(),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
 
 def _bed(title: str, placement: str, test_placement: str, scale: int, classes: int,
-         epochs: int) -> repair_table.Testbed:
-    return repair_table.Testbed(title=title, make=lambda seed: make_model(seed, classes), canvas=CANVAS, scale=scale,
-                                channels=1, epochs=epochs, lr=3e-3, ft_epochs=epochs, ft_lr=3e-3, cosine=True,
-                                near=1, far=4, out=OUT, placement=placement, test_placement=test_placement)
+         epochs: int, bias: bool = True) -> repair_table.Testbed:
+    return repair_table.Testbed(title=title, make=lambda seed: make_model(seed, classes, bias), canvas=CANVAS,
+                                scale=scale, channels=1, epochs=epochs, lr=3e-3, ft_epochs=epochs, ft_lr=3e-3,
+                                cosine=True, near=1, far=4, out=OUT, placement=placement,
+                                test_placement=test_placement)
 
 
 TASKS = {
@@ -106,6 +111,8 @@ TASKS = {
                      1, 2, 10),
     "relation-black": _bed("relation on a black canvas (its edge looks like zero padding)", "relation-black",
                            "relation-black-swapped", 1, 2, 10),
+    "relation-black-nobias": _bed("relation on a black canvas, convs without bias", "relation-black",
+                                  "relation-black-swapped", 1, 2, 10, bias=False),
 }
 
 
@@ -221,7 +228,7 @@ def run_job(task: str, seed: int, config: Config) -> dict:
         results.append({"name": name, **measure(model, similar, dissimilar, bed.size),
                         "step_ms": 1000 * timing["seconds"] / timing["steps"]})
     return {"task": task, "seed": seed, "epochs": bed.epochs, "train": len(data[0]), "val": len(similar[0]),
-            "device": config.device, "wall": time.perf_counter() - start, "rows": results}
+            "device": config.device, "machine": machine(), "wall": time.perf_counter() - start, "rows": results}
 
 
 # ------------------------------------------------------------------------------ sweep and table
@@ -303,7 +310,7 @@ def goal(means: dict[str, tuple[float, float]]) -> str:
 def table(jobs: list[dict], command: str) -> str:
     tasks = [t for t in TASKS if any(j["task"] == t for j in jobs)]
     lines = ["# Full convolution (F-Conv) and the other repairs on the shortcut tasks\n",
-             f"Command: `{command}`  ", f"Machine: {machine()}.\n"]
+             f"Command: `{command}`  ", f"Jobs ran on: {'; '.join(sorted({j['machine'] for j in jobs}))}.\n"]
     for task in tasks:
         lines += task_table(task, jobs)
     return "\n".join(lines)
