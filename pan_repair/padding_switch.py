@@ -26,7 +26,11 @@ Modes, for a window of ``A`` taps of which ``V`` fall on real (not padded) pixel
   fixed window covers the whole map, a positional embedding, a residual add of a grown and an
   ungrown map) are found first by a trial forward of a blank image at ``input_size`` on a twin
   (:func:`~pan_repair.module_state.structural_copy`, shared tensors): such a model is refused,
-  naming the layer, and left untouched. Global (adaptive) pooling heads are fine.
+  naming the layer, and left untouched. Global (adaptive) pooling heads are fine. F-Conv hides
+  a border only where what lies beyond it looks like the padding: the input's where the canvas's
+  background is 0, a later layer's where its response to empty canvas is 0 (no bias, no
+  BatchNorm shift); otherwise ``relu(b)`` framed by the next layer's zeros is a new border, and a
+  shortcut through it survives (``benchmarks/full_conv.py``).
 
 **The detector on a full-convolution model.** A full layer pads zeros, and
 :func:`~pan_repair.layers.layer_padding` says so (``Padding(pads=(d(k-1),) * 4, mode="zeros")``):
