@@ -37,7 +37,8 @@ Modes, for a window of ``A`` taps of which ``V`` fall on real (not padded) pixel
 :func:`~pan_repair.find_pans` scores its border like any zero-padded layer's (on the outermost
 output line, whose window holds ``k - 1`` padded lines and one line of the input), so channels that
 respond to the zero frame are still reported as border PANs: F-Conv keeps a frame, what it removes
-is the shortfall of taps at the border of the input. The position score is measured against the
+is the shortfall of taps at the border of the input. They are no evidence of a shortcut by
+themselves: data-free probes have edges the frame shows, data on a black canvas may not. The position score is measured against the
 circular twin of the layers' original padding (a full layer switched to another mode gets its
 original padding back), which is exactly roll-invariant where strides divide the input.
 
