@@ -11,7 +11,14 @@
   overlap; columns at most 8 px apart); the class is which of the two is on top. Similar (training):
   the pair's centre is in the top half when the "0" is on top and in the bottom half otherwise, so
   the absolute height of either digit is a shortcut; dissimilar: the other way round. Canvases are
-  standardised per image (mean 0, std 1).
+  standardised per image (mean 0, std 1), so the background is not zero and the canvas's edge is
+  visible against zero padding;
+* ``relation-black``: the same pairs on a black canvas (no noise, ink in [0, 1] on exact zeros), as
+  in Kayhan & van Gemert's red-green task: the canvas's edge looks like zero padding;
+* ``relation-black-nobias``: the same with convs without bias, so that every layer's response to
+  empty canvas is 0, what the next layer's zero padding adds: the only setting where full
+  convolution leaves no border at any depth (with biases, a layer's constant response ``relu(b)``
+  to empty canvas meets the next layer's zero padding and makes a new border).
 
 **Procedure, per (task, seed) job.** A plain network without BatchNorm (4 convs 3x3, zero padding
 1, 32-64-64-64 channels, max pooling by 2 after the first two, global max pooling, a linear head;
@@ -35,7 +42,7 @@ of predictions that flip when every padding is switched to replicate
 position); cost of a training step (ms, and relative to the plain step of ``fine-tune only``).
 **Goal**, per task: dissimilar within 2 points of similar, with similar at least the circular row's.
 
-Run: ``python benchmarks/full_conv.py [--tasks halves border relation] [--seeds 0 ... 9] [--device cpu|cuda]
+Run: ``python benchmarks/full_conv.py [--tasks halves border relation relation-black relation-black-nobias] [--seeds 0 ... 9] [--device cpu|cuda]
 [--workers N] [--jsonl FILE]`` (each finished job appends a line to ``--jsonl``; jobs already there
 are skipped, so a run resumes); ``--from-jsonl FILE ...`` only writes the table. Results:
 benchmarks/results/full_conv.md.
@@ -78,22 +85,23 @@ ROWS = ["none", "fine-tune only", "reflect", "replicate", "partial", "circular",
         "consistency circular", "consistency full"]
 
 
-def make_model(seed: int, classes: int = 10) -> nn.Module:
+def make_model(seed: int, classes: int = 10, bias: bool = True) -> nn.Module:
     """4 zero-padded 3x3 convs without BatchNorm, max pooling, global max pooling, a linear head."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1, bias=bias), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, bias=bias), nn.ReLU(),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
 
 def _bed(title: str, placement: str, test_placement: str, scale: int, classes: int,
-         epochs: int) -> repair_table.Testbed:
-    return repair_table.Testbed(title=title, make=lambda seed: make_model(seed, classes), canvas=CANVAS, scale=scale,
-                                channels=1, epochs=epochs, lr=3e-3, ft_epochs=epochs, ft_lr=3e-3, cosine=True,
-                                near=1, far=4, out=OUT, placement=placement, test_placement=test_placement)
+         epochs: int, bias: bool = True) -> repair_table.Testbed:
+    return repair_table.Testbed(title=title, make=lambda seed: make_model(seed, classes, bias), canvas=CANVAS,
+                                scale=scale, channels=1, epochs=epochs, lr=3e-3, ft_epochs=epochs, ft_lr=3e-3,
+                                cosine=True, near=1, far=4, out=OUT, placement=placement,
+                                test_placement=test_placement)
 
 
 TASKS = {
@@ -101,13 +109,19 @@ TASKS = {
     "border": _bed("border: 0-4 touching an edge, 5-9 in the centre", "border", "border-swapped", 2, 10, 10),
     "relation": _bed("relation: is the 0 above the 1? (the pair high when it is)", "relation", "relation-swapped",
                      1, 2, 10),
+    "relation-black": _bed("relation on a black canvas (its edge looks like zero padding)", "relation-black",
+                           "relation-black-swapped", 1, 2, 10),
+    "relation-black-nobias": _bed("relation on a black canvas, convs without bias", "relation-black",
+                                  "relation-black-swapped", 1, 2, 10, bias=False),
 }
 
 
 # ------------------------------------------------------------------------------ data
-def relation_data(split: str, swapped: bool, n: int, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+def relation_data(split: str, swapped: bool, n: int, black: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` canvases of the relation task (module docstring): images (n, 1, 32, 32), labels
-    (0: the "0" on top). Deterministic in (split, swapped)."""
+    (0: the "0" on top); ``black``: ink on exact zeros, else with noise (std 0.05) and standardised
+    per image. Deterministic in (split, swapped)."""
+    noise = 0.0 if black else 0.05
     ds = DigitsCanvas(split, canvas=CANVAS, scale=1, classes=(0, 1))
     zeros, ones = np.flatnonzero(ds.labels.numpy() == 0), np.flatnonzero(ds.labels.numpy() == 1)
     rng = np.random.default_rng([15, ("train", "val", "test").index(split), int(swapped)])
@@ -126,7 +140,7 @@ def relation_data(split: str, swapped: bool, n: int, noise: float = 0.05) -> tup
         p = torch.from_numpy(rng.normal(0.0, noise, (CANVAS, CANVAS)).astype(np.float32))
         p[y0:y0 + d, x0:x0 + d] += ds._ink[int(rng.choice(zeros))]
         p[y1:y1 + d, x1:x1 + d] += ds._ink[int(rng.choice(ones))]
-        images[k, 0], labels[k] = (p - p.mean()) / p.std(), label
+        images[k, 0], labels[k] = p if black else (p - p.mean()) / p.std(), label
     return images, labels
 
 
@@ -134,8 +148,7 @@ def load(bed: repair_table.Testbed, split: str, placement: str, limit: int | Non
     """Images and labels of ``split`` at ``placement`` (the first ``limit`` if given)."""
     if placement.startswith("relation"):
         size = len(DigitsCanvas(split, canvas=CANVAS, scale=1))  # as many as the digits tasks
-        x, y = relation_data(split, placement.endswith("swapped"), min(size, limit or size))
-        return x, y
+        return relation_data(split, placement.endswith("swapped"), min(size, limit or size), "black" in placement)
     ds = DigitsCanvas(split, canvas=bed.canvas, scale=bed.scale, placement=placement)
     items = [ds[i] for i in range(min(len(ds), limit or len(ds)))]
     return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
@@ -215,7 +228,7 @@ def run_job(task: str, seed: int, config: Config) -> dict:
         results.append({"name": name, **measure(model, similar, dissimilar, bed.size),
                         "step_ms": 1000 * timing["seconds"] / timing["steps"]})
     return {"task": task, "seed": seed, "epochs": bed.epochs, "train": len(data[0]), "val": len(similar[0]),
-            "device": config.device, "wall": time.perf_counter() - start, "rows": results}
+            "device": config.device, "machine": machine(), "wall": time.perf_counter() - start, "rows": results}
 
 
 # ------------------------------------------------------------------------------ sweep and table
@@ -297,7 +310,7 @@ def goal(means: dict[str, tuple[float, float]]) -> str:
 def table(jobs: list[dict], command: str) -> str:
     tasks = [t for t in TASKS if any(j["task"] == t for j in jobs)]
     lines = ["# Full convolution (F-Conv) and the other repairs on the shortcut tasks\n",
-             f"Command: `{command}`  ", f"Machine: {machine()}.\n"]
+             f"Command: `{command}`  ", f"Jobs ran on: {'; '.join(sorted({j['machine'] for j in jobs}))}.\n"]
     for task in tasks:
         lines += task_table(task, jobs)
     return "\n".join(lines)

@@ -26,14 +26,19 @@ Modes, for a window of ``A`` taps of which ``V`` fall on real (not padded) pixel
   fixed window covers the whole map, a positional embedding, a residual add of a grown and an
   ungrown map) are found first by a trial forward of a blank image at ``input_size`` on a twin
   (:func:`~pan_repair.module_state.structural_copy`, shared tensors): such a model is refused,
-  naming the layer, and left untouched. Global (adaptive) pooling heads are fine.
+  naming the layer, and left untouched. Global (adaptive) pooling heads are fine. F-Conv hides
+  a border only where what lies beyond it looks like the padding: the input's where the canvas's
+  background is 0, a later layer's where its response to empty canvas is 0 (no bias, no
+  BatchNorm shift); otherwise ``relu(b)`` framed by the next layer's zeros is a new border, and a
+  shortcut through it survives (``benchmarks/full_conv.py``).
 
 **The detector on a full-convolution model.** A full layer pads zeros, and
 :func:`~pan_repair.layers.layer_padding` says so (``Padding(pads=(d(k-1),) * 4, mode="zeros")``):
 :func:`~pan_repair.find_pans` scores its border like any zero-padded layer's (on the outermost
 output line, whose window holds ``k - 1`` padded lines and one line of the input), so channels that
 respond to the zero frame are still reported as border PANs: F-Conv keeps a frame, what it removes
-is the shortfall of taps at the border of the input. The position score is measured against the
+is the shortfall of taps at the border of the input. They are no evidence of a shortcut by
+themselves: data-free probes have edges the frame shows, data on a black canvas may not. The position score is measured against the
 circular twin of the layers' original padding (a full layer switched to another mode gets its
 original padding back), which is exactly roll-invariant where strides divide the input.
 

@@ -41,6 +41,8 @@ def test_relation_task_ties_the_pair_height_to_the_class_only_in_training():
         heights = _ink_height(x)  # the pair's centre: above row 16 for the class that sits high
         assert heights[y == high].mean() < 14 and heights[y != high].mean() > 17
     torch.testing.assert_close(similar[0].mean((1, 2, 3)), torch.zeros(200), atol=1e-5, rtol=0)
+    black, labels = bench.relation_data("val", False, 200, black=True)  # ink on exact zeros, the same pairs
+    assert torch.equal(labels, similar[1]) and black.min() == 0 and (black == 0).float().mean() > 0.8
 
 
 def test_a_job_the_sweep_and_the_table(tmp_path):
