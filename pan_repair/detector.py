@@ -45,7 +45,7 @@ side, over the data images or the bright uniform probes; position kind: the roll
 base image's centre nearest an edge vs centred), else -1.
 
 **Padding dependence** (``dependence=True``), what a model that leans on its padding shows even
-with few PANs. On up to 16 of the images (data, or the probe textures): every padding switched to
+with few PANs. On up to 8 of the images (data, or the probe textures): every padding switched to
 replicate (a content-preserving twin, same weights), ``output_shift`` = mean total-variation
 distance of the softmax outputs and ``flip_rate`` = share of changed argmax
 (:func:`pan_repair.metrics.functional.padding_reliance`; for non-(N, K) outputs, the relative
@@ -96,7 +96,7 @@ _SIGMA_FLOOR = 0.05
 #: faults) than the reduction itself
 _CHUNK_BYTES = 4 << 20
 #: images of the padding-dependence pass (it runs forward and backward)
-_DEPENDENCE_IMAGES = 16
+_DEPENDENCE_IMAGES = 8
 #: a twin whose pooled responses move over the rolls by less than this share of the model's own
 #: spread of responses (per channel) is roll-invariant: its eta^2 is below 1e-6
 _INVARIANT = 1e-3
@@ -618,7 +618,7 @@ def find_pans(
             ``2 * n_patterns * n_positions`` images; fewer positions on a small input).
         max_images: images taken from ``data``.
         dependence: measure the model-level padding dependence and each channel's share of it
-            (one forward and backward of up to 16 images, one forward of a replicate twin).
+            (one forward and backward of up to 8 images, one forward of a replicate twin).
         batch: former name of ``data`` (deprecated).
         seed: probe seed; the global RNG is not touched.
         progress: show a progress bar over the convolutions (tqdm, on stderr).

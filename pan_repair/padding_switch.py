@@ -135,9 +135,13 @@ def _full_pads(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int,
 
 
 def _wrap(x: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
-    """Circular padding of any size: ``out[i, j] = x[(i - top) mod H, (j - left) mod W]``."""
+    """Circular padding of any size: ``out[i, j] = x[(i - top) mod H, (j - left) mod W]``
+    (``F.pad``'s circular mode where the pads fit the input: index_select along the last axis is
+    ~20x slower than the convolution that follows)."""
     left, right, top, bottom = pads
     h, w = x.shape[-2:]
+    if max(left, right) <= w and max(top, bottom) <= h:
+        return F.pad(x, pads, mode="circular")
     rows = torch.arange(-top, h + bottom, device=x.device) % h
     cols = torch.arange(-left, w + right, device=x.device) % w
     return x.index_select(-2, rows).index_select(-1, cols)

@@ -261,6 +261,13 @@ def synthetic_images(input_size: tuple[int, int, int], convention: InputConventi
     return convention.to_input(constants.contiguous()), convention.to_input(torch.stack(canvases))
 
 
+def _box_sums(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """Sums of ``x`` (N, H, W) over every ``ph x pw`` window (N, H - ph + 1, W - pw + 1), from an
+    integral image: O(H W) whatever the window."""
+    c = F.pad(x.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    return (c[:, ph:, pw:] - c[:, :-ph, pw:] - c[:, ph:, :-pw] + c[:, :-ph, :-pw]).float()
+
+
 def data_canvases(images: torch.Tensor, n_patterns: int, seed: int = 0) -> torch.Tensor:
     """Probes made of the data, like :func:`synthetic_images`' content images: each a canvas of
     the data's own background (every pixel drawn from the images' outermost pixels, per channel:
@@ -272,10 +279,10 @@ def data_canvases(images: torch.Tensor, n_patterns: int, seed: int = 0) -> torch
     ring = ring.transpose(0, 1).reshape(c, -1)  # (C, outermost pixels of every image)
     median = ring.median(dim=1).values.view(1, c, 1, 1)
     ph, pw = _pattern_side(h), _pattern_side(w)
-    saliency = F.avg_pool2d((images - median).abs().sum(dim=1, keepdim=True), (ph, pw), stride=1)
+    saliency = _box_sums((images - median).abs().sum(dim=1), ph, pw)
     out = []
     for p in range(n_patterns):
-        img, sal = images[p % n], saliency[p % n, 0]
+        img, sal = images[p % n], saliency[p % n]
         top, left = divmod(int(sal.flatten().argmax()), sal.shape[1])
         idx = torch.randint(ring.shape[1], (h * w,), generator=gen)
         canvas = ring[:, idx].reshape(c, h, w).clone()
@@ -322,7 +329,12 @@ def roll_grid(base: torch.Tensor, n_positions: int, stride: tuple[int, int]) -> 
         step = tuple(max(1, r // half) for r in room)
     reach = max(1, min(min(half, r // st) for r, st in zip(room, step)))
     shifts = range(-reach, reach + 1)
-    images = torch.stack([torch.roll(img, k * s, dims=dim) for img in base
-                          for dim, s in ((-2, step[0]), (-1, step[1])) for k in shifts])
+    images = torch.empty(len(base), 2, len(shifts), *base.shape[1:], dtype=base.dtype)
+    for a, (dim, s) in enumerate(((-2, step[0]), (-1, step[1]))):
+        for q, k in enumerate(shifts):  # a circular roll as two slice copies (torch.roll is slower)
+            n = (k * s) % base.shape[dim]
+            out = images[:, a, q]
+            out.narrow(dim, n, base.shape[dim] - n).copy_(base.narrow(dim, 0, base.shape[dim] - n))
+            out.narrow(dim, 0, n).copy_(base.narrow(dim, base.shape[dim] - n, n))
     frac = 0.5 + torch.tensor(list(shifts), dtype=torch.float32) * step[0] / h
-    return RollGrid(images.contiguous(), len(base), len(shifts), step, torch.minimum(frac, 1 - frac), on_stride)
+    return RollGrid(images.flatten(0, 2), len(base), len(shifts), step, torch.minimum(frac, 1 - frac), on_stride)
