@@ -92,8 +92,10 @@ def fast_rows():
 @pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize("op", OWN_OPS)
 def test_fast_zoo_at_64px_conversion_and_pruning_pass(fast_rows, name, op):
+    """Every operation passes; full convolution may instead be refused up front (residual adds, a
+    fixed-size head), the model unchanged (the sweep counts a refusal only then)."""
     row = fast_rows[(name, op)]
-    assert row["status"] == "pass", row
+    assert row["status"] == "pass" or (op == "convert_full" and row["status"] == "refused"), row
 
 
 @pytest.mark.parametrize("name", FAST)
