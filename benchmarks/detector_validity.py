@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pan_repair import SmallCNN, convert_padding, find_pans
-from pan_repair.layers import conv_bn_pairs, conv_layers
+from pan_repair.layers import conv_bn_pairs
 from pan_repair.module_state import structural_copy
 
 CONVENTIONS = ("norm", "black", "white", "noisy")

@@ -10,7 +10,7 @@ are measured where the detector finds hundreds: here, and on a ResNet trained fr
 **Task.** Digits (all 10 classes; digit 64 px = scale 8) at random places on a 128x128 noisy
 canvas, as 3 channels; 1078 training and 360 validation images. At 128 px find_pans rolls its
 textures to only 3 places per axis at Lite0's total stride 32, and warns that the position scores
-are unreliable (5 places need 191 px, ``pan_repair.probes.min_side(32)``): the position-PAN counts
+are unreliable (5 places needed 191 px with the detector of that run): the position-PAN counts
 below are rough. The border scores, from constant probes, do not depend on the rolls, and border
 PANs are 90% of the count; 128 px keeps a run near 1 h on the CPU.
 

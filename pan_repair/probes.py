@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ProbeBatch", "make_probes", "min_side", "InputConvention", "resolve_convention", "calibration_images",
+__all__ = ["ProbeBatch", "make_probes", "InputConvention", "resolve_convention", "calibration_images",
            "synthetic_images", "data_canvases", "RollGrid", "roll_grid"]
 
 
@@ -64,22 +64,6 @@ def _texture(gen: torch.Generator, channels: int, h: int, w: int) -> torch.Tenso
 
 def _pattern_side(side: int) -> int:
     return max(3, side // 3)  # an object, not a detail
-
-
-def min_side(stride: int, positions: int = 4) -> int:
-    """The smallest input side on which :func:`make_probes` rolls a pattern to at least
-    ``positions`` places at total stride ``stride`` (the positions are ``2 r + 1`` for a reach of
-    ``r`` strides from the centre, ``r = floor(floor((side - side // 3) / 2) / stride)``).
-
-    Example:
-        >>> min_side(32)  # EfficientNet, ResNet: 5 positions from 191 px
-        191
-    """
-    reach = -(-(positions - 1) // 2)
-    side = 3
-    while (side - _pattern_side(side)) // 2 < reach * stride:
-        side += 1
-    return side
 
 
 def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positions: int = 8,
