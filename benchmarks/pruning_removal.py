@@ -69,7 +69,7 @@ from pan_repair.module_state import structural_copy
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mitigations import machine, publish  # noqa: E402  (the sibling benchmark)
 
-LOW_THRESHOLDS = dict(border_threshold=1.0, position_threshold=0.5)
+LOW_THRESHOLDS = dict(border_threshold=0.3, position_threshold=0.5)
 THRESHOLDS: dict[str, dict] = {"default": {}, "low": LOW_THRESHOLDS}
 
 

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="the model's inputs are pixels scaled to [LOW, HIGH], e.g. 0 1")
     scan.add_argument("--mean", type=float, nargs="+", help="normalisation mean of pixels in [0, 1] (with --std)")
     scan.add_argument("--std", type=float, nargs="+", help="normalisation std of pixels in [0, 1] (with --mean)")
-    scan.add_argument("--border-threshold", type=float, help="default 2.4 on probes, 3.6 with --data")
+    scan.add_argument("--border-threshold", type=float, help="default 1.4 on probes, 2.5 with --data")
     scan.add_argument("--position-threshold", type=float,
                       help="default 0.9 on probes, 0.6 with --data")
     scan.add_argument("--patterns", type=int, default=8, help="probe textures (default 8)")

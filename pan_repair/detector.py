@@ -15,9 +15,14 @@ exactly as found):
   uniform probes without data), the padding's own effect is
   ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias cancels); it lives on the border only.
   Per padded side ``s``: ``rms_s`` of ``D`` on the outermost output line, corners excluded, over the
-  images; ``b_c = max_s rms_s / sigma_c``, ``sigma_c`` the channel's scale: the running std of the
-  trained BatchNorm it feeds, else its std over the data images (data-free: over all probes),
-  floored at 5% of the layer's median. Where the images' border equals what the padding adds (digits on black, in [0, 1]), the
+  images; ``b_c = max_s rms_s / u_c`` with the channel's unit ``u_c = max(sigma_c, kappa_c)``:
+  ``sigma_c`` its std (the running std of the trained BatchNorm it feeds, else its std over the
+  data images; data-free: over all probes) and ``kappa_c`` its *content response*, the mean over
+  the data images (data-free: the centred texture probes) of ``max |y - mean y|`` over the output
+  positions whose windows touch no padding; each floored at 5% of the layer's median. So a
+  channel that answers the padding's edge as it answers edges in the images (an edge filter on
+  [0, 1] digits on white) scores about 1 or less; a border detector answers the border beyond
+  anything the content makes it do. Where the images' border equals what the padding adds (digits on black, in [0, 1]), the
   first layer's ``D`` is 0: it cannot see the border there. First layer, uniform input ``v``:
   ``D_top = -sum_{taps on the top padding} w * v``, checkable by hand. Needs an output of at least
   3x3; smaller layers are listed in ``report.unmeasured``.
@@ -35,8 +40,8 @@ exactly as found):
   divides its input and the steps are multiples of the total stride, its eta2 is 0 and the rest
   of its pass is skipped.)
 
-**Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold`` (default 2.4 on
-probes, 3.6 on data), else of kind ``"position"`` if ``p_c >= position_threshold`` (default 0.9 on
+**Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold`` (default 1.4 on
+probes, 2.5 on data), else of kind ``"position"`` if ``p_c >= position_threshold`` (default 0.9 on
 probes, 0.6 on data); each channel is counted once. ``sides``: the sides
 with ``rms_s / sigma_c >= border_threshold`` and at least half the strongest side's (border), or
 the axes with a score ``>= position_threshold`` (top+bottom for rolls along rows). ``sign``: +1 if
@@ -68,7 +73,7 @@ from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 from tqdm.auto import tqdm
 
-from .border_geometry import border_windows, strip
+from .border_geometry import border_windows, clean_range, strip
 from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
     untrained_bn
 from .metrics.functional import padding_reliance
@@ -79,12 +84,11 @@ from .report import SIDES, LayerInfo, Pan, PanReport
 __all__ = ["find_pans", "probe_batch", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
            "DEFAULT_DATA_BORDER_THRESHOLD", "DEFAULT_DATA_POSITION_THRESHOLD"]
 
-#: Default threshold on the border score (channel-std units) on synthetic probes: Tukey's far-out
+#: Default threshold on the border score (units ``u_c``) on synthetic probes: Tukey's far-out
 #: fence (Q3 + 3 IQR) of the pretrained Lite0's data-free border scores (benchmarks/threshold_calibration.py)
-DEFAULT_BORDER_THRESHOLD = 2.4
-#: ... and on the model's own data: the same fence of Lite0's scores on photos (natural content at
-#: the border makes every channel's D larger than a uniform probe's)
-DEFAULT_DATA_BORDER_THRESHOLD = 3.6
+DEFAULT_BORDER_THRESHOLD = 1.4
+#: ... and on the model's own data: the same fence of Lite0's scores on photos
+DEFAULT_DATA_BORDER_THRESHOLD = 2.5
 #: Default threshold on the position score (share of variance caused by padding) on synthetic probes.
 DEFAULT_POSITION_THRESHOLD = 0.9
 #: ... and on the model's own data, whose content varies more than the probe textures' (same
@@ -116,6 +120,7 @@ class _LayerStats:
     sq_sum: torch.Tensor | None = None  # sum over images of the per-image spatial mean of y^2
     sum: torch.Tensor | None = None     # sum over images of the per-image spatial mean of y
     count: int = 0
+    content: torch.Tensor | None = None  # (C,) mean over the content images of max interior |y - mean|
     bn: nn.modules.batchnorm._BatchNorm | None = None
     # the trained BatchNorm the blank pre-pass found this conv feeding: its running std is the
     # channel scale, so the scale statistics above are not gathered
@@ -152,6 +157,23 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
             rms[i] = d.pow(2).mean(dim=(0, 2)).sqrt()
             mean[i] = d[: n // 2].mean(dim=(0, 2))
     return rms, mean
+
+
+def _content_scale(y: torch.Tensor, index: torch.Tensor, size: tuple[int, int], conv: nn.Conv2d,
+                   padding: Padding) -> torch.Tensor | None:
+    """Per channel: the mean over the images ``index`` of the strongest interior response,
+    ``max |y - mean y|`` over the output positions whose windows touch no padding (None where
+    there are none)."""
+    k, s, d = conv.kernel_size, conv.stride, conv.dilation
+    left, right, top, bottom = padding.pads
+    rows = clean_range(size[0], k[0], s[0], d[0], top, bottom)
+    cols = clean_range(size[1], k[1], s[1], d[1], left, right)
+    if (rows == slice(0, y.shape[-2]) and (top or bottom)) or (cols == slice(0, y.shape[-1]) and (left or right)):
+        return None
+    inner = y.index_select(0, index.to(y.device))[:, :, rows, cols].float()
+    mean = inner.mean(dim=(2, 3), keepdim=True)
+    dev = torch.maximum(inner.amax(dim=(2, 3)) - mean[..., 0, 0], mean[..., 0, 0] - inner.amin(dim=(2, 3)))
+    return dev.mean(dim=0)
 
 
 _threads_lock = threading.Lock()
@@ -224,8 +246,10 @@ class _Recorder:
     a trained BatchNorm)."""
 
     def __init__(self, model: nn.Module, n_border: int = 0, progress=None,
-                 feeds_bn: dict[str, nn.Module] | None = None, n_scale: int | None = None):
+                 feeds_bn: dict[str, nn.Module] | None = None, n_scale: int | None = None,
+                 content: torch.Tensor | None = None):
         self.n_border, self.progress, self.n_scale = n_border, progress, n_scale
+        self.content = content  # indices of the images whose interior response is the content scale
         # convs whose response is read after their BatchNorm (from the blank pre-pass)
         self.feeds_bn = feeds_bn or {}
         self.device = device_dtype(model)[0]
@@ -262,6 +286,7 @@ class _Recorder:
                         stat.unmeasured = f"output {y.shape[-2]}x{y.shape[-1]} has no border line with an interior"
                     else:
                         stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_border], conv, padding)
+                        stat.content = _content_scale(y, self.content, x.shape[-2:], conv, padding)
                 if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
                     stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
                 if self.n_scale != 0 and stat.scale_bn is None:
@@ -347,6 +372,14 @@ def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
     if first.in_channels != input_size[0]:
         raise ValueError(f"input_size has {input_size[0]} channels but the first convolution "
                          f"'{name}' expects {first.in_channels}")
+
+
+def _channel_scale(stat: _LayerStats) -> torch.Tensor:
+    """The border score's unit per channel: the larger of its std and its content response."""
+    sigma = _channel_sigma(stat)
+    if stat.content is None:
+        return sigma
+    return torch.maximum(sigma, stat.content.clamp_min(_SIGMA_FLOOR * stat.content.median().clamp_min(1e-12)))
 
 
 def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
@@ -511,7 +544,7 @@ def _classify(stat: _LayerStats, position: torch.Tensor, eta2: torch.Tensor, edg
     c = stat.conv.out_channels
     bn_sign = _bn_sign(stat).cpu()
     if stat.border_rms is not None:
-        per_side = (stat.border_rms / _channel_sigma(stat)).cpu()  # (4, C)
+        per_side = (stat.border_rms / _channel_scale(stat)).cpu()  # (4, C)
         border = per_side.max(dim=0).values
     else:
         per_side, border = torch.zeros(4, c), torch.zeros(c)
@@ -609,7 +642,7 @@ def find_pans(
             up to ``max_images`` are used. Without it, synthetic probes in the input convention.
         input_range, mean, std: the input convention of data-free probes (see
             :func:`pan_repair.probes.resolve_convention`); ignored with ``data``.
-        border_threshold: minimum border score (channel-std units) of a border PAN; default
+        border_threshold: minimum border score (units of the channel's std or content response) of a border PAN; default
             :data:`DEFAULT_DATA_BORDER_THRESHOLD` with data, :data:`DEFAULT_BORDER_THRESHOLD` on probes.
         position_threshold: minimum position score (share of variance, [0, 1]); default
             :data:`DEFAULT_DATA_POSITION_THRESHOLD` with data, :data:`DEFAULT_POSITION_THRESHOLD`
@@ -652,7 +685,10 @@ def find_pans(
     try:
         # the channel scale: on the data images themselves, or on every probe
         n_scale = len(border_images) if images is not None else None
-        with _inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn, n_scale=n_scale) as rec:
+        content = (torch.arange(len(border_images)) if images is not None else
+                   len(border_images) + grid.centred())
+        with _inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn, n_scale=n_scale,
+                         content=content) as rec:
             _run(model, torch.cat([border_images, grid.images]).to(device, dtype), input_size)
     finally:
         if bar is not None:

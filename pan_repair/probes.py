@@ -49,6 +49,10 @@ class ProbeBatch:
     def placement_slice(self) -> slice:
         return slice(self.n_constants + self.n_scale, self.images.shape[0])
 
+    def centred(self) -> torch.Tensor:
+        """Indices in ``images`` of each base image unmoved (its roll 0 along rows)."""
+        return torch.arange(self.n_patterns) * 2 * self.n_positions + self.n_positions // 2
+
     def grid(self, values: torch.Tensor) -> torch.Tensor:
         """Reshape per-image ``values`` (B, ...) of the placement part to (P, 2, Q, ...)."""
         v = values[self.placement_slice()]
@@ -292,6 +296,10 @@ class RollGrid:
     #: steps are multiples of the network's total stride (a circular network is then exactly
     #: invariant to the rolls, when its every strided layer divides its input)
     on_stride: bool
+
+    def centred(self) -> torch.Tensor:
+        """Indices in ``images`` of each base image unmoved (its roll 0 along rows)."""
+        return torch.arange(self.n_patterns) * 2 * self.n_positions + self.n_positions // 2
 
     def grid(self, values: torch.Tensor) -> torch.Tensor:
         """Per-image ``values`` (P * 2 * Q, ...) -> (P, 2, Q, ...)."""

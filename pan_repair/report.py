@@ -26,7 +26,8 @@ class Pan:
         sign: +1 if it fires at the border (or for content near it), -1 if silenced there.
         score: the score of its ``kind`` (see :func:`pan_repair.find_pans`).
         kind: ``"border"`` or ``"position"``.
-        border_score: border deviation in channel std units (0 when the layer makes no border).
+        border_score: border deviation in units of the channel's std or content response, whichever
+            is larger (0 when the layer makes no border).
         position_score: share of pooled-response variance explained by placement, in [0, 1].
         share: the channel's share of the model's padding dependence (first-order, see
             :func:`pan_repair.find_pans`), in [0, 1]; 0 if not measured.

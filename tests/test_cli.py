@@ -29,7 +29,9 @@ def importable_tests(monkeypatch):
 
 def test_scan_factory_writes_table_json_and_plot(tmp_path, capsys):
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    code = main(["scan", "test_cli:tiny_factory", "--size", "32", "--json", str(out_json),
+    flat = tmp_path / "flat.pt"  # flat images: the zero frame is the only edge the kernel meets
+    torch.save(torch.linspace(0.5, 1.5, 8).view(8, 1, 1, 1).expand(8, 3, 32, 32).clone(), flat)
+    code = main(["scan", "test_cli:tiny_factory", "--data", str(flat), "--json", str(out_json),
                  "--plot", str(out_png), "--quiet"])
     assert code == 0
     table = capsys.readouterr().out

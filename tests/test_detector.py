@@ -17,9 +17,20 @@ def _double_centred(k: torch.Tensor) -> torch.Tensor:
     return k - k.mean(dim=-2, keepdim=True)
 
 
+def flat(channels: int = 3, size: int = 32, n: int = 8) -> torch.Tensor:
+    """Flat images (a level per image: bright half first, then their negatives; faint noise): the
+    only edge a filter ever sees on them is the padding's, so an edge kernel answers the border
+    beyond any content."""
+    gen = torch.Generator().manual_seed(0)
+    bright = torch.linspace(0.5, 1.5, n // 2)
+    levels = torch.cat([bright, -bright]).view(n, 1, 1, 1)
+    return levels + 0.01 * torch.randn(n, channels, size, size, generator=gen)
+
+
 def planted_net(padding_mode: str = "zeros") -> tuple[nn.Module, set[tuple[int, str]]]:
     """16 filters; channels 2, 5 (top), 9 (left) and 13 (bottom + right) are border detectors:
-    an edge kernel (+1 outer row, -1 middle row) is blind to constant content but not to a zero frame."""
+    an edge kernel (+1 outer row, -1 middle row) is blind to constant content but not to a zero frame
+    (on :func:`flat` images, where no content edge is as strong)."""
     gen = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(3, 16, 3, padding=1, bias=True, padding_mode=padding_mode)
     with torch.no_grad():
@@ -40,7 +51,7 @@ def planted_net(padding_mode: str = "zeros") -> tuple[nn.Module, set[tuple[int, 
 
 def test_planted_border_detectors_precision_and_recall():
     net, truth = planted_net()
-    report = find_pans(net, (3, 32, 32))
+    report = find_pans(net, data=flat())
     found = {(p.channel, side) for p in report.of_kind("border") for side in p.sides}
     assert found == truth, f"precision/recall failure: found {found - truth}, missed {truth - found}"
     assert {p.channel for p in report.of_kind("border")} == {2, 5, 9, 13}
@@ -48,7 +59,7 @@ def test_planted_border_detectors_precision_and_recall():
 
 def test_planted_scores_are_well_separated():
     net, truth = planted_net()
-    report = find_pans(net, (3, 32, 32))
+    report = find_pans(net, data=flat())
     scores = report.scores["0"]["border"]
     planted = [scores[c] for c in (2, 5, 9, 13)]
     ordinary = [s for c, s in enumerate(scores) if c not in (2, 5, 9, 13)]
@@ -59,7 +70,7 @@ def test_sign_says_fires_or_silenced():
     net, _ = planted_net()
     # a bright constant input through a kernel whose top row sums to +3 (per input channel) loses
     # 3*c at the top border under zero padding: D = -sum(top taps) * c < 0: silenced there.
-    signs = {p.channel: p.sign for p in find_pans(net, (3, 32, 32)).of_kind("border")}
+    signs = {p.channel: p.sign for p in find_pans(net, data=flat()).of_kind("border")}
     assert signs[2] == -1 and signs[5] == +1
 
 
@@ -104,7 +115,7 @@ def test_zero_pad_module_counts_as_the_next_conv_padding():
     unpadded = nn.Conv2d(3, 16, 3, padding=0)
     unpadded.load_state_dict(conv.state_dict())
     padded = nn.Sequential(nn.ZeroPad2d(1), unpadded, *list(net)[1:])
-    found = {(p.channel, s) for p in find_pans(padded, (3, 32, 32)).of_kind("border") for s in p.sides}
+    found = {(p.channel, s) for p in find_pans(padded, data=flat()).of_kind("border") for s in p.sides}
     assert found == truth
 
 
@@ -119,7 +130,7 @@ def test_timm_same_padding_is_asymmetric():
         conv.weight[0, :, 1, :] -= 1.0
         conv.weight[1, :, 0, :] += 1.0  # top row: never meets padding on the top
         conv.weight[1, :, 1, :] -= 1.0
-    pans = {p.channel: p.sides for p in find_pans(net, (3, 64, 64)).of_kind("border")}
+    pans = {p.channel: p.sides for p in find_pans(net, data=flat(3, 64)).of_kind("border")}
     assert pans.get(0) == ("bottom",)
     assert "top" not in pans.get(1, ()) and "left" not in pans.get(1, ())
 
@@ -179,7 +190,7 @@ def test_bad_input_gets_a_clear_error(model, size, message):
 
 def test_report_json_round_trip(tmp_path):
     net, _ = planted_net()
-    report = find_pans(net, (3, 32, 32))
+    report = find_pans(net, data=flat())
     again = PanReport.load(report.save(tmp_path / "r.json"))
     assert again.to_dict() == report.to_dict()
     assert isinstance(again.pans[0], Pan) and again.pans[0].sides == report.pans[0].sides
@@ -191,13 +202,30 @@ def test_report_json_round_trip(tmp_path):
 def test_data_whose_border_is_what_padding_adds_blinds_the_first_layer():
     """On [0, 1] images with a black frame, zero padding adds nothing the layer could see."""
     net, _ = planted_net()
-    bright = torch.rand(8, 3, 32, 32) * 0.5 + 0.5
+    bright = flat().abs()
     assert {p.channel for p in find_pans(net, data=bright).of_kind("border")} == {2, 5, 9, 13}
     black_frame = torch.zeros(8, 3, 32, 32)
     black_frame[:, :, 8:24, 8:24] = torch.rand(8, 3, 16, 16)
     report = find_pans(net, data=black_frame)
     assert report.of_kind("border") == [] and max(report.scores["0"]["border"]) == 0.0
     assert report.assumptions[0] == "measured on 8 data images"
+
+
+def test_an_edge_filter_that_answers_content_edges_alike_is_no_pan():
+    """Dark strokes on white (documents, digits on white): the zero frame is one more dark edge.
+    The planted edge kernels answer it no more than the strokes' edges, so they score about 1 in
+    units of their content response and are not PANs; on flat images (above) they are."""
+    net, _ = planted_net()
+    gen = torch.Generator().manual_seed(0)
+    white = torch.ones(8, 3, 32, 32)
+    for i in range(8):
+        r, c = torch.randint(4, 20, (2,), generator=gen).tolist()
+        white[i, :, r:r + 8, c:c + 3] = 0.0  # a vertical stroke
+        white[i, :, r:r + 3, c:c + 8] = 0.0  # and a horizontal one
+    report = find_pans(net, data=white, dependence=False)
+    assert report.of_kind("border") == []
+    assert max(report.scores["0"]["border"][c] for c in (2, 5, 9, 13)) < 1.5
+    assert min(find_pans(net, data=flat(), dependence=False).scores["0"]["border"][c] for c in (2, 5, 9, 13)) > 3
 
 
 def test_data_as_tensor_dataloader_or_dataset():
@@ -303,7 +331,7 @@ def _edge_kernel_conv(conv: nn.Conv2d) -> nn.Conv2d:
 def test_every_conv_flavour_finds_the_planted_top_detector(make_conv):
     conv = _edge_kernel_conv(make_conv())
     net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1))
-    border = {p.channel: p.sides for p in find_pans(net, (4, 33, 33)).of_kind("border")}
+    border = {p.channel: p.sides for p in find_pans(net, data=flat(4, 33)).of_kind("border")}
     if isinstance(conv, timm.layers.Conv2dSame):  # TF "same" at stride 2, odd size: pads 1 on every side
         assert conv_padding(conv, (33, 33)).pads == (1, 1, 1, 1)
     assert border.get(0) == ("top",) and set(border) == {0}, border

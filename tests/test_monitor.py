@@ -217,7 +217,7 @@ def test_checkpoint_round_trip_two_monitors(namespace, tmp_path):
 
     def monitors():
         return [ns.monitor(border_threshold=THRESHOLD, output_dir=tmp_path / "json"),
-                ns.monitor(border_threshold=0.3, n_patterns=2, prefix="loose", output_dir=tmp_path / "json")]
+                ns.monitor(border_threshold=0.08, n_patterns=2, prefix="loose", output_dir=tmp_path / "json")]
 
     first = monitors()
     ckpt = ns.pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)

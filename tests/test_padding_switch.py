@@ -422,9 +422,10 @@ def test_layers_of_a_report_lose_their_border_pans():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(4, 4, 1)).eval()
     with torch.no_grad():
+        model[0].weight.zero_()  # layer "0" answers every image with its bias: a flat map, no content edge
         model[2].weight[1] = 0
         model[2].weight[1, :, 0, :] = 2.0  # a planted top-border detector in layer "2"
-    report = find_pans(model, (1, 16, 16), position_threshold=1.0)
+    report = find_pans(model, data=torch.rand(8, 1, 16, 16), position_threshold=1.0)
     assert {p.layer for p in report.of_kind("border")} >= {"2"}
     pans = dataclasses.replace(report, pans=[Pan("2", 1, ("top",), 1, 5.0, "border"),
                                              Pan("4", 0, (), 1, 0.95, "position")])
@@ -634,7 +635,8 @@ def test_detector_scores_a_full_model_as_zero_padding_by_d_k_minus_one():
     full = converted_copy(model, "full", input_size=(1, 16, 16))
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(full(x), by_hand(x))
-    report, hand = find_pans(full, (1, 16, 16)), find_pans(by_hand, (1, 16, 16))
+    flat = torch.linspace(-1.5, 1.5, 8).view(8, 1, 1, 1).expand(8, 1, 16, 16)  # no content edge
+    report, hand = (find_pans(m, data=flat, border_threshold=1.5) for m in (full, by_hand))
     assert [(info.pads, info.padding_mode, info.makes_border) for info in report.layers] == \
         [((2, 2, 2, 2), "zeros", True)] * 2
     for layer in ("0", "2"):
