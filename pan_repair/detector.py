@@ -54,7 +54,8 @@ with few PANs. On up to 8 of the images (data, or the probe textures): every pad
 replicate (a content-preserving twin, same weights), ``output_shift`` = mean total-variation
 distance of the softmax outputs and ``flip_rate`` = share of changed argmax
 (:func:`pan_repair.metrics.functional.padding_reliance`; for non-(N, K) outputs, the relative
-L2 change, and no flip rate). Each channel's *share* of it is its first-order part: with ``J``
+L2 change, and no flip rate). A model with several outputs (heads) reports each under
+``"outputs"`` and the largest as its figures: one head that leans on the padding is enough. Each channel's *share* of it is its first-order part: with ``J``
 the summed log-probability of the predicted classes and ``D_c`` the channel's own padding effect
 over its whole output (zero minus replicate padding), ``a_c = |sum <dJ/dy_c, D_c>| / N`` (nats per
 image); ``share_c = a_c / sum a``. ``report.ranked()`` lists channels by share.
@@ -159,7 +160,7 @@ def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tup
     return rms, mean
 
 
-def _content_scale(y: torch.Tensor, index: torch.Tensor, size: tuple[int, int], conv: nn.Conv2d,
+def content_scale(y: torch.Tensor, index: torch.Tensor, size: tuple[int, int], conv: nn.Conv2d,
                    padding: Padding) -> torch.Tensor | None:
     """Per channel: the mean over the images ``index`` of the strongest interior response,
     ``max |y - mean y|`` over the output positions whose windows touch no padding (None where
@@ -286,7 +287,7 @@ class _Recorder:
                         stat.unmeasured = f"output {y.shape[-2]}x{y.shape[-1]} has no border line with an interior"
                     else:
                         stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_border], conv, padding)
-                        stat.content = _content_scale(y, self.content, x.shape[-2:], conv, padding)
+                        stat.content = content_scale(y, self.content, x.shape[-2:], conv, padding)
                 if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
                     stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
                 if self.n_scale != 0 and stat.scale_bn is None:
@@ -374,12 +375,16 @@ def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
                          f"'{name}' expects {first.in_channels}")
 
 
-def _channel_scale(stat: _LayerStats) -> torch.Tensor:
-    """The border score's unit per channel: the larger of its std and its content response."""
-    sigma = _channel_sigma(stat)
-    if stat.content is None:
+def border_unit(sigma: torch.Tensor, content: torch.Tensor | None) -> torch.Tensor:
+    """The border score's unit per channel: ``max(sigma, kappa)``, the larger of its std and its
+    content response (see the module docstring), ``kappa`` floored at 5% of the layer's median."""
+    if content is None:
         return sigma
-    return torch.maximum(sigma, stat.content.clamp_min(_SIGMA_FLOOR * stat.content.median().clamp_min(1e-12)))
+    return torch.maximum(sigma, content.clamp_min(_SIGMA_FLOOR * content.median().clamp_min(1e-12)))
+
+
+def _channel_scale(stat: _LayerStats) -> torch.Tensor:
+    return border_unit(_channel_sigma(stat), stat.content)
 
 
 def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
@@ -477,6 +482,7 @@ class _Dependence:
     flip_rate: float | None
     attribution: dict[str, torch.Tensor] = field(default_factory=dict)  # conv name -> (C,) a_c
     images: int = 0
+    per_output: list[tuple[float, float | None]] = field(default_factory=list)  # models with several outputs
 
 
 def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> _Dependence:
@@ -525,16 +531,17 @@ def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tupl
     convert_padding(twin, "replicate")
     with eval_mode(twin), torch.no_grad():
         switched = _outputs(_run(twin, x.detach(), input_size))
-    shifts, flips = [], []
+    per_output = []
     for a, b in zip(out, switched):
         a, b = a.detach().float(), b.float()
         if _is_logits(a):
             r = padding_reliance(a, b)
-            shifts.append(float(r["output_shift"]))
-            flips.append(float(r["flip_rate"]))
+            per_output.append((float(r["output_shift"]), float(r["flip_rate"])))
         else:
-            shifts.append(float((a - b).norm() / a.norm().clamp_min(1e-12)))
-    return _Dependence(sum(shifts) / len(shifts), sum(flips) / len(flips) if flips else None, attribution, len(x))
+            per_output.append((float((a - b).norm() / a.norm().clamp_min(1e-12)), None))
+    flips = [f for _, f in per_output if f is not None]
+    return _Dependence(max(s for s, _ in per_output), max(flips) if flips else None, attribution, len(x),
+                       per_output if len(per_output) > 1 else [])
 
 
 def _classify(stat: _LayerStats, position: torch.Tensor, eta2: torch.Tensor, edge: torch.Tensor,
@@ -737,7 +744,9 @@ def find_pans(
                         rec.stats[name].padding.makes_border) for name in ran]
     dependence_summary = None if dep is None else {
         "mode": "replicate", "output_shift": round(dep.output_shift, 6),
-        "flip_rate": None if dep.flip_rate is None else round(dep.flip_rate, 6), "images": dep.images}
+        "flip_rate": None if dep.flip_rate is None else round(dep.flip_rate, 6), "images": dep.images,
+        **({"outputs": [{"output_shift": round(sh, 6), "flip_rate": None if fl is None else round(fl, 6)}
+                        for sh, fl in dep.per_output]} if dep.per_output else {})}
     return PanReport(pans, layers, input_size, border_threshold, position_threshold, scores,
                      _notes(layers), unsupported_layers(model), assumptions=assumptions,
                      unmeasured=unmeasured, padding_dependence=dependence_summary)

@@ -8,11 +8,13 @@ with gradients and hinges them:
 
 ``penalty = weight * (border_weight * B + position_weight * P)``
 
-* ``B = (1 / C_total) sum_{l,c} sum_s relu(b_lcs - border_margin)^2``; ``b_lcs = rms(D) / sigma_c``
-  is the detector's border score of side ``s`` (channel-std units): ``D = conv(pad_zero(x)) -
-  conv(pad_replicate(x))`` on the outermost output line (corners excluded), ``x`` the conv's
-  input under the constant probes; ``sigma_c`` the running std of the BatchNorm the conv feeds
-  (else the conv output's std over the probes), detached, floored at 5% of the layer median.
+* ``B = (1 / C_total) sum_{l,c} sum_s relu(b_lcs - border_margin)^2``; ``b_lcs = rms(D) / u_c``
+  is the detector's border score of side ``s``: ``D = conv(pad_zero(x)) - conv(pad_replicate(x))``
+  on the outermost output line (corners excluded), ``x`` the conv's input under the border
+  images (the uniform probes, or the model's own images when given); ``u_c = max(sigma_c,
+  kappa_c)``: ``sigma_c`` the running std of the BatchNorm the conv feeds (else the conv
+  output's std over the probes), ``kappa_c`` the content response on the border images (0 on
+  uniform probes), detached, floored at 5% of the layer median.
   The strip geometry is shared with the detector (:mod:`pan_repair.border_geometry`).
 * ``P = (1 / C_total) sum_{l,c} sum_a relu(eta2_lca - position_margin)^2``; ``eta2`` in [0, 1] the
   detector's position score of roll axis ``a``: share of the variance of the globally pooled
@@ -61,11 +63,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .border_geometry import border_windows, strip
-from .detector import DEFAULT_POSITION_THRESHOLD, total_stride
+from .detector import DEFAULT_POSITION_THRESHOLD, border_unit, content_scale, total_stride
 from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
 from .module_state import device_dtype, eval_mode
 from .placement_probes import N_CONSTANTS, STYLES, PlacementProbes, make_placement_probes, roll_axes
-from .probes import ProbeBatch, make_probes
+from .probes import ProbeBatch, data_canvases, make_probes, roll_grid
 
 __all__ = ["pan_penalty", "detector_penalty", "PANPenalty"]
 
@@ -287,6 +289,7 @@ class _DetectorCapture:
     def __init__(self, model: nn.Module, convs: list[str], n_constants: int, border: bool) -> None:
         self.n_constants, self.border = n_constants, border
         self.d2: dict[str, torch.Tensor] = {}       # (4, C) mean D^2 per side
+        self.content: dict[str, torch.Tensor | None] = {}  # (C,) content response on the border images
         self.outputs: dict[str, torch.Tensor] = {}  # conv outputs
         self.bn_outputs: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
@@ -307,6 +310,8 @@ class _DetectorCapture:
             padding, x = self._pads.resolve(module, inputs[0])
             if padding.makes_border:
                 self.d2[name] = _border_d2(x[: self.n_constants], module, padding)
+                self.content[name] = content_scale(output.detach(), torch.arange(self.n_constants),
+                                                   tuple(x.shape[-2:]), module, padding)
         return hook
 
     def remove(self):
@@ -336,17 +341,20 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
     + position_weight * mean_c sum_a relu(eta2_ca - position_margin)^2``
 
     over the channels ``c`` of ``layers`` (default: every conv), sides ``s`` and roll axes ``a``.
-    ``b_cs = sqrt(mean D^2) / sigma_c``: the detector's border score of one side (``D`` on the
-    constant probes, ``sigma_c`` the running std of the BatchNorm the conv feeds, else the
-    conv output's std over the probes; detached; both floored as in the detector); 0 for a conv
+    ``b_cs = sqrt(mean D^2) / u_c``: the detector's border score of one side (``D`` on the
+    border images: the uniform probes, or the model's own images; ``u_c = max(sigma_c, kappa_c)``
+    the detector's unit: ``sigma_c`` the running std of the BatchNorm the conv feeds, else the
+    conv output's std over the probes, ``kappa_c`` the channel's content response on the border
+    images (0 on uniform probes); detached; floored as in the detector); 0 for a conv
     whose padding makes no border. ``eta2_ca``: the detector's position score of one axis, on
     the response it pools (``relu(bn(conv))``). Channels below the margins cost nothing.
 
     Args:
         probes: a :class:`~pan_repair.probes.ProbeBatch` (the detector's construction; scale
-            images, if any, are skipped); default ``make_probes(input_size, n_patterns,
-            n_positions, total stride, seed=seed)``. With ``position_weight == 0`` only its
-            constants are run.
+            images, if any, are skipped; its ``n_constants`` first images are the border images,
+            e.g. data: see :meth:`PANPenalty.detector_probes`); default ``make_probes(input_size,
+            n_patterns, n_positions, total stride, seed=seed)``. With ``position_weight == 0``
+            only its border images are run.
 
     The pass runs in eval mode (BatchNorm on its running statistics, which stay untouched; every
     module's mode restored after; hooks removed; the global RNG untouched).
@@ -388,7 +396,8 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
         bn = capture.pairing.bns.get(name)
         if name in capture.d2:
             sigma = _channel_sigma(bn, y.detach().float().transpose(0, 1).flatten(1).std(dim=1))
-            score = (capture.d2[name] / sigma.pow(2) + 1e-12).sqrt()  # (4, C)
+            unit = border_unit(sigma, capture.content.get(name))
+            score = (capture.d2[name] / unit.pow(2) + 1e-12).sqrt()  # (4, C)
             border_terms.append(_hinge(score, border_margin).sum())
         if position_weight > 0:
             response = F.relu(capture.bn_outputs[name]) if name in capture.bn_outputs else y
@@ -409,6 +418,9 @@ def _placement_only(probes: PlacementProbes) -> PlacementProbes:
 def _pool(y: torch.Tensor) -> torch.Tensor:
     return y.mean(dim=tuple(range(2, y.ndim))) if y.ndim > 2 else y
 
+
+#: border images of one data probe batch: as many as the uniform probes
+_DATA_BORDER = 4
 
 #: PANPenalty's defaults per probe kind (None in its signature: taken from here)
 _DEFAULTS = {
@@ -435,6 +447,11 @@ class PANPenalty:
     ``axes`` / ``probe_size`` / ``pattern_size`` / ``level`` / ``style`` / ``contrast`` / ``noise``
     / ``roll_stride`` shape those probes.
 
+    ``images`` (or :meth:`set_images`; ``probes="detector"`` only): the model's own images, e.g.
+    the training data's calibration sample ``PANRegularizer`` keeps: the scores are then measured
+    on them as ``find_pans(data=...)`` measures (border images and canvases made of the data),
+    not on the uniform probes.
+
     Both: ``every=k`` computes the penalty on every k-th call only, multiplied by k (same average
     gradient); the other calls return a constant zero without a probe pass. Deterministic in
     ``seed``; the global RNG is not touched; ``state_dict``/``load_state_dict`` keep the step.
@@ -459,7 +476,7 @@ class PANPenalty:
                  axes: Iterable[int | str] = ("rows", "cols"), bank: int | None = None, every: int | None = None,
                  probe_size: int | None = None, pattern_size: int | None = None, level: float = 1.0,
                  seed: int = 0, style: str = "texture", contrast: float = 6.0, noise: float = 0.3,
-                 roll_stride: tuple[int, int] | None = None) -> None:
+                 roll_stride: tuple[int, int] | None = None, images: torch.Tensor | None = None) -> None:
         if probes not in _DEFAULTS:
             raise ValueError(f"unknown probes {probes!r}; expected one of {', '.join(PROBE_KINDS)}")
         d = _DEFAULTS[probes]
@@ -503,6 +520,20 @@ class PANPenalty:
         self._bank: dict[int, ProbeBatch] = {}
         self._stride: tuple[int, int] | None = None
         self._order = torch.randperm(bank, generator=torch.Generator().manual_seed(seed)).tolist()
+        self.images: torch.Tensor | None = None
+        if images is not None:
+            self.set_images(images)
+
+    def set_images(self, images: torch.Tensor) -> None:
+        """Measure on the model's own ``images`` (N, C, H, W) from now on (see
+        :meth:`detector_probes`); the probe bank is rebuilt."""
+        if self.kind != "detector":
+            raise ValueError("images: an option of probes='detector' only")
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_size or not images.is_floating_point():
+            raise ValueError(f"images must be floating (N, {', '.join(map(str, self.input_size))}), "
+                             f"got {tuple(images.shape)} {images.dtype}")
+        self.images = images.detach().to("cpu", torch.float32, copy=True)
+        self._bank.clear()
 
     def probes(self, model: nn.Module) -> PlacementProbes:
         """The placement probe bank (built on first use, rolled by ``model``'s total stride)."""
@@ -517,13 +548,25 @@ class PANPenalty:
         return self._probes
 
     def detector_probes(self, model: nn.Module, i: int) -> ProbeBatch:
-        """Probe batch ``i`` of the detector-probe bank: ``make_probes(seed=seed + i)`` (cached)."""
+        """Probe batch ``i`` of the detector-probe bank (cached): ``make_probes(seed=seed + i)``;
+        with ``images``, as the detector measures on data: border images ``_DATA_BORDER`` of the
+        images in turn (batch ``i`` starts at image ``i * _DATA_BORDER``), and the position
+        canvases made of the images (:func:`~pan_repair.probes.data_canvases`, ``seed + i``)
+        rolled as the detector rolls them."""
         i %= self.bank
         if i not in self._bank:
             if self._stride is None:
                 self._stride = total_stride(model, self.input_size, *device_dtype(model))
-            self._bank[i] = make_probes(self.input_size, self.n_patterns, self.n_positions, self._stride,
-                                        seed=self.seed + i)
+            if self.images is None:
+                self._bank[i] = make_probes(self.input_size, self.n_patterns, self.n_positions, self._stride,
+                                            seed=self.seed + i)
+            else:
+                n = len(self.images)
+                border = self.images[[(i * _DATA_BORDER + k) % n for k in range(min(_DATA_BORDER, n))]]
+                turn = self.images[[(i * self.n_patterns + k) % n for k in range(n)]]  # other images first
+                grid = roll_grid(data_canvases(turn, self.n_patterns, self.seed + i), self.n_positions, self._stride)
+                self._bank[i] = ProbeBatch(torch.cat([border, grid.images]), len(border), grid.n_patterns,
+                                           grid.n_positions, grid.distances)
         return self._bank[i]
 
     def __call__(self, model: nn.Module) -> torch.Tensor:

@@ -304,6 +304,35 @@ def test_padding_dependence_and_shares():
     assert find_pans(net, data=data, dependence=False).padding_dependence is None
 
 
+def test_padding_dependence_per_head_reports_the_head_that_leans_on_padding():
+    """Two heads on one body: one reads a planted top detector (fires at the top on bright images),
+    the other a channel blind to a constant frame.
+    Each head's figures are listed; the model's are the larger (not their mean)."""
+    net, _ = planted_net()
+    body = net[:4]
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.border_head, self.content_head = body, nn.Linear(16, 2), nn.Linear(16, 2)
+            with torch.no_grad():
+                for head, ch in ((self.border_head, 5), (self.content_head, 0)):
+                    head.weight.zero_()
+                    head.weight[0, ch] = 5.0
+                    head.bias.copy_(torch.tensor([0.0, 0.05]))
+
+        def forward(self, x):
+            z = self.body(x)
+            return self.border_head(z), self.content_head(z)
+
+    dep = find_pans(TwoHeads(), data=flat().abs()).padding_dependence
+    border, content = dep["outputs"]
+    assert border["output_shift"] > 10 * content["output_shift"]
+    assert dep["output_shift"] == border["output_shift"] and dep["flip_rate"] == max(border["flip_rate"],
+                                                                                  content["flip_rate"])
+    assert "outputs" not in find_pans(net, data=flat().abs()).padding_dependence
+
+
 def _edge_kernel_conv(conv: nn.Conv2d) -> nn.Conv2d:
     """Channel 0: +1 on the top kernel row, -1 on the next (blind inside, fires on a zero frame);
     the other channels: zero-sum along rows and columns (blind to a constant frame)."""

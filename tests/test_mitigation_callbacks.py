@@ -189,7 +189,8 @@ def _sgd(ns):
 
 
 def _penalised(ns, every: int):
-    """The SGD test net whose training_step adds the PANPenalty to the loss itself."""
+    """The SGD test net whose training_step adds the PANPenalty to the loss itself, measured on
+    the first 16 images of the first batch (the callback's calibration sample)."""
 
     class Net(_sgd(ns)):
         def __init__(self):
@@ -197,6 +198,8 @@ def _penalised(ns, every: int):
             self.penalty = PANPenalty(INPUT, every=every, weight=0.5, border_margin=0.0)
 
         def training_step(self, batch, batch_idx):
+            if self.penalty.images is None:
+                self.penalty.set_images(batch[0][:16])
             return super().training_step(batch, batch_idx) + self.penalty(self.model)
 
     return Net
@@ -226,6 +229,25 @@ def test_regularizer_equals_adding_the_penalty_to_the_loss(namespace, accumulate
     assert not all(torch.equal(b, c) for b, c in zip(regularised.model.state_dict().values(),
                                                      unregularised.model.state_dict().values()))
     assert callback.penalty.step == 6  # 2 epochs x 3 batches
+
+
+def test_regularizer_measures_on_its_calibration_sample_and_keeps_it(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    seen = []
+
+    class FirstBatch(ns.pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch[0][:16].clone())
+
+    callback = ns.callbacks.PANRegularizer(weight=0.5, every=1, model_attr="model")
+    _fit(ns, tmp_path, [FirstBatch(), callback])
+    assert torch.equal(callback.calibration, seen[0]) and torch.equal(callback.penalty.images, seen[0])
+    state = callback.state_dict()
+    resumed = ns.callbacks.PANRegularizer(weight=0.5, every=1, model_attr="model")
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.calibration, seen[0]) and resumed.input_size == INPUT
+    _fit(ns, tmp_path, [resumed])
+    assert torch.equal(resumed.penalty.images, seen[0])  # the same images after a resume
 
 
 def test_regularizer_warm_up_and_logged_penalty(tmp_path):
@@ -381,6 +403,8 @@ def test_consistency_and_penalty_callbacks_compose(tmp_path):
 
         def training_step(self, batch, batch_idx):
             loss = super().training_step(batch, batch_idx)
+            if self.penalty.images is None:
+                self.penalty.set_images(batch[0][:16])  # the callback's calibration sample
             return loss + self.consistency(self.model, batch[0]) + self.penalty(self.model)
 
     nets = {}

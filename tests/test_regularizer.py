@@ -206,6 +206,34 @@ def test_detector_penalty_is_zero_exactly_above_the_detectors_scores():
     assert position[0] == 0.0 and position[1] > 0
 
 
+def test_penalty_on_data_measures_what_the_detector_measures_on_that_data():
+    """``PANPenalty(images=...)``: its border term is hinged on find_pans(data=...)'s border
+    score (unit max(std, content response)) of the same border images: 0 at a margin just above
+    the largest, positive just below; the canvases are the data's, rolled by the total stride."""
+    from pan_repair.probes import data_canvases
+
+    torch.manual_seed(0)
+    model = _trained_bn(SmallCNN(depth=3, width=8, strides=(1,))).eval()
+    images = torch.zeros(8, 1, *SIZE[1:])
+    images[:, :, 6:16, 8:14] = torch.rand(8, 1, 10, 6) + 0.5  # [0, 1] strokes on black
+    penalty = PANPenalty(SIZE, images=images, border_margin=0.0)
+    probes = penalty.detector_probes(model, 1)
+    assert probes.n_constants == 4 and torch.equal(probes.images[:4], images[4:8])  # batch 1: images 4-7
+    turn = images[[(2 + k) % 8 for k in range(8)]]
+    assert torch.equal(probes.images[4:4 + 2 * probes.n_positions][probes.n_positions // 2],
+                       data_canvases(turn, 2, 1)[0])  # pattern 0, unmoved
+    scores = find_pans(model, data=images[4:8], n_patterns=2, dependence=False).scores
+    b_max = max(max(v["border"]) for v in scores.values())
+    assert b_max > 0.05
+    border = [detector_penalty(model, probes, position_weight=0, border_margin=b_max * f).item()
+              for f in (1.001, 0.999)]
+    assert border[0] == 0.0 and border[1] > 0
+    with pytest.raises(ValueError, match="images must be floating"):
+        penalty.set_images(images[:, :, :10])
+    with pytest.raises(ValueError, match="probes='detector' only"):
+        PANPenalty(SIZE, probes="placement", images=images)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_detector_penalty_gradients_and_untouched_state(train):
     torch.manual_seed(0)

@@ -28,6 +28,10 @@ class PANRegularizerBase(ModelTarget):
     scaler's scale) work unchanged. The loss in ``training_step``'s outputs therefore includes it.
     Automatic optimisation only.
 
+    **Data.** The penalty is measured on the run's calibration sample (the first 16 images of the
+    first training batch, taken on rank zero and broadcast, so every rank computes the same
+    term; kept in checkpoints): ``PANPenalty(images=...)``, as ``find_pans(data=...)`` measures.
+
     **Warm-up.** ``ramp = min(1, (global_step + 1) / warmup_steps)`` (1 without warm-up): the
     penalty's full ``weight`` is reached after ``warmup_steps`` optimizer steps.
 
@@ -114,6 +118,13 @@ class PANRegularizerBase(ModelTarget):
             self._ensure_input_size(pl_module, batch)
             if self.penalty is None:
                 self._build()
+        if self.penalty.images is None and self.penalty.kind == "detector":
+            if self.calibration is None:
+                self._collect_calibration(batch)
+                # every rank measures on rank zero's images (all ranks reach the first batch together)
+                self.calibration = trainer.strategy.broadcast(self.calibration, src=0)
+            if self._data() is not None:
+                self.penalty.set_images(self._data())
 
     def on_before_backward(self, trainer: Any, pl_module: nn.Module, loss: torch.Tensor) -> None:
         if self.weight == 0:
@@ -144,12 +155,11 @@ class PANRegularizerBase(ModelTarget):
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {"penalty": self.penalty.state_dict() if self.penalty is not None else self._penalty_state,
-                "input_size": self.input_size, "skipped": dict(self.skipped)}
+                "skipped": dict(self.skipped), **self._target_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._penalty_state = state_dict.get("penalty")
         self.skipped = dict(state_dict.get("skipped", self.skipped))
-        if self.input_size is None and state_dict.get("input_size"):
-            self.input_size = tuple(state_dict["input_size"])
+        self._load_target_state(state_dict)
         if self.penalty is not None and self._penalty_state is not None:
             self.penalty.load_state_dict(self._penalty_state)
