@@ -7,7 +7,7 @@ them. The scan adds the blank pre-pass, the hooks and statistics, the border-fre
 image, or all rolls where it is not exactly invariant) and the padding dependence (forward and
 backward of 16 images, a replicate twin's forward).
 Target (issue #13): a scan costs at most 2x one forward of its probe batch.
-Run: ``.venv/bin/python benchmarks/scan_speed.py [--size 224] [--models resnet18 ...] [--data]``
+Run: ``.venv/bin/python benchmarks/scan_speed.py [--size 224] [--models resnet18 ...] [--data] [--threads N]``
 """
 from __future__ import annotations
 
@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data", action="store_true", help="scan on 16 photos instead of data-free")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = (3, args.size, args.size)
     data = photos(args.size) if args.data else None
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
