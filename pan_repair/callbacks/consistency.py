@@ -6,8 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..consistency import PaddingConsistency
-from ..padding_switch import MODES
+from ..repair.consistency import PaddingConsistency
+from ..layers.padding_switch import MODES
 from ._target import images_in
 from .regularizer import PANRegularizerBase
 

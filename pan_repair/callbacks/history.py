@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..report import PanReport
+from ..detect.report import PanReport
 
 __all__ = ["PanHistory", "pan_id"]
 

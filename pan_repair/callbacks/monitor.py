@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..report import PanReport
+from ..detect.report import PanReport
 from ._namespaces import is_wandb_logger
 from ._target import ModelTarget, _attempt
 from .history import PanHistory, pan_id
@@ -326,7 +326,7 @@ class PANMonitorBase(ModelTarget):
                                            key=lambda kv: (kv[1]["first_seen_step"], kv[0]))])
         strongest = report.strongest(self.n_maps, kind="border") if self.n_maps else []
         if strongest:
-            from ..plotting import border_response_maps  # matplotlib only when images are wanted
+            from ..experiments.plotting import border_response_maps  # matplotlib only when images are wanted
 
             maps = border_response_maps(module, strongest, report.input_size)
             out[f"{p}/maps"] = [

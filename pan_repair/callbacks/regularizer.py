@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..regularizer import PANPenalty
+from ..repair.regularizer import PANPenalty
 from ._target import ModelTarget
 
 __all__ = ["PANRegularizerBase"]

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .metrics import BorderAccuracyGap, PaddingReliance
-from .models import SmallCNN
-from .module_state import structural_copy
-from .padding_switch import convert_padding
+from ..metrics import BorderAccuracyGap, PaddingReliance
+from ..models.small_cnn import SmallCNN
+from ..layers.module_state import structural_copy
+from ..layers.padding_switch import convert_padding
 
 __all__ = ["BiasAwareClassifier", "border_distance"]
 

@@ -42,9 +42,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .channel_removal import remove_channels
-from .layers import conv_bn_pairs
-from .module_state import reparametrization
-from .report import KINDS, PanReport
+from ..layers.padding import conv_bn_pairs
+from ..layers.module_state import reparametrization
+from ..detect.report import KINDS, PanReport
 
 __all__ = [
     "PanMask",

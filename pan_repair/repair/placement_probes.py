@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .probes import _texture
+from ..detect.probes import _texture
 
 __all__ = ["PlacementProbes", "make_placement_probes", "placements_of", "roll_axes", "STYLES", "N_CONSTANTS"]
 

@@ -60,12 +60,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .border_geometry import border_windows, strip
-from .detector import DEFAULT_POSITION_THRESHOLD, total_stride
-from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
-from .module_state import device_dtype, eval_mode
+from ..layers.border_geometry import border_windows, strip
+from ..detect.detector import DEFAULT_POSITION_THRESHOLD, total_stride
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
+from ..layers.module_state import device_dtype, eval_mode
 from .placement_probes import N_CONSTANTS, STYLES, PlacementProbes, make_placement_probes, roll_axes
-from .probes import ProbeBatch, make_probes
+from ..detect.probes import ProbeBatch, make_probes
 
 __all__ = ["pan_penalty", "detector_penalty", "PANPenalty"]
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Padding
+from .padding import Padding
 
 __all__ = ["strip", "clean_range", "side_windows", "border_windows", "SIDE_ORDER"]
 

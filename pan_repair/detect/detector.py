@@ -73,11 +73,12 @@ from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 from tqdm.auto import tqdm
 
-from .border_geometry import border_windows, clean_range, strip
-from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
+from ..layers.border_geometry import border_windows, clean_range, strip
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
     untrained_bn
-from .metrics.functional import padding_reliance
-from .module_state import device_dtype, eval_mode, structural_copy
+from ..metrics.functional import padding_reliance
+from ..layers.module_state import device_dtype, eval_mode, structural_copy
+from ..layers.padding_switch import convert_padding
 from .probes import RollGrid, calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
 from .report import SIDES, LayerInfo, Pan, PanReport
 
@@ -431,8 +432,6 @@ def _invariant(pooled: torch.Tensor, n_positions: int, scale: torch.Tensor) -> b
 def _border_free_twin(model: nn.Module) -> nn.Module | None:
     """The model with circular padding everywhere and the same (shared) weights; None if the
     model pads nothing a switch could change (then it is its own twin)."""
-    from .padding_switch import convert_padding  # padding_switch imports the report types
-
     twin = structural_copy(model)
     summary = convert_padding(twin, "circular")
     return twin if summary.changed else None
@@ -482,8 +481,6 @@ class _Dependence:
 def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> _Dependence:
     """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
     part of it (see the module docstring)."""
-    from .padding_switch import convert_padding
-
     device, dtype = device_dtype(model)
     x = images.to(device, dtype)
     effects: dict[str, torch.Tensor] = {}

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .module_state import structural_copy
-from .padding_switch import MODES, convert_padding
+from ..layers.module_state import structural_copy
+from ..layers.padding_switch import MODES, convert_padding
 
 __all__ = ["padding_consistency", "PaddingConsistency"]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DigitsCanvas
+from ..data.digits import DigitsCanvas
 
 __all__ = ["shortcut_data", "train_step", "train_plain", "accuracy"]
 
