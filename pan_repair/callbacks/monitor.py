@@ -73,7 +73,7 @@ class PANMonitorBase(ModelTarget):
     **JSON.** After every scan, rank zero writes ``<prefix>_monitor.json`` (default
     ``pan_monitor.json``; atomically) with the settings, the history (:class:`PanHistory`:
     one summary per scan with the PANs that appeared and disappeared, and first/last-seen per
-    PAN) and the last full :class:`~pan_repair.report.PanReport`. Folder: ``output_dir``; else
+    PAN) and the last full :class:`~pan_repair.detect.report.PanReport`. Folder: ``output_dir``; else
     for a ``WandbLogger`` as first logger the run's ``files`` folder (it is synced with the
     run); else ``trainer.log_dir`` (the first logger's ``log_dir``/``save_dir``, or
     ``default_root_dir`` without logger). Read it with :func:`read_monitor_json`.

@@ -26,7 +26,7 @@ def border_distance(position: torch.Tensor, max_offset: int) -> torch.Tensor:
 class BiasAwareClassifier(L.LightningModule):
     """Classifier whose validation logs accuracy, the border accuracy gap and padding reliance.
 
-    Batches are ``(image, label, position)`` as from :class:`pan_repair.data.DigitsCanvas`
+    Batches are ``(image, label, position)`` as from :class:`pan_repair.data.digits.DigitsCanvas`
     (``position`` = top-left ``[y, x]``; ``max_offset`` = canvas - digit side) or ``(image, label)``
     (then only accuracy and padding reliance are logged).
 

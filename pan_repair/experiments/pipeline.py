@@ -132,7 +132,7 @@ class DigitsSetup:
 
     Args:
         data: ``digits`` (the embedded digits on a canvas) or the path of your own image folder
-            (one sub-folder per class; :class:`~pan_repair.image_folder.ImageFolderDataModule`,
+            (one sub-folder per class; :class:`~pan_repair.data.image_folder.ImageFolderDataModule`,
             80/20 split by ``seed``; no placements, so no swapped accuracy or border gap).
         image_size: side (px) images of an image folder are resized to.
         placement: training placement of the digits: random, center, biased (class tied to the

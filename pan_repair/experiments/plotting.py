@@ -1,4 +1,4 @@
-"""Plots of a :class:`~pan_repair.report.PanReport` (matplotlib, headless)."""
+"""Plots of a :class:`~pan_repair.detect.report.PanReport` (matplotlib, headless)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,5 @@
 """Where a padded convolution's border lies: the geometry shared by the detector
-(:mod:`pan_repair.detector`) and the penalty (:mod:`pan_repair.regularizer`).
+(:mod:`pan_repair.detect.detector`) and the penalty (:mod:`pan_repair.repair.regularizer`).
 
 All coordinates are in the *unpadded* input: row/column ``-1`` is the first padded line.
 For each side, the padding's own effect on the outermost output line is

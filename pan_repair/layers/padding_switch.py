@@ -25,7 +25,7 @@ Modes, for a window of ``A`` taps of which ``V`` fall on real (not padded) pixel
   Layers that need a fixed spatial size downstream (a flatten into a ``Linear``, a pool whose
   fixed window covers the whole map, a positional embedding, a residual add of a grown and an
   ungrown map) are found first by a trial forward of a blank image at ``input_size`` on a twin
-  (:func:`~pan_repair.module_state.structural_copy`, shared tensors): such a model is refused,
+  (:func:`~pan_repair.layers.module_state.structural_copy`, shared tensors): such a model is refused,
   naming the layer, and left untouched. Global (adaptive) pooling heads are fine. F-Conv hides
   a border only where what lies beyond it looks like the padding: the input's where the canvas's
   background is 0, a later layer's where its response to empty canvas is 0 (no bias, no
@@ -536,7 +536,7 @@ def _pan_layers(model: nn.Module, found: dict[str, nn.Module], report: LayerRepo
 def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | LayerReport | None = None,
                     input_size: Sequence[int] | None = None) -> ConversionSummary:
     """Switch the padding of every padded layer of ``model``, of the named ``layers``, or of the
-    layers holding PANs (``layers`` a :class:`~pan_repair.report.PanReport` of ``model``) to
+    layers holding PANs (``layers`` a :class:`~pan_repair.detect.report.PanReport` of ``model``) to
     ``mode`` (one of :data:`MODES`), in place.
 
     A layer converted to reflect, replicate, circular or partial pads with content, so it has no
@@ -683,7 +683,7 @@ def _check_grown_maps(model: nn.Module, layers: Iterable[str] | LayerReport | No
 
 def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | LayerReport | None = None,
                    input_size: Sequence[int] | None = None) -> nn.Module:
-    """An independent copy of ``model`` (:func:`~pan_repair.module_state.structural_copy`, also
+    """An independent copy of ``model`` (:func:`~pan_repair.layers.module_state.structural_copy`, also
     mid-training) with its padding switched to ``mode`` (:func:`convert_padding`); ``model`` is
     untouched (e.g. to measure how much a model relies on its padding)."""
     model = structural_copy(model, share=False)

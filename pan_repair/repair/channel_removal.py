@@ -2,7 +2,7 @@
 
 Selected output channels of convolutions are cut out of the model where its data flow allows,
 so that the smaller model computes exactly what the masked model computes (eval mode; masked
-channels output 0 after their BatchNorm, see :mod:`pan_repair.pruning`):
+channels output 0 after their BatchNorm, see :mod:`pan_repair.repair.pruning`):
 
 * the conv's output channels, its BatchNorm's, and the consumer's input channels, for a consumer
   that is a conv (plain kernel: not weight-standardised) or a Linear after global pooling and

@@ -1,9 +1,9 @@
 """A differentiable penalty on what the detector measures, to add to the training loss.
 
 **The penalty** (:func:`detector_penalty`; :class:`PANPenalty` caches its probes and spaces it
-out). One eval-mode forward of the detector's own probes (:func:`pan_repair.probes.make_probes`,
+out). One eval-mode forward of the detector's own probes (:func:`pan_repair.detect.probes.make_probes`,
 the constant images, and the placement images when the position term is on); for every conv
-``l`` and output channel ``c`` it recomputes the detector's two scores (:mod:`pan_repair.detector`)
+``l`` and output channel ``c`` it recomputes the detector's two scores (:mod:`pan_repair.detect.detector`)
 with gradients and hinges them:
 
 ``penalty = weight * (border_weight * B + position_weight * P)``
@@ -13,7 +13,7 @@ with gradients and hinges them:
   conv(pad_replicate(x))`` on the outermost output line (corners excluded), ``x`` the conv's
   input under the constant probes; ``sigma_c`` the running std of the BatchNorm the conv feeds
   (else the conv output's std over the probes), detached, floored at 5% of the layer median.
-  The strip geometry is shared with the detector (:mod:`pan_repair.border_geometry`).
+  The strip geometry is shared with the detector (:mod:`pan_repair.layers.border_geometry`).
 * ``P = (1 / C_total) sum_{l,c} sum_a relu(eta2_lca - position_margin)^2``; ``eta2`` in [0, 1] the
   detector's position score of roll axis ``a``: share of the variance of the globally pooled
   ``relu(bn(conv))`` over patterns x rolls explained by the roll.
@@ -39,9 +39,9 @@ well as a large one (Adam normalises the update of parameters the task hardly dr
 less accuracy. At a constant learning rate the final accuracy swings by 10-20 points between epochs
 (the 1-point comparison needs the annealed schedule).
 
-**Placement probes** (``probes="placement"``: :func:`pan_penalty`, :mod:`pan_repair.placement_probes`:
-:func:`~pan_repair.placement_probes.make_placement_probes`,
-:func:`~pan_repair.placement_probes.placements_of`), the earlier study kept for ``benchmarks/mitigations.py`` and
+**Placement probes** (``probes="placement"``: :func:`pan_penalty`, :mod:`pan_repair.repair.placement_probes`:
+:func:`~pan_repair.repair.placement_probes.make_placement_probes`,
+:func:`~pan_repair.repair.placement_probes.placements_of`), the earlier study kept for ``benchmarks/mitigations.py`` and
 ``benchmarks/regularizer_cost.py``: ``weight * P' + border_weight * B'`` with ``P'`` the mean
 (not hinged) eta^2 of chosen layers' pooled outputs over textures a third of the side (or
 digit-like ``style="ink"`` strokes), ``B'`` the mean ``D^2 / sigma^2`` on their own constants.
@@ -329,7 +329,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
                      n_patterns: int = 2, n_positions: int = 8, seed: int = 0) -> torch.Tensor:
     """The detector's two scores on synthetic probes, made differentiable and hinged (the border
     score is :func:`pan_repair.find_pans`' on the same uniform probes; the position score is its
-    eta^2 on the centred textures of :func:`~pan_repair.probes.make_probes`, without the
+    eta^2 on the centred textures of :func:`~pan_repair.detect.probes.make_probes`, without the
     border-free twin's correction, which a training-time penalty need not pay for):
 
     ``border_weight * mean_c sum_s relu(b_cs - border_margin)^2
@@ -343,7 +343,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
     the response it pools (``relu(bn(conv))``). Channels below the margins cost nothing.
 
     Args:
-        probes: a :class:`~pan_repair.probes.ProbeBatch` (the detector's construction; scale
+        probes: a :class:`~pan_repair.detect.probes.ProbeBatch` (the detector's construction; scale
             images, if any, are skipped); default ``make_probes(input_size, n_patterns,
             n_positions, total stride, seed=seed)``. With ``position_weight == 0`` only its
             constants are run.
@@ -441,7 +441,7 @@ class PANPenalty:
 
     Example:
         >>> from pan_repair import SmallCNN
-        >>> from pan_repair.regularizer import PANPenalty
+        >>> from pan_repair.repair.regularizer import PANPenalty
         >>> model = SmallCNN(num_classes=2, depth=3, width=8)
         >>> penalty = PANPenalty((1, 24, 24))
         >>> loss = penalty(model)  # + the task loss
