@@ -3,7 +3,7 @@
 **Images.** With ``data`` (a tensor, ``DataLoader`` or ``Dataset``; the callbacks pass a fixed
 sample of the training data) the scores are measured on up to ``max_images`` of the model's own
 images. Without data, on synthetic probes in the model's declared input convention
-(:func:`pan_repair.detect.probes.resolve_convention`: ``mean``/``std``, ``input_range``, timm's
+(:func:`pan_repair.probes.resolve_convention`: ``mean``/``std``, ``input_range``, timm's
 ``pretrained_cfg``, else an assumption that ``report.assumptions`` records): uniform images and
 textures on a flat mid-grey canvas, built as pixels in [0, 1] and normalised like the model's inputs.
 
@@ -28,7 +28,7 @@ exactly as found):
   3x3; smaller layers are listed in ``report.unmeasured``.
 * *position score* ``p_c`` in [0, 1] (every conv): ``P`` base images (data images or probe
   textures) are rolled circularly to ``Q`` evenly spaced places along rows and along columns
-  (:func:`pan_repair.detect.probes.roll_grid`). ``eta2_a`` is the share of the variance of the channel's
+  (:func:`pan_repair.probes.roll_grid`). ``eta2_a`` is the share of the variance of the channel's
   globally pooled response (``relu(bn(conv(x)))`` where the conv feeds a BatchNorm, what the next
   layer sees; the conv output otherwise) explained by the roll along axis ``a``:
   ``sum_q P (mean_p r_pq - mean r)^2 / sum_pq (r_pq - mean r)^2``. The same is measured on a *twin*
@@ -638,7 +638,7 @@ def find_pans(
         data: the model's own images: a tensor (N, C, H, W), a ``DataLoader`` or a ``Dataset``;
             up to ``max_images`` are used. Without it, synthetic probes in the input convention.
         input_range, mean, std: the input convention of data-free probes (see
-            :func:`pan_repair.detect.probes.resolve_convention`); ignored with ``data``.
+            :func:`pan_repair.probes.resolve_convention`); ignored with ``data``.
         border_threshold: minimum border score (units of the channel's std or content response) of a border PAN; default
             :data:`DEFAULT_DATA_BORDER_THRESHOLD` with data, :data:`DEFAULT_BORDER_THRESHOLD` on probes.
         position_threshold: minimum position score (share of variance, [0, 1]); default
