@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from pan_repair import LitDigitsCanvasDataModule, SmallCNN
 from pan_repair.cli import main as pan_repair
 from pan_repair.lightning import PaddingSwitch, PANMonitor, PANRegularizer
-from pan_repair.lit_module import BiasAwareClassifier
+from pan_repair.experiments.lit_module import BiasAwareClassifier
 
 #: the three variants: run name -> the repair callbacks it trains with
 VARIANTS: dict[str, Callable[[], list[Any]]] = {

@@ -38,8 +38,8 @@ def run(seed: int, threads: int, epochs: int | None = None, finetune_epochs: int
     from padding_switch_finetune import padding_switch_finetune
     from prune_finetune import prune_finetune
 
-    from pan_repair.pipeline import DigitsSetup
-    from pan_repair.results import RunResult
+    from pan_repair.experiments.pipeline import DigitsSetup
+    from pan_repair.runs.results import RunResult
 
     config = yaml.safe_load((ROOT / "recipes/configs/demo.yaml").read_text())
     setup = DigitsSetup(**{**config["setup"], "strides": tuple(config["setup"]["strides"]), "seed": seed,

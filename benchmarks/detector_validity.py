@@ -52,7 +52,7 @@ from torch import nn
 
 from pan_repair import SmallCNN, convert_padding, find_pans
 from pan_repair.layers import conv_bn_pairs
-from pan_repair.module_state import structural_copy
+from pan_repair.layers.module_state import structural_copy
 
 CONVENTIONS = ("norm", "black", "white", "noisy")
 SIZES = (32, 64, 96, 100, 224)
@@ -468,7 +468,7 @@ def photos(size: int, n: int = SAMPLE) -> torch.Tensor:
     """``n`` real photos (scikit-image's bundled colour images, whole and as crops), in [-1, 1]."""
     from skimage import data as skdata
 
-    from pan_repair.pretrained import _square_resize
+    from pan_repair.models.pretrained import _square_resize
 
     raw = []
     for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "cat"):
@@ -494,7 +494,7 @@ def photos(size: int, n: int = SAMPLE) -> torch.Tensor:
 
 
 def measure_lite0_cell(size: int, log=print) -> dict:
-    from pan_repair.pretrained import load_efficientnet_lite0
+    from pan_repair.models.pretrained import load_efficientnet_lite0
 
     t0 = time.perf_counter()
     model = load_efficientnet_lite0()

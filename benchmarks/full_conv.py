@@ -31,7 +31,7 @@ same epochs, rate and schedule); rows:
 * ``reflect`` / ``replicate`` / ``partial`` / ``circular`` / ``full``: :func:`pan_repair.convert_padding`
   of every padded layer (``full``: F-Conv, zeros ``d(k - 1)`` a side, the maps grow);
 * ``prune PANs``: :func:`pan_repair.prune_pans` (masks) of what :func:`pan_repair.find_pans` detects;
-* ``consistency circular`` / ``consistency full``: :class:`pan_repair.consistency.PaddingConsistency`
+* ``consistency circular`` / ``consistency full``: :class:`pan_repair.repair.consistency.PaddingConsistency`
   (weight 0.5, every step, warmed up over the first quarter of the steps) against the circular /
   the full-convolution twin.
 
@@ -65,10 +65,10 @@ import torch
 from torch import nn
 
 from pan_repair import converted_copy, find_pans
-from pan_repair.consistency import PaddingConsistency
-from pan_repair.data import DigitsCanvas
+from pan_repair.repair.consistency import PaddingConsistency
+from pan_repair.data.digits import DigitsCanvas
 from pan_repair.metrics.functional import padding_reliance
-from pan_repair.shortcut import LossTerm, train_plain
+from pan_repair.experiments.shortcut import LossTerm, train_plain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import repair_table  # noqa: E402  (the sibling benchmarks)

@@ -19,14 +19,14 @@ epochs (Adam ``--ft-lr``; at most the original budget), then evaluated on the va
   filters of the same layers drawn uniformly at random (``random_report``). With the defaults
   the detector finds only 1-2 PANs in this network, so each is also run with lowered thresholds
   (``LOW_THRESHOLDS``: border 1.0, position 0.5; marked "low thr.");
-* ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` at its
+* ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.repair.regularizer.PANPenalty` at its
   defaults (the detector's border score on its constant probes, weight 0.03, every 8th step);
   ``PAN penalty, ink probes``: the placement penalty (``probes="placement"``) with digit-like
   "ink" probes (bright strokes on the data's dark noisy background, 8 patterns x 16 stride-1
   vertical placements every step, weight 0.5; ``PENALTY_INK``); ``PAN penalty, texture probes``:
   the placement penalty's standardised textures (``PENALTY_TEXTURE``); ``replicate + PAN
   penalty, ink probes``: the padding switched to replicate, then fine-tuned with the ink penalty;
-* ``padding consistency``: fine-tuning with :class:`pan_repair.consistency.PaddingConsistency`
+* ``padding consistency``: fine-tuning with :class:`pan_repair.repair.consistency.PaddingConsistency`
   (weight 0.5, every step) at Adam ``CONSISTENCY_LR`` (3e-3, the rate it was tuned at in
   benchmarks/padding_consistency.py; 1e-3 gave 84.5-86.7% there); ``padding consistency,
   warm-up + ink probes``: its weight warmed up over the first quarter of the steps, plus the
@@ -70,20 +70,20 @@ import torch
 from torch import nn
 
 from pan_repair import PaddingConsistency, SmallCNN, converted_copy, find_pans, prune_pans
-from pan_repair.module_state import structural_copy
-from pan_repair.lit_module import border_distance
+from pan_repair.layers.module_state import structural_copy
+from pan_repair.experiments.lit_module import border_distance
 from pan_repair.metrics.functional import border_accuracy_gap, padding_reliance
-from pan_repair.pruning import remove_pan_masks
-from pan_repair.regularizer import PANPenalty
-from pan_repair.report import Pan, PanReport
-from pan_repair.shortcut import LossTerm, accuracy, shortcut_data, train_plain
+from pan_repair.repair.pruning import remove_pan_masks
+from pan_repair.repair.regularizer import PANPenalty
+from pan_repair.detect.report import Pan, PanReport
+from pan_repair.experiments.shortcut import LossTerm, accuracy, shortcut_data, train_plain
 
 SIZE = (1, 24, 24)
 CLASSES = (8, 9)
 CANVAS = 24
 BATCH, EPOCHS, LR = 32, 20, 3e-3
 FT_EPOCHS, FT_LR = 20, 1e-3
-#: the placement-penalty rows (see pan_repair/regularizer.py for the study): the
+#: the placement-penalty rows (see pan_repair/repair/regularizer.py for the study): the
 #: standardised-texture probes (8 patterns every step) and the digit-like "ink" probes (bright
 #: strokes on the data's dark, noisy background), vertical placements only
 PENALTY_TEXTURE = dict(n_patterns=8, every=1, weight=1.0, probes="placement")

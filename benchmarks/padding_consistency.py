@@ -1,4 +1,4 @@
-"""Padding consistency (pan_repair.consistency) on the placement shortcut: efficacy and step cost.
+"""Padding consistency (pan_repair.repair.consistency) on the placement shortcut: efficacy and step cost.
 
 Task as benchmarks/mitigations.py: digits 8 (top half) / 9 (bottom half) on 24x24 canvases during
 training, tested on the opposite halves ("swapped"); zero-padded SmallCNN(depth 4, width 24,
@@ -25,11 +25,11 @@ from typing import Callable
 import torch
 
 from pan_repair import SmallCNN, find_pans
-from pan_repair.module_state import structural_copy
-from pan_repair.consistency import PaddingConsistency
-from pan_repair.shortcut import accuracy as shortcut_accuracy
-from pan_repair.regularizer import PANPenalty
-from pan_repair.shortcut import shortcut_data, train_plain, train_step
+from pan_repair.layers.module_state import structural_copy
+from pan_repair.repair.consistency import PaddingConsistency
+from pan_repair.experiments.shortcut import accuracy as shortcut_accuracy
+from pan_repair.repair.regularizer import PANPenalty
+from pan_repair.experiments.shortcut import shortcut_data, train_plain, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mitigations import PENALTY_INK  # noqa: E402  (the sibling benchmark's ink-probe placement penalty)

@@ -29,9 +29,9 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 
 from pan_repair import find_pans
-from pan_repair.data import DigitsCanvas
-from pan_repair.regularizer import PANPenalty
-from pan_repair.shortcut import accuracy, train_plain, train_step
+from pan_repair.data.digits import DigitsCanvas
+from pan_repair.repair.regularizer import PANPenalty
+from pan_repair.experiments.shortcut import accuracy, train_plain, train_step
 
 CANVAS, SCALE = 48, 3
 SIZE = (1, CANVAS, CANVAS)

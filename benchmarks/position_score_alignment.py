@@ -31,7 +31,7 @@ import torch
 
 from pan_repair import find_pans
 from pan_repair.layers import conv_bn_pairs
-from pan_repair.probes import roll_grid
+from pan_repair.detect.probes import roll_grid
 
 _PATH = Path(__file__).resolve().parent / "detector_validity.py"
 _spec = importlib.util.spec_from_file_location("detector_validity_bench", _PATH)

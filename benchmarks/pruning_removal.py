@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from pan_repair import SmallCNN, find_pans, prune_pans
-from pan_repair.module_state import structural_copy
+from pan_repair.layers.module_state import structural_copy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mitigations import machine, publish  # noqa: E402  (the sibling benchmark)

@@ -1,4 +1,4 @@
-"""Cost and effect of the PAN penalty (pan_repair.regularizer), side by side in one run, on the CPU.
+"""Cost and effect of the PAN penalty (pan_repair.repair.regularizer), side by side in one run, on the CPU.
 
 Task: the placement shortcut. Digits 8 and 9 on 24x24 canvases (DigitsCanvas, scale 1), 8 always
 in the top half and 9 in the bottom half during training ("biased"); tested on the opposite
@@ -27,8 +27,8 @@ import time
 import torch
 
 from pan_repair import SmallCNN, find_pans
-from pan_repair.shortcut import accuracy, shortcut_data, train_plain, train_step
-from pan_repair.regularizer import PANPenalty
+from pan_repair.experiments.shortcut import accuracy, shortcut_data, train_plain, train_step
+from pan_repair.repair.regularizer import PANPenalty
 
 SIZE = (1, 24, 24)
 BATCH, EPOCHS, LR = 32, 20, 3e-3
@@ -49,7 +49,7 @@ CONFIGS = {
     "w=1, 3 patterns, every 8": dict(P, n_patterns=3, every=8, weight=1.0),
     "w=1, 4 patterns, every 4, 16x16 probes": dict(P, n_patterns=4, every=4, weight=1.0, probe_size=16),
     # digit-like "ink" probes, 16 stride-1 vertical placements: the fine-tuning repair of
-    # benchmarks/mitigations.py (see pan_repair/regularizer.py)
+    # benchmarks/mitigations.py (see pan_repair/repair/regularizer.py)
     "w=0.5, ink 8 patterns x 16 rows, every step": dict(INK, n_patterns=8, every=1, weight=0.5),
     "w=0.5, ink 8 patterns x 16 rows, every 4": dict(INK, n_patterns=8, every=4, weight=0.5),
 }

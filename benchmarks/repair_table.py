@@ -4,7 +4,7 @@ trained from scratch). Each defines a :class:`Testbed` and calls :func:`main`.
 
 **Procedure, per seed.** The testbed's baseline is trained ``--epochs`` epochs (Adam ``--lr``,
 batch 32, seeded shuffling; the rate annealed to 0 by a cosine if the testbed says so) on digits
-(all 10 classes, :class:`pan_repair.data.DigitsCanvas`) at random places on a noisy canvas. Each
+(all 10 classes, :class:`pan_repair.data.digits.DigitsCanvas`) at random places on a noisy canvas. Each
 repair is applied to a copy of that baseline, then fine-tuned ``--ft-epochs`` epochs (Adam
 ``--ft-lr``, same schedule kind) on the same data; ``fine-tune only`` is the same fine-tuning
 without a repair (the control):
@@ -15,10 +15,10 @@ without a repair (the control):
   ``prune + re-detect each epoch``: before each fine-tuning epoch, detect and mask the PANs not
   yet masked (what ``PANPruning(apply_pruning=True)`` does); ``prune random (control)``: as many
   filters of the same layers as the first detection found, drawn uniformly at random;
-* ``padding consistency``: fine-tuning with :class:`pan_repair.consistency.PaddingConsistency`
+* ``padding consistency``: fine-tuning with :class:`pan_repair.repair.consistency.PaddingConsistency`
   (weight 0.5, every 2nd step); ``padding consistency, warm-up``: weight 0.5 on every step, warmed
   up linearly over the first quarter of the fine-tuning steps (``warmup``);
-* ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.regularizer.PANPenalty` (its
+* ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.repair.regularizer.PANPenalty` (its
   defaults: the detector's border score, weight 0.03, every 8th step); ``PAN penalty, every
   step``: the same on every step; ``PAN penalty, weight 1, every step``: ``weight=1, every=1``.
 
@@ -49,13 +49,13 @@ import torch
 from torch import nn
 
 from pan_repair import converted_copy, find_pans, prune_pans
-from pan_repair.module_state import structural_copy
-from pan_repair.consistency import PaddingConsistency
-from pan_repair.data import DigitsCanvas
-from pan_repair.lit_module import border_distance
+from pan_repair.layers.module_state import structural_copy
+from pan_repair.repair.consistency import PaddingConsistency
+from pan_repair.data.digits import DigitsCanvas
+from pan_repair.experiments.lit_module import border_distance
 from pan_repair.metrics.functional import border_accuracy_gap, padding_reliance
-from pan_repair.regularizer import PANPenalty
-from pan_repair.shortcut import LossTerm, train_plain
+from pan_repair.repair.regularizer import PANPenalty
+from pan_repair.experiments.shortcut import LossTerm, train_plain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mitigations import machine, pan_keys, plain_copy, publish, random_report  # noqa: E402  (the sibling benchmark)

@@ -1,7 +1,7 @@
 """Scan cost vs one plain forward pass of the same probe batch, side by side, on the CPU.
 
 The probe batch is what :func:`pan_repair.find_pans` runs the model on
-(:func:`pan_repair.detector.probe_batch`): data-free, uniform probes + rolled textures; with data
+(:func:`pan_repair.detect.detector.probe_batch`): data-free, uniform probes + rolled textures; with data
 (``--data``: 16 photos of scikit-image, ImageNet-normalised), the images + rolled canvases made of
 them. The scan adds the blank pre-pass, the hooks and statistics, the border-free twin (one base
 image, or all rolls where it is not exactly invariant) and the padding dependence (forward and
@@ -19,7 +19,7 @@ import timm
 import torch
 
 from pan_repair import find_pans
-from pan_repair.detector import probe_batch
+from pan_repair.detect.detector import probe_batch
 
 MODELS = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny"]
 
@@ -37,7 +37,7 @@ def timed(fn) -> float:
 def photos(side: int, n: int = 16) -> torch.Tensor:
     """``n`` ImageNet-normalised photos of scikit-image (and their mirror images), ``side`` px."""
     import skimage.data
-    from pan_repair.probes import IMAGENET_MEAN, IMAGENET_STD
+    from pan_repair.detect.probes import IMAGENET_MEAN, IMAGENET_STD
 
     names = ["chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
              "colorwheel"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pan_repair import find_pans
-from pan_repair.pretrained import load_efficientnet_lite0, sample_images
+from pan_repair.models.pretrained import load_efficientnet_lite0, sample_images
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ import pan_repair
 from pan_repair import convert_padding, find_pans, prune_pans
 from pan_repair.layers import conv_layers, layer_padding, unsupported_layers
 from pan_repair.lightning import PANMonitor
-from pan_repair.padding_switch import MODES as CONVERT_MODES
+from pan_repair.layers.padding_switch import MODES as CONVERT_MODES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "zoo.jsonl"

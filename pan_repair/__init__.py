@@ -13,18 +13,15 @@ Example:
 """
 from .callbacks import (PaddingConsistencyRegularizer, PaddingSwitch, PANMonitor, PanHistory, PANPruning,
                         PANRegularizer, read_monitor_json)
-from .consistency import PaddingConsistency, padding_consistency
 from .data import DigitsCanvas, DigitsCanvasDataModule, LitDigitsCanvasDataModule
-from .detector import (DEFAULT_BORDER_THRESHOLD, DEFAULT_DATA_BORDER_THRESHOLD, DEFAULT_DATA_POSITION_THRESHOLD,
-                       DEFAULT_POSITION_THRESHOLD, find_pans)
+from .detect import (DEFAULT_BORDER_THRESHOLD, DEFAULT_DATA_BORDER_THRESHOLD, DEFAULT_DATA_POSITION_THRESHOLD,
+                     DEFAULT_POSITION_THRESHOLD, KINDS, SIDES, LayerInfo, Pan, PanReport, find_pans)
+from .layers.padding_switch import ConversionSummary, convert_padding, converted_copy
 from .metrics import BorderAccuracyGap, BorderActivationRatio, PaddingReliance, PANFraction
-from .models import SmallCNN
-from .padding_switch import ConversionSummary, convert_padding, converted_copy
-from .pruning import PruneSummary, prune_pans, remove_pan_masks
-from .pretrained import load_efficientnet_lite0, sample_images
-from .regularizer import PANPenalty, detector_penalty, pan_penalty
-from .report import KINDS, SIDES, LayerInfo, Pan, PanReport
-from .wandb_offline import read_offline_run
+from .models import SmallCNN, load_efficientnet_lite0, sample_images
+from .repair import (PaddingConsistency, PANPenalty, PruneSummary, detector_penalty, padding_consistency, pan_penalty,
+                     prune_pans, remove_pan_masks)
+from .runs import read_offline_run
 
 __version__ = "0.1.0"
 

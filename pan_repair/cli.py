@@ -6,9 +6,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .detector import find_pans
-from .model_spec import BUNDLED, load_model
-from .report import PanReport
+from .detect.detector import find_pans
+from .models.model_spec import BUNDLED, load_model
+from .detect.report import PanReport
 
 __all__ = ["main"]
 
@@ -34,14 +34,14 @@ def _table(report: PanReport) -> str:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from .probes import resolve_convention
+    from .detect.probes import resolve_convention
 
     model = load_model(args.model, args.weights)
     convention = dict(input_range=args.input_range, mean=args.mean, std=args.std)
     side = args.size or ((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224))[-1]
     size, data = (args.channels, side, side), None
     if args.data is not None:
-        from .image_files import load_images
+        from .data.image_files import load_images
 
         data = load_images(args.data, args.channels, None if args.size is None else (args.size, args.size),
                            resolve_convention(model, args.channels, **convention))
@@ -55,14 +55,14 @@ def _scan(args: argparse.Namespace) -> int:
     if args.json:
         print(f"report: {report.save(args.json)}")
     if args.plot:
-        from .plotting import plot_report
+        from .experiments.plotting import plot_report
         print(f"plot: {plot_report(report, args.plot, model)}")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import build_report, text_table, to_json
-    from .logged_runs import read_runs
+    from .experiments.compare import build_report, text_table, to_json
+    from .runs.logged_runs import read_runs
 
     runs = read_runs(args.runs, args.name or ())  # every run read before anything is written
     if args.format == "html":

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pan_repair import converted_copy
 from pan_repair.lightning import PaddingSwitch
-from pan_repair.padding_switch import MODES
-from pan_repair.pipeline import DigitsSetup, Experiment
-from pan_repair.recipe_cli import run_recipe
+from pan_repair.layers.padding_switch import MODES
+from pan_repair.experiments.pipeline import DigitsSetup, Experiment
+from pan_repair.experiments.recipe_cli import run_recipe
 
 
 def padding_switch_finetune(out_dir: str = "runs/padding_switch", mode: str = "partial", layers: str = "all",

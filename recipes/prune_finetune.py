@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pan_repair.lightning import PANPruning
-from pan_repair.pipeline import DigitsSetup, Experiment
-from pan_repair.pruning import prune_pans
-from pan_repair.recipe_cli import run_recipe
+from pan_repair.experiments.pipeline import DigitsSetup, Experiment
+from pan_repair.repair.pruning import prune_pans
+from pan_repair.experiments.recipe_cli import run_recipe
 
 
 def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetune_epochs: int = 3,
@@ -29,9 +29,9 @@ def prune_finetune(out_dir: str = "runs/prune_finetune", epochs: int = 6, finetu
             third of the learning rate.
         kinds: PAN kinds to prune (border, position).
         border_threshold: border-score threshold of the PANs to prune (and of every scan); default
-            that of scans on data (:data:`pan_repair.detector.DEFAULT_DATA_BORDER_THRESHOLD`).
+            that of scans on data (:data:`pan_repair.detect.detector.DEFAULT_DATA_BORDER_THRESHOLD`).
         position_threshold: position-score threshold of the PANs to prune (and of every scan);
-            default that of scans on data (:data:`pan_repair.detector.DEFAULT_DATA_POSITION_THRESHOLD`).
+            default that of scans on data (:data:`pan_repair.detect.detector.DEFAULT_DATA_POSITION_THRESHOLD`).
         redetect: during fine-tuning, re-detect at every epoch start and prune new PANs (``PANPruning``).
         baseline: start from these weights instead of training (a run directory holding
             ``model.pt``, e.g. another recipe's ``baseline``, or a state-dict file); ``setup``

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from pan_repair.lightning import PaddingConsistencyRegularizer, PANRegularizer
-from pan_repair.pipeline import DigitsSetup, Experiment
-from pan_repair.recipe_cli import run_recipe
+from pan_repair.experiments.pipeline import DigitsSetup, Experiment
+from pan_repair.experiments.recipe_cli import run_recipe
 
 
 def regularized_training(out_dir: str = "runs/regularized", penalty: str = "pan", weight: Optional[float] = None,

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from pan_repair import find_pans
-from pan_repair.image_files import load_images
-from pan_repair.model_spec import BUNDLED, load_model
-from pan_repair.pipeline import Stage
-from pan_repair.plotting import plot_report
-from pan_repair.pretrained import sample_images
-from pan_repair.probes import resolve_convention
-from pan_repair.recipe_cli import run_recipe
+from pan_repair.data.image_files import load_images
+from pan_repair.models.model_spec import BUNDLED, load_model
+from pan_repair.experiments.pipeline import Stage
+from pan_repair.experiments.plotting import plot_report
+from pan_repair.models.pretrained import sample_images
+from pan_repair.detect.probes import resolve_convention
+from pan_repair.experiments.recipe_cli import run_recipe
 
 
 def scan_pretrained(model: str = BUNDLED, weights: str | None = None, size: int = 224,

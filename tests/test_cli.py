@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pan_repair.cli import main
-from pan_repair.report import PanReport
+from pan_repair.detect.report import PanReport
 
 
 def tiny_factory() -> nn.Module:

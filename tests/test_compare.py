@@ -17,10 +17,10 @@ from pan_repair import LitDigitsCanvasDataModule, SmallCNN, find_pans
 from pan_repair.callbacks.monitor import read_monitor_json
 from pan_repair.cli import main
 from pan_repair.lightning import PaddingSwitch, PANMonitor
-from pan_repair.lit_module import BiasAwareClassifier
-from pan_repair.pipeline import Stage, fit_stage
-from pan_repair.results import RunResult
-from pan_repair.wandb_offline import latest_run, read_offline_run
+from pan_repair.experiments.lit_module import BiasAwareClassifier
+from pan_repair.experiments.pipeline import Stage, fit_stage
+from pan_repair.runs.results import RunResult
+from pan_repair.runs.wandb_offline import latest_run, read_offline_run
 
 CANVAS = 24
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pan_repair import SmallCNN, converted_copy
-from pan_repair.consistency import PaddingConsistency, padding_consistency
-from pan_repair.shortcut import shortcut_data
+from pan_repair.repair.consistency import PaddingConsistency, padding_consistency
+from pan_repair.experiments.shortcut import shortcut_data
 
 
 def test_zero_for_a_model_padded_like_its_twin():

@@ -7,7 +7,7 @@ import pytorch_lightning
 import torch
 import torch.nn.functional as F
 
-from pan_repair.data import (
+from pan_repair.data.digits import (
     PLACEMENTS,
     SPLITS,
     SWAPPED,
@@ -225,7 +225,7 @@ def test_fits_with_trainer(namespace, datamodule):
 @pytest.mark.parametrize("placement, tested", [("biased", "swapped"), ("border", "border-swapped"),
                                                ("border-swapped", "border"), ("random", "swapped")])
 def test_recipes_test_each_shortcut_on_its_swapped_placement(placement, tested):
-    from pan_repair.pipeline import digits_data
+    from pan_repair.experiments.pipeline import digits_data
 
     data, swapped = digits_data(placement, "random", None, batch_size=8, seed=0)
     assert data.placements == {"train": placement, "val": "random", "test": "random"}

@@ -392,7 +392,7 @@ def test_batchnorm_pairing_by_identity_and_hooks_removed():
 
 
 def test_chunked_pooling_equals_full_size_statistics():
-    from pan_repair import detector
+    from pan_repair.detect import detector
 
     y = torch.randn(37, 5, 64, 48)
     pool = detector._Pooler()

@@ -13,8 +13,8 @@ WITH_EXAMPLES = [name for name in MODULES if ">>> " in inspect.getsource(importl
 
 
 def test_the_public_modules_have_examples():
-    assert {"pan_repair", "pan_repair.detector", "pan_repair.consistency", "pan_repair.pruning",
-            "pan_repair.regularizer", "pan_repair.metrics.bias"} <= set(WITH_EXAMPLES)
+    assert {"pan_repair", "pan_repair.detect.detector", "pan_repair.repair.consistency", "pan_repair.repair.pruning",
+            "pan_repair.repair.regularizer", "pan_repair.metrics.bias"} <= set(WITH_EXAMPLES)
 
 
 @pytest.mark.parametrize("name", WITH_EXAMPLES)

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pan_repair.callbacks import _target
 from pan_repair.callbacks.monitor import read_monitor_json
-from pan_repair.detector import find_pans
-from pan_repair.regularizer import PANPenalty
+from pan_repair.detect.detector import find_pans
+from pan_repair.repair.regularizer import PANPenalty
 
 from _lightning import NAMESPACES, THRESHOLD, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)
 

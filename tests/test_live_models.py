@@ -14,11 +14,11 @@ from torch.nn.utils import parametrize, prune
 
 from pan_repair import LitDigitsCanvasDataModule, SmallCNN, convert_padding, find_pans, prune_pans
 from pan_repair import lightning as callbacks
-from pan_repair.consistency import padding_consistency
-from pan_repair.lit_module import BiasAwareClassifier
-from pan_repair.module_state import reparametrization, structural_copy
-from pan_repair.padding_switch import MODES, converted_copy
-from pan_repair.regularizer import PANPenalty
+from pan_repair.repair.consistency import padding_consistency
+from pan_repair.experiments.lit_module import BiasAwareClassifier
+from pan_repair.layers.module_state import reparametrization, structural_copy
+from pan_repair.layers.padding_switch import MODES, converted_copy
+from pan_repair.repair.regularizer import PANPenalty
 
 from _lightning import INPUT, NAMESPACES, THRESHOLD, _trainer, one_thread  # noqa: F401 (autouse fixture)
 

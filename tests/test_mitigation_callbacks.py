@@ -13,8 +13,8 @@ from torch import nn
 
 from pan_repair import SmallCNN, find_pans
 from pan_repair.callbacks import PaddingSwitchBase, PANPruningBase, PANRegularizerBase
-from pan_repair.padding_switch import PaddedConv2d
-from pan_repair.regularizer import PANPenalty
+from pan_repair.layers.padding_switch import PaddedConv2d
+from pan_repair.repair.regularizer import PANPenalty
 
 from _lightning import INPUT, NAMESPACES, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)
 
@@ -358,7 +358,7 @@ def test_padding_switch_resumed_with_another_mode_is_refused(tmp_path):
 @pytest.mark.parametrize("every", [1, 2])
 @pytest.mark.parametrize("namespace", list(NAMESPACES))
 def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, every, tmp_path):
-    from pan_repair.consistency import PaddingConsistency
+    from pan_repair.repair.consistency import PaddingConsistency
     ns = NAMESPACES[namespace]
 
     Plain = _sgd(ns)
@@ -390,7 +390,7 @@ def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, every, 
 def test_consistency_and_penalty_callbacks_compose(tmp_path):
     """Both regularisers at once (each adds its term to the loss in place) equal adding both terms
     in ``training_step``."""
-    from pan_repair.consistency import PaddingConsistency
+    from pan_repair.repair.consistency import PaddingConsistency
     ns = NAMESPACES["lightning.pytorch"]
 
     Plain = _sgd(ns)
@@ -420,7 +420,7 @@ def test_consistency_and_penalty_callbacks_compose(tmp_path):
 
 
 def test_consistency_regularizer_with_a_full_twin_equals_adding_it_to_the_loss(tmp_path):
-    from pan_repair.consistency import PaddingConsistency
+    from pan_repair.repair.consistency import PaddingConsistency
     ns = NAMESPACES["lightning.pytorch"]
     Plain = _sgd(ns)
 

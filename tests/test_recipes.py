@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pan_repair import SmallCNN
-from pan_repair.recipe_cli import run_recipe
-from pan_repair.results import RunResult
-from pan_repair.wandb_offline import read_offline_run
+from pan_repair.experiments.recipe_cli import run_recipe
+from pan_repair.runs.results import RunResult
+from pan_repair.runs.wandb_offline import read_offline_run
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

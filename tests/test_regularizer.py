@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from pan_repair import SmallCNN, find_pans
-from pan_repair.detector import total_stride
-from pan_repair.probes import make_probes
-from pan_repair.placement_probes import make_placement_probes, placements_of
-from pan_repair.regularizer import PANPenalty, detector_penalty, pan_penalty
-from pan_repair.shortcut import accuracy, shortcut_data, train_plain
+from pan_repair.detect.detector import total_stride
+from pan_repair.detect.probes import make_probes
+from pan_repair.repair.placement_probes import make_placement_probes, placements_of
+from pan_repair.repair.regularizer import PANPenalty, detector_penalty, pan_penalty
+from pan_repair.experiments.shortcut import accuracy, shortcut_data, train_plain
 
 torch.set_num_threads(1)  # a loaded 2-core machine: 2 threads made the training test 30x slower
 
@@ -335,6 +335,6 @@ def test_penalty_weakens_the_placement_shortcut():
 def test_docstring_example():
     import doctest
 
-    import pan_repair.regularizer
-    result = doctest.testmod(pan_repair.regularizer, optionflags=doctest.ELLIPSIS)
+    import pan_repair.repair.regularizer
+    result = doctest.testmod(pan_repair.repair.regularizer, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

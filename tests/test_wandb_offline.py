@@ -14,7 +14,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from pan_repair.wandb_offline import latest_run, read_offline_run
+from pan_repair.runs.wandb_offline import latest_run, read_offline_run
 
 BIG = list(range(12_000))  # ~70 KB of JSON: one record over three 32 KiB blocks (FIRST/MIDDLE/LAST chunks)
 

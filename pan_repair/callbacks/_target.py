@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ..detector import find_pans
-from ..layers import conv_layers
-from ..module_state import eval_mode
-from ..report import PanReport
+from ..detect.detector import find_pans
+from ..layers.padding import conv_layers
+from ..layers.module_state import eval_mode
+from ..detect.report import PanReport
 
 __all__ = ["CALIBRATION_IMAGES", "ModelTarget", "images_in", "input_size_from", "datamodule_input_size", "check_input_size", "EpochSchedule",
            "failure_reason"]

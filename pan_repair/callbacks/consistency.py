@@ -6,8 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..consistency import PaddingConsistency
-from ..padding_switch import MODES
+from ..repair.consistency import PaddingConsistency
+from ..layers.padding_switch import MODES
 from ._target import images_in
 from .regularizer import PANRegularizerBase
 
@@ -17,7 +17,7 @@ __all__ = ["PaddingConsistencyRegularizerBase"]
 class PaddingConsistencyRegularizerBase(PANRegularizerBase):
     """Adds ``ramp * weight * C`` to every training loss, ``C`` the disagreement of the model with
     its own ``mode``-padded twin (same weights) on the training batch's images
-    (:func:`~pan_repair.consistency.padding_consistency`).
+    (:func:`~pan_repair.repair.consistency.padding_consistency`).
 
     Use the concrete class of your namespace: ``pan_repair.callbacks.PaddingConsistencyRegularizer``
     (``import pytorch_lightning``) or ``pan_repair.lightning.PaddingConsistencyRegularizer``
@@ -30,9 +30,9 @@ class PaddingConsistencyRegularizerBase(PANRegularizerBase):
     optimisation requirement and the containment of a failing step are those of ``PANRegularizer``.
 
     Args:
-        weight: weight of the penalty (default 0.5, measured: :mod:`pan_repair.consistency`).
+        weight: weight of the penalty (default 0.5, measured: :mod:`pan_repair.repair.consistency`).
         mode: the twin's padding (default ``"circular"``; ``"full"``: a full-convolution twin, for
-            models with a global pooling head, see :mod:`pan_repair.consistency`).
+            models with a global pooling head, see :mod:`pan_repair.repair.consistency`).
         every: compute the penalty on every k-th step only, multiplied by k (the other steps
             skip both extra passes).
         warmup_steps: optimizer steps of the linear warm-up (0: none).

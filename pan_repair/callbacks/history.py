@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..report import PanReport
+from ..detect.report import PanReport
 
 __all__ = ["PanHistory", "pan_id"]
 
@@ -29,7 +29,7 @@ class PanHistory:
             None where not measured)
             (``new``/``gone``: PANs that appeared/disappeared since the previous scan; together
             they give the exact set present at every scan). A superset of
-            :attr:`pan_repair.results.RunResult.history` entries. A scan that failed is
+            :attr:`pan_repair.runs.results.RunResult.history` entries. A scan that failed is
             ``{"epoch", "step", "failed": True, "reason"}`` (:meth:`record_failure`).
         pans: per PAN id ever seen, ``{"layer", "channel", "kind", "score", "first_seen_epoch",
             "first_seen_step", "last_seen_epoch", "last_seen_step", "scans_seen", "present"}``

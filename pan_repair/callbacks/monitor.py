@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..report import PanReport
+from ..detect.report import PanReport
 from ._namespaces import is_wandb_logger
 from ._target import ModelTarget, _attempt
 from .history import PanHistory, pan_id
@@ -73,7 +73,7 @@ class PANMonitorBase(ModelTarget):
     **JSON.** After every scan, rank zero writes ``<prefix>_monitor.json`` (default
     ``pan_monitor.json``; atomically) with the settings, the history (:class:`PanHistory`:
     one summary per scan with the PANs that appeared and disappeared, and first/last-seen per
-    PAN) and the last full :class:`~pan_repair.report.PanReport`. Folder: ``output_dir``; else
+    PAN) and the last full :class:`~pan_repair.detect.report.PanReport`. Folder: ``output_dir``; else
     for a ``WandbLogger`` as first logger the run's ``files`` folder (it is synced with the
     run); else ``trainer.log_dir`` (the first logger's ``log_dir``/``save_dir``, or
     ``default_root_dir`` without logger). Read it with :func:`read_monitor_json`.
@@ -326,7 +326,7 @@ class PANMonitorBase(ModelTarget):
                                            key=lambda kv: (kv[1]["first_seen_step"], kv[0]))])
         strongest = report.strongest(self.n_maps, kind="border") if self.n_maps else []
         if strongest:
-            from ..plotting import border_response_maps  # matplotlib only when images are wanted
+            from ..experiments.plotting import border_response_maps  # matplotlib only when images are wanted
 
             maps = border_response_maps(module, strongest, report.input_size)
             out[f"{p}/maps"] = [

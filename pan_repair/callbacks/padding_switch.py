@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..padding_switch import MODES, ConversionSummary, convert_padding
+from ..layers.padding_switch import MODES, ConversionSummary, convert_padding
 from ._target import ModelTarget
 
 __all__ = ["PaddingSwitchBase"]

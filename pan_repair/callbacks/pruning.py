@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from ..pruning import clean_state_dict, prune_pans, remove_pan_masks
-from ..report import KINDS, PanReport
+from ..repair.pruning import clean_state_dict, prune_pans, remove_pan_masks
+from ..detect.report import KINDS, PanReport
 from ._target import EpochSchedule, ModelTarget
 
 __all__ = ["PANPruningBase"]

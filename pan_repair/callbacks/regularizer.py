@@ -7,14 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..regularizer import PANPenalty
+from ..repair.regularizer import PANPenalty
 from ._target import ModelTarget
 
 __all__ = ["PANRegularizerBase"]
 
 
 class PANRegularizerBase(ModelTarget):
-    """Adds ``ramp * PANPenalty(model)`` (:class:`~pan_repair.regularizer.PANPenalty`: the
+    """Adds ``ramp * PANPenalty(model)`` (:class:`~pan_repair.repair.regularizer.PANPenalty`: the
     detector's border score on its data-free probes, made differentiable and hinged; its defaults,
     measured in ``benchmarks/pan_penalty.py``) to every training loss.
 
@@ -110,7 +110,7 @@ class PANRegularizerBase(ModelTarget):
             return
         if not pl_module.automatic_optimization:
             raise self._error("needs automatic optimization (add the penalty to your loss yourself with "
-                              "pan_repair.regularizer.PANPenalty under manual optimization)")
+                              "pan_repair.repair.regularizer.PANPenalty under manual optimization)")
         self._setup_target(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:

@@ -1,4 +1,4 @@
-"""Plots of a :class:`~pan_repair.report.PanReport` (matplotlib, headless)."""
+"""Plots of a :class:`~pan_repair.detect.report.PanReport` (matplotlib, headless)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .module_state import device_dtype, eval_mode  # noqa: E402
-from .report import Pan, PanReport  # noqa: E402
+from ..layers.module_state import device_dtype, eval_mode  # noqa: E402
+from ..detect.report import Pan, PanReport  # noqa: E402
 
 __all__ = ["border_response_maps", "plot_report"]
 

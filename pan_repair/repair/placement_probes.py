@@ -1,4 +1,4 @@
-"""Placement probes for the placement penalty (:func:`pan_repair.regularizer.pan_penalty`):
+"""Placement probes for the placement penalty (:func:`pan_repair.repair.regularizer.pan_penalty`):
 synthetic patterns, or real images, rolled to several places.
 
 A :class:`PlacementProbes` batch holds ``n_constants`` spatially constant images (for the border
@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .probes import _texture
+from ..detect.probes import _texture
 
 __all__ = ["PlacementProbes", "make_placement_probes", "placements_of", "roll_axes", "STYLES", "N_CONSTANTS"]
 
@@ -69,7 +69,7 @@ def make_placement_probes(input_size: tuple[int, int, int], n_patterns: int = 8,
                           contrast: float = 6.0, noise: float = 0.3) -> PlacementProbes:
     """Probes for :func:`pan_penalty`; deterministic in ``seed``, the global RNG untouched.
 
-    Per pattern: a random smooth texture (:func:`pan_repair.probes._texture`, side
+    Per pattern: a random smooth texture (:func:`pan_repair.detect.probes._texture`, side
     ``pattern_size``, default a third of the shorter side) plus a random offset of std ``level``,
     centred on a canvas of std-0.1 noise; the canvas standardised to mean 0, std 1 per channel;
     then rolled circularly by ``n_positions`` multiples of ``stride`` (the network's total

@@ -15,21 +15,21 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from .callbacks._target import CALIBRATION_IMAGES
-from .callbacks.monitor import PANMonitorBase
-from .lightning import PANMonitor
+from ..callbacks._target import CALIBRATION_IMAGES
+from ..callbacks.monitor import PANMonitorBase
+from ..lightning import PANMonitor
 from .compare import build_report, what_happened
-from .detector import find_pans
-from .probes import calibration_images
-from .data import SWAPPED, LitDigitsCanvasDataModule
-from .image_folder import ImageFolderDataModule
+from ..detect.detector import find_pans
+from ..detect.probes import calibration_images
+from ..data.digits import SWAPPED, LitDigitsCanvasDataModule
+from ..data.image_folder import ImageFolderDataModule
 from .lit_module import BiasAwareClassifier
-from .logged_runs import read_runs
-from .model_spec import load_weights
-from .models import SmallCNN
-from .pruning import clean_state_dict
-from .report import PanReport
-from .results import RESULTS_FILE, RunResult
+from ..runs.logged_runs import read_runs
+from ..models.model_spec import load_weights
+from ..models.small_cnn import SmallCNN
+from ..repair.pruning import clean_state_dict
+from ..detect.report import PanReport
+from ..runs.results import RESULTS_FILE, RunResult
 
 #: weights of a stage's model, beside its results.json
 MODEL_FILE = "model.pt"
@@ -132,7 +132,7 @@ class DigitsSetup:
 
     Args:
         data: ``digits`` (the embedded digits on a canvas) or the path of your own image folder
-            (one sub-folder per class; :class:`~pan_repair.image_folder.ImageFolderDataModule`,
+            (one sub-folder per class; :class:`~pan_repair.data.image_folder.ImageFolderDataModule`,
             80/20 split by ``seed``; no placements, so no swapped accuracy or border gap).
         image_size: side (px) images of an image folder are resized to.
         placement: training placement of the digits: random, center, biased (class tied to the

@@ -1,7 +1,7 @@
 """The placement-shortcut testbed that the benchmarks and tests measure repairs on.
 
 Digits on a canvas whose class is tied to where they sit during training (by default 8 always in
-the top half, 9 always in the bottom half; :class:`~pan_repair.data.DigitsCanvas` with
+the top half, 9 always in the bottom half; :class:`~pan_repair.data.digits.DigitsCanvas` with
 ``placement="biased"``), tested with the placements swapped; a plain PyTorch training loop
 (Adam, seeded shuffling, optional extra loss term) so that runs are fast and reproducible.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DigitsCanvas
+from ..data.digits import DigitsCanvas
 
 __all__ = ["shortcut_data", "train_step", "train_plain", "accuracy"]
 

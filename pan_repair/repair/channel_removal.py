@@ -2,7 +2,7 @@
 
 Selected output channels of convolutions are cut out of the model where its data flow allows,
 so that the smaller model computes exactly what the masked model computes (eval mode; masked
-channels output 0 after their BatchNorm, see :mod:`pan_repair.pruning`):
+channels output 0 after their BatchNorm, see :mod:`pan_repair.repair.pruning`):
 
 * the conv's output channels, its BatchNorm's, and the consumer's input channels, for a consumer
   that is a conv (plain kernel: not weight-standardised) or a Linear after global pooling and
@@ -36,8 +36,8 @@ from timm.layers import (BatchNormAct2d, Conv2dSame, MixedConv2d, ScaledStdConv2
                          StdConv2dSame)
 from timm.layers.conv2d_same import Conv2dSameExport
 
-from .layers import blank_forward, conv_padding
-from .module_state import eval_mode, reparametrization, structural_copy
+from ..layers.padding import blank_forward, conv_padding
+from ..layers.module_state import eval_mode, reparametrization, structural_copy
 
 __all__ = ["Removal", "remove_channels", "set_module"]
 
@@ -99,7 +99,7 @@ _STD_CONVS = (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)
 
 def _conv_kind(conv: nn.Module) -> str:
     """"plain" (in and out channels can be sliced), "std" (only out), or "other"."""
-    from .padding_switch import PaddedConv2d  # converted convs pad explicitly, same kernels
+    from ..layers.padding_switch import PaddedConv2d  # converted convs pad explicitly, same kernels
     t = type(conv)
     if t in _PLAIN_CONVS or t is PaddedConv2d:
         return "plain"
@@ -403,7 +403,7 @@ class _LeafTracer(torch.fx.Tracer):
     check), weight-standardised and mixed convs, and pan_repair's own padded convs."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from .padding_switch import PaddedConv2d
+        from ..layers.padding_switch import PaddedConv2d
         leaves = (Conv2dSame, Conv2dSameExport, *_STD_CONVS, MixedConv2d, BatchNormAct2d, PaddedConv2d)
         return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 

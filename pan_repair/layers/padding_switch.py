@@ -25,7 +25,7 @@ Modes, for a window of ``A`` taps of which ``V`` fall on real (not padded) pixel
   Layers that need a fixed spatial size downstream (a flatten into a ``Linear``, a pool whose
   fixed window covers the whole map, a positional embedding, a residual add of a grown and an
   ungrown map) are found first by a trial forward of a blank image at ``input_size`` on a twin
-  (:func:`~pan_repair.module_state.structural_copy`, shared tensors): such a model is refused,
+  (:func:`~pan_repair.layers.module_state.structural_copy`, shared tensors): such a model is refused,
   naming the layer, and left untouched. Global (adaptive) pooling heads are fine. F-Conv hides
   a border only where what lies beyond it looks like the padding: the input's where the canvas's
   background is 0, a later layer's where its response to empty canvas is 0 (no bias, no
@@ -71,7 +71,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,7 @@ from timm.layers import (
 from timm.layers.conv2d_same import Conv2dSameExport
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
-from .layers import (
+from .padding import (
     Padding,
     _same_pads,
     effective_weight,
@@ -97,7 +97,6 @@ from .layers import (
     unsupported_layers,
 )
 from .module_state import carry_reparametrizations, device_dtype, eval_mode, plain_type, structural_copy
-from .report import PanReport
 
 __all__ = [
     "MODES",
@@ -113,6 +112,18 @@ __all__ = [
     "convert_padding",
     "converted_copy",
 ]
+
+class LayerReport(Protocol):
+    """What ``layers=`` accepts besides layer names: a report of ``model`` whose :meth:`by_layer`
+    maps layer names to their PANs (:class:`~pan_repair.detect.report.PanReport`). ``layers``
+    sits below ``detect`` and does not import the report: it is recognised by that method."""
+
+    def by_layer(self) -> dict: ...
+
+
+def _is_report(layers: object) -> bool:
+    return hasattr(layers, "by_layer")
+
 
 #: Padding modes :func:`convert_padding` switches to.
 MODES = ("reflect", "replicate", "circular", "partial", "full")
@@ -511,7 +522,7 @@ def _swap(model: nn.Module, new_by_id: dict[int, nn.Module]) -> None:
             setattr(model.get_submodule(parent), attr, new_by_id[id(module)])
 
 
-def _pan_layers(model: nn.Module, found: dict[str, nn.Module], report: PanReport) -> tuple[list[str], list[Skip]]:
+def _pan_layers(model: nn.Module, found: dict[str, nn.Module], report: LayerReport) -> tuple[list[str], list[Skip]]:
     """The padded layers holding PANs in ``report``, and the PAN layers that pad nothing."""
     modules = dict(model.named_modules())
     foreign = [n for n in report.by_layer() if n not in modules]
@@ -522,10 +533,10 @@ def _pan_layers(model: nn.Module, found: dict[str, nn.Module], report: PanReport
     return names, skipped
 
 
-def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None,
+def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | LayerReport | None = None,
                     input_size: Sequence[int] | None = None) -> ConversionSummary:
     """Switch the padding of every padded layer of ``model``, of the named ``layers``, or of the
-    layers holding PANs (``layers`` a :class:`~pan_repair.report.PanReport` of ``model``) to
+    layers holding PANs (``layers`` a :class:`~pan_repair.detect.report.PanReport` of ``model``) to
     ``mode`` (one of :data:`MODES`), in place.
 
     A layer converted to reflect, replicate, circular or partial pads with content, so it has no
@@ -556,14 +567,14 @@ def convert_padding(model: nn.Module, mode: str, layers: Iterable[str] | PanRepo
     return summary
 
 
-def _plan(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None
+def _plan(model: nn.Module, mode: str, layers: Iterable[str] | LayerReport | None
           ) -> tuple[ConversionSummary, dict[int, nn.Module]]:
     """What :func:`convert_padding` would do, and the replacement of each layer to switch (by
     ``id``); raises for what it refuses. The model is not touched."""
     found = dict(_padding_layers(model))
     summary = ConversionSummary(mode)
-    named = layers is not None and not isinstance(layers, PanReport)
-    if isinstance(layers, PanReport):
+    named = layers is not None and not _is_report(layers)
+    if _is_report(layers):
         names, summary.skipped = _pan_layers(model, found, layers)
     else:
         names = list(found) if layers is None else _requested(model, found, layers)
@@ -639,7 +650,7 @@ def _trial(model: nn.Module, input_size: tuple[int, ...]) -> _Trial:
             handle.remove()
 
 
-def _check_grown_maps(model: nn.Module, layers: Iterable[str] | PanReport | None,
+def _check_grown_maps(model: nn.Module, layers: Iterable[str] | LayerReport | None,
                       input_size: tuple[int, ...]) -> None:
     """ValueError naming the first layer that needs a fixed spatial size: it fails on the maps of
     a full-convolution twin, or it reduces a map larger than 1x1 to 1x1 in ``model`` but, in the
@@ -670,9 +681,9 @@ def _check_grown_maps(model: nn.Module, layers: Iterable[str] | PanReport | None
                              f"whole {hw_in} map to 1x1 but not the grown {grown[0]} map")
 
 
-def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | PanReport | None = None,
+def converted_copy(model: nn.Module, mode: str, layers: Iterable[str] | LayerReport | None = None,
                    input_size: Sequence[int] | None = None) -> nn.Module:
-    """An independent copy of ``model`` (:func:`~pan_repair.module_state.structural_copy`, also
+    """An independent copy of ``model`` (:func:`~pan_repair.layers.module_state.structural_copy`, also
     mid-training) with its padding switched to ``mode`` (:func:`convert_padding`); ``model`` is
     untouched (e.g. to measure how much a model relies on its padding)."""
     model = structural_copy(model, share=False)

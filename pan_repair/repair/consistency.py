@@ -23,7 +23,7 @@ accuracy 27.4%): fine-tuning the biased model on the same biased data for the or
 (20 epochs, Adam 3e-3) with ``loss = CE + weight * C`` brings swapped-placement accuracy to 87.0%
 at weight 0.5 (training placement 92.4%); with the weight warmed up over the first quarter of the
 steps (``warmup=35``) to 89.6%; with that and the ink-probe placement penalty
-(:class:`pan_repair.regularizer.PANPenalty`, ``probes="placement", style="ink"``) to 91.4%
+(:class:`pan_repair.repair.regularizer.PANPenalty`, ``probes="placement", style="ink"``) to 91.4%
 (91.8% on the 20 seeds held out while choosing these settings); circular padding itself: 92.1%.
 Fine-tuning without it: 15.2%. Weights 1 and 2 (3 seeds) gave 89.4% and 86.2%, hence the default
 0.5. Cost: one more forward and backward of the batch, 2.2-2.4x the plain step; 1.6x with
@@ -36,15 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .module_state import structural_copy
-from .padding_switch import MODES, convert_padding
+from ..layers.module_state import structural_copy
+from ..layers.padding_switch import MODES, convert_padding
 
 __all__ = ["padding_consistency", "PaddingConsistency"]
 
 
 def _twin(model: nn.Module, mode: str, input_size: tuple[int, ...]) -> nn.Module:
     """``model`` with its padding switched to ``mode``, sharing its tensors (no memory, works
-    mid-training: :func:`~pan_repair.module_state.structural_copy`); ``input_size`` (C, H, W) for
+    mid-training: :func:`~pan_repair.layers.module_state.structural_copy`); ``input_size`` (C, H, W) for
     the trial forward of ``"full"``."""
     twin = structural_copy(model, share=True)
     convert_padding(twin, mode, input_size=input_size)
@@ -67,7 +67,7 @@ def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor 
         x: the input batch.
         logits: ``model(x)`` if already computed (the training step's), else computed here
             (on copies of the buffers: no running statistic changes).
-        mode: the twin's padding (one of :data:`pan_repair.padding_switch.MODES`).
+        mode: the twin's padding (one of :data:`pan_repair.layers.padding_switch.MODES`).
         twin: a prebuilt twin (``PaddingConsistency`` caches one); default: built here.
 
     Returns:
@@ -76,7 +76,7 @@ def padding_consistency(model: nn.Module, x: torch.Tensor, logits: torch.Tensor 
     Example:
         >>> import torch
         >>> from pan_repair import SmallCNN
-        >>> from pan_repair.consistency import padding_consistency
+        >>> from pan_repair.repair.consistency import padding_consistency
         >>> model = SmallCNN(num_classes=2, depth=3, width=8)
         >>> x = torch.randn(4, 1, 24, 24)
         >>> padding_consistency(model, x).item() > 0
@@ -107,7 +107,7 @@ class PaddingConsistency:
     rebuilt when the model's structure changes (layers pruned, removed or switched).
 
     ``mode``: the twin's padding, ``"circular"`` or ``"full"`` (a repair), or another of
-    :data:`pan_repair.padding_switch.MODES`. ``weight`` multiplies the penalty (default 0.5:
+    :data:`pan_repair.layers.padding_switch.MODES`. ``weight`` multiplies the penalty (default 0.5:
     measured best, see above). ``every=k`` computes it on every k-th call only, multiplied by
     ``k`` (the same average gradient); the other calls return a constant zero without running
     the twin. ``warmup=n`` ramps the weight linearly over the first ``n`` calls (call ``t``,
@@ -117,7 +117,7 @@ class PaddingConsistency:
     Example:
         >>> import torch, torch.nn.functional as F
         >>> from pan_repair import SmallCNN
-        >>> from pan_repair.consistency import PaddingConsistency
+        >>> from pan_repair.repair.consistency import PaddingConsistency
         >>> model, consistency = SmallCNN(num_classes=2, depth=3, width=8), PaddingConsistency()
         >>> x, y = torch.randn(4, 1, 24, 24), torch.tensor([0, 1, 0, 1])
         >>> logits = model(x)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .callbacks.monitor import read_monitor_json
-from .report import PanReport
+from ..callbacks.monitor import read_monitor_json
+from ..detect.report import PanReport
 from .results import RESULTS_FILE, RunResult
 
 __all__ = ["LoggedRun", "Point", "read_runs", "find_run_folders", "ordered_keys"]

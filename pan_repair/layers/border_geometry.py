@@ -1,5 +1,5 @@
 """Where a padded convolution's border lies: the geometry shared by the detector
-(:mod:`pan_repair.detector`) and the penalty (:mod:`pan_repair.regularizer`).
+(:mod:`pan_repair.detect.detector`) and the penalty (:mod:`pan_repair.repair.regularizer`).
 
 All coordinates are in the *unpadded* input: row/column ``-1`` is the first padded line.
 For each side, the padding's own effect on the outermost output line is
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Padding
+from .padding import Padding
 
 __all__ = ["strip", "clean_range", "side_windows", "border_windows", "SIDE_ORDER"]
 

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .metrics import BorderAccuracyGap, PaddingReliance
-from .models import SmallCNN
-from .module_state import structural_copy
-from .padding_switch import convert_padding
+from ..metrics import BorderAccuracyGap, PaddingReliance
+from ..models.small_cnn import SmallCNN
+from ..layers.module_state import structural_copy
+from ..layers.padding_switch import convert_padding
 
 __all__ = ["BiasAwareClassifier", "border_distance"]
 
@@ -26,7 +26,7 @@ def border_distance(position: torch.Tensor, max_offset: int) -> torch.Tensor:
 class BiasAwareClassifier(L.LightningModule):
     """Classifier whose validation logs accuracy, the border accuracy gap and padding reliance.
 
-    Batches are ``(image, label, position)`` as from :class:`pan_repair.data.DigitsCanvas`
+    Batches are ``(image, label, position)`` as from :class:`pan_repair.data.digits.DigitsCanvas`
     (``position`` = top-left ``[y, x]``; ``max_offset`` = canvas - digit side) or ``(image, label)``
     (then only accuracy and padding reliance are logged).
 

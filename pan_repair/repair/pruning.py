@@ -1,4 +1,4 @@
-"""Silence or remove the PANs of a :class:`~pan_repair.report.PanReport`: :func:`prune_pans`.
+"""Silence or remove the PANs of a :class:`~pan_repair.detect.report.PanReport`: :func:`prune_pans`.
 
 **Mask** (default, reversible). Each PAN channel ``c`` of a convolution is silenced through
 :mod:`torch.nn.utils.prune` with a :class:`PanMask` (a ``CustomFromMask``): ``weight[c]``, the
@@ -25,7 +25,7 @@ holds ``weight_orig``/``weight_mask`` instead of ``weight``. For checkpoints:
 
 **Remove** (``mode="remove"``): the channels are cut out of the model where its data flow
 allows, computing exactly what the masked model computes; the other layers are masked (or left,
-``fallback="skip"``) and listed with the reason. See :mod:`pan_repair.channel_removal`.
+``fallback="skip"``) and listed with the reason. See :mod:`pan_repair.repair.channel_removal`.
 
 **Validation first.** A report from another model (a layer name that is not a convolution of
 ``model``, a channel index beyond its outputs, a layer whose filter count differs from the
@@ -42,9 +42,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .channel_removal import remove_channels
-from .layers import conv_bn_pairs
-from .module_state import reparametrization
-from .report import KINDS, PanReport
+from ..layers.padding import conv_bn_pairs
+from ..layers.module_state import reparametrization
+from ..detect.report import KINDS, PanReport
 
 __all__ = [
     "PanMask",
@@ -332,7 +332,7 @@ def prune_pans(model: nn.Module, report: PanReport, *, kinds: Iterable[str] = KI
     Example:
         >>> import torch
         >>> from pan_repair import SmallCNN, find_pans
-        >>> from pan_repair.pruning import prune_pans
+        >>> from pan_repair.repair.pruning import prune_pans
         >>> model = SmallCNN(depth=3, width=8).eval()
         >>> report = find_pans(model, (1, 24, 24), position_threshold=0.5)
         >>> summary = prune_pans(model, report)

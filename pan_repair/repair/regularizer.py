@@ -1,9 +1,9 @@
 """A differentiable penalty on what the detector measures, to add to the training loss.
 
 **The penalty** (:func:`detector_penalty`; :class:`PANPenalty` caches its probes and spaces it
-out). One eval-mode forward of the detector's own probes (:func:`pan_repair.probes.make_probes`,
+out). One eval-mode forward of the detector's own probes (:func:`pan_repair.detect.probes.make_probes`,
 the constant images, and the placement images when the position term is on); for every conv
-``l`` and output channel ``c`` it recomputes the detector's two scores (:mod:`pan_repair.detector`)
+``l`` and output channel ``c`` it recomputes the detector's two scores (:mod:`pan_repair.detect.detector`)
 with gradients and hinges them:
 
 ``penalty = weight * (border_weight * B + position_weight * P)``
@@ -15,7 +15,7 @@ with gradients and hinges them:
   kappa_c)``: ``sigma_c`` the running std of the BatchNorm the conv feeds (else the conv
   output's std over the probes), ``kappa_c`` the content response on the border images (0 on
   uniform probes), detached, floored at 5% of the layer median.
-  The strip geometry is shared with the detector (:mod:`pan_repair.border_geometry`).
+  The strip geometry is shared with the detector (:mod:`pan_repair.layers.border_geometry`).
 * ``P = (1 / C_total) sum_{l,c} sum_a relu(eta2_lca - position_margin)^2``; ``eta2`` in [0, 1] the
   detector's position score of roll axis ``a``: share of the variance of the globally pooled
   ``relu(bn(conv))`` over patterns x rolls explained by the roll.
@@ -41,9 +41,9 @@ well as a large one (Adam normalises the update of parameters the task hardly dr
 less accuracy. At a constant learning rate the final accuracy swings by 10-20 points between epochs
 (the 1-point comparison needs the annealed schedule).
 
-**Placement probes** (``probes="placement"``: :func:`pan_penalty`, :mod:`pan_repair.placement_probes`:
-:func:`~pan_repair.placement_probes.make_placement_probes`,
-:func:`~pan_repair.placement_probes.placements_of`), the earlier study kept for ``benchmarks/mitigations.py`` and
+**Placement probes** (``probes="placement"``: :func:`pan_penalty`, :mod:`pan_repair.repair.placement_probes`:
+:func:`~pan_repair.repair.placement_probes.make_placement_probes`,
+:func:`~pan_repair.repair.placement_probes.placements_of`), the earlier study kept for ``benchmarks/mitigations.py`` and
 ``benchmarks/regularizer_cost.py``: ``weight * P' + border_weight * B'`` with ``P'`` the mean
 (not hinged) eta^2 of chosen layers' pooled outputs over textures a third of the side (or
 digit-like ``style="ink"`` strokes), ``B'`` the mean ``D^2 / sigma^2`` on their own constants.
@@ -62,12 +62,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .border_geometry import border_windows, strip
-from .detector import DEFAULT_POSITION_THRESHOLD, border_unit, content_scale, total_stride
-from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
-from .module_state import device_dtype, eval_mode
+from ..detect.detector import DEFAULT_POSITION_THRESHOLD, border_unit, content_scale, total_stride
+from ..detect.probes import ProbeBatch, data_canvases, make_probes, roll_grid
+from ..layers.border_geometry import border_windows, strip
+from ..layers.module_state import device_dtype, eval_mode
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
 from .placement_probes import N_CONSTANTS, STYLES, PlacementProbes, make_placement_probes, roll_axes
-from .probes import ProbeBatch, data_canvases, make_probes, roll_grid
 
 __all__ = ["pan_penalty", "detector_penalty", "PANPenalty"]
 
@@ -334,7 +334,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
                      n_patterns: int = 2, n_positions: int = 8, seed: int = 0) -> torch.Tensor:
     """The detector's two scores on synthetic probes, made differentiable and hinged (the border
     score is :func:`pan_repair.find_pans`' on the same uniform probes; the position score is its
-    eta^2 on the centred textures of :func:`~pan_repair.probes.make_probes`, without the
+    eta^2 on the centred textures of :func:`~pan_repair.detect.probes.make_probes`, without the
     border-free twin's correction, which a training-time penalty need not pay for):
 
     ``border_weight * mean_c sum_s relu(b_cs - border_margin)^2
@@ -350,7 +350,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
     the response it pools (``relu(bn(conv))``). Channels below the margins cost nothing.
 
     Args:
-        probes: a :class:`~pan_repair.probes.ProbeBatch` (the detector's construction; scale
+        probes: a :class:`~pan_repair.detect.probes.ProbeBatch` (the detector's construction; scale
             images, if any, are skipped; its ``n_constants`` first images are the border images,
             e.g. data: see :meth:`PANPenalty.detector_probes`); default ``make_probes(input_size,
             n_patterns, n_positions, total stride, seed=seed)``. With ``position_weight == 0``
@@ -458,7 +458,7 @@ class PANPenalty:
 
     Example:
         >>> from pan_repair import SmallCNN
-        >>> from pan_repair.regularizer import PANPenalty
+        >>> from pan_repair.repair.regularizer import PANPenalty
         >>> model = SmallCNN(num_classes=2, depth=3, width=8)
         >>> penalty = PANPenalty((1, 24, 24))
         >>> loss = penalty(model)  # + the task loss
@@ -551,7 +551,7 @@ class PANPenalty:
         """Probe batch ``i`` of the detector-probe bank (cached): ``make_probes(seed=seed + i)``;
         with ``images``, as the detector measures on data: border images ``_DATA_BORDER`` of the
         images in turn (batch ``i`` starts at image ``i * _DATA_BORDER``), and the position
-        canvases made of the images (:func:`~pan_repair.probes.data_canvases`, ``seed + i``)
+        canvases made of the images (:func:`~pan_repair.detect.probes.data_canvases`, ``seed + i``)
         rolled as the detector rolls them."""
         i %= self.bank
         if i not in self._bank:

@@ -3,7 +3,7 @@
 **Images.** With ``data`` (a tensor, ``DataLoader`` or ``Dataset``; the callbacks pass a fixed
 sample of the training data) the scores are measured on up to ``max_images`` of the model's own
 images. Without data, on synthetic probes in the model's declared input convention
-(:func:`pan_repair.probes.resolve_convention`: ``mean``/``std``, ``input_range``, timm's
+(:func:`pan_repair.detect.probes.resolve_convention`: ``mean``/``std``, ``input_range``, timm's
 ``pretrained_cfg``, else an assumption that ``report.assumptions`` records): uniform images and
 textures on a flat mid-grey canvas, built as pixels in [0, 1] and normalised like the model's inputs.
 
@@ -28,7 +28,7 @@ exactly as found):
   3x3; smaller layers are listed in ``report.unmeasured``.
 * *position score* ``p_c`` in [0, 1] (every conv): ``P`` base images (data images or probe
   textures) are rolled circularly to ``Q`` evenly spaced places along rows and along columns
-  (:func:`pan_repair.probes.roll_grid`). ``eta2_a`` is the share of the variance of the channel's
+  (:func:`pan_repair.detect.probes.roll_grid`). ``eta2_a`` is the share of the variance of the channel's
   globally pooled response (``relu(bn(conv(x)))`` where the conv feeds a BatchNorm, what the next
   layer sees; the conv output otherwise) explained by the roll along axis ``a``:
   ``sum_q P (mean_p r_pq - mean r)^2 / sum_pq (r_pq - mean r)^2``. The same is measured on a *twin*
@@ -74,11 +74,12 @@ from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 from tqdm.auto import tqdm
 
-from .border_geometry import border_windows, clean_range, strip
-from .layers import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
+from ..layers.border_geometry import border_windows, clean_range, strip
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
     untrained_bn
-from .metrics.functional import padding_reliance
-from .module_state import device_dtype, eval_mode, structural_copy
+from ..metrics.functional import padding_reliance
+from ..layers.module_state import device_dtype, eval_mode, structural_copy
+from ..layers.padding_switch import convert_padding
 from .probes import RollGrid, calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
 from .report import SIDES, LayerInfo, Pan, PanReport
 
@@ -436,8 +437,6 @@ def _invariant(pooled: torch.Tensor, n_positions: int, scale: torch.Tensor) -> b
 def _border_free_twin(model: nn.Module) -> nn.Module | None:
     """The model with circular padding everywhere and the same (shared) weights; None if the
     model pads nothing a switch could change (then it is its own twin)."""
-    from .padding_switch import convert_padding  # padding_switch imports the report types
-
     twin = structural_copy(model)
     summary = convert_padding(twin, "circular")
     return twin if summary.changed else None
@@ -488,8 +487,6 @@ class _Dependence:
 def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> _Dependence:
     """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
     part of it (see the module docstring)."""
-    from .padding_switch import convert_padding
-
     device, dtype = device_dtype(model)
     x = images.to(device, dtype)
     effects: dict[str, torch.Tensor] = {}
@@ -648,7 +645,7 @@ def find_pans(
         data: the model's own images: a tensor (N, C, H, W), a ``DataLoader`` or a ``Dataset``;
             up to ``max_images`` are used. Without it, synthetic probes in the input convention.
         input_range, mean, std: the input convention of data-free probes (see
-            :func:`pan_repair.probes.resolve_convention`); ignored with ``data``.
+            :func:`pan_repair.detect.probes.resolve_convention`); ignored with ``data``.
         border_threshold: minimum border score (units of the channel's std or content response) of a border PAN; default
             :data:`DEFAULT_DATA_BORDER_THRESHOLD` with data, :data:`DEFAULT_BORDER_THRESHOLD` on probes.
         position_threshold: minimum position score (share of variance, [0, 1]); default

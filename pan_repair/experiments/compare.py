@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .logged_runs import LoggedRun, ordered_keys  # noqa: E402
+from ..runs.logged_runs import LoggedRun, ordered_keys  # noqa: E402
 
 __all__ = ["build_report", "text_table", "to_json"]
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .report import PanReport
+from ..detect.report import PanReport
 
 __all__ = ["RunResult", "RESULTS_FILE"]
 

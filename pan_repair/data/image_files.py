@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .probes import InputConvention
+from ..detect.probes import InputConvention
 
 __all__ = ["load_images", "IMAGE_SUFFIXES"]
 

@@ -179,7 +179,7 @@ def pool_padding(pool: nn.Module, input_hw: tuple[int, int]) -> Padding | None:
 def layer_padding(module: nn.Module, input_hw: tuple[int, int]) -> Padding | None:
     """The padding any layer applies to an input of size ``input_hw``: a module that
     declares it with an ``input_padding(input_hw)`` method (pan_repair's converted
-    layers, see :mod:`pan_repair.padding_switch`), a conv, a pad module or a pool.
+    layers, see :mod:`pan_repair.layers.padding_switch`), a conv, a pad module or a pool.
     None for modules that do not pad by themselves."""
     if hasattr(module, "input_padding"):
         return module.input_padding(input_hw)

@@ -1,0 +1,9 @@
+"""Detection: the PAN detector (:func:`find_pans`, :mod:`.detector`), the synthetic probe images
+it runs on (:mod:`.probes`) and its result types (:class:`PanReport`, :mod:`.report`). Knows
+nothing of repair, callbacks, models, data, runs or experiments."""
+from .detector import (DEFAULT_BORDER_THRESHOLD, DEFAULT_DATA_BORDER_THRESHOLD, DEFAULT_DATA_POSITION_THRESHOLD,
+                       DEFAULT_POSITION_THRESHOLD, find_pans)
+from .report import KINDS, SIDES, LayerInfo, Pan, PanReport
+
+__all__ = ["find_pans", "Pan", "PanReport", "LayerInfo", "SIDES", "KINDS", "DEFAULT_BORDER_THRESHOLD",
+           "DEFAULT_DATA_BORDER_THRESHOLD", "DEFAULT_DATA_POSITION_THRESHOLD", "DEFAULT_POSITION_THRESHOLD"]
