@@ -55,7 +55,7 @@ def _scan(args: argparse.Namespace) -> int:
     if args.json:
         print(f"report: {report.save(args.json)}")
     if args.plot:
-        from .experiments.plotting import plot_report
+        from .detect.plotting import plot_report
         print(f"plot: {plot_report(report, args.plot, model)}")
     return 0
 

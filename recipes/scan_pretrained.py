@@ -14,7 +14,7 @@ from pan_repair import find_pans
 from pan_repair.data.image_files import load_images
 from pan_repair.models.model_spec import BUNDLED, load_model
 from pan_repair.experiments.pipeline import Stage
-from pan_repair.experiments.plotting import plot_report
+from pan_repair.detect.plotting import plot_report
 from pan_repair.models.pretrained import sample_images
 from pan_repair.detect.probes import resolve_convention
 from pan_repair.experiments.recipe_cli import run_recipe

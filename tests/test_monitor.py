@@ -18,7 +18,7 @@ from pan_repair.callbacks import PANMonitor as PLMonitor
 from pan_repair.callbacks import PanHistory, PANMonitorBase, read_monitor_json
 from pan_repair.callbacks._namespaces import is_wandb_logger
 from pan_repair.lightning import PANMonitor as LitMonitor
-from pan_repair.experiments.plotting import border_response_maps
+from pan_repair.detect.plotting import border_response_maps
 from pan_repair.detect.report import LayerInfo, Pan, PanReport
 
 from _lightning import INPUT, NAMESPACES, THRESHOLD, _data, _fit, _trainer, one_thread  # noqa: F401 (autouse fixture)

@@ -326,7 +326,7 @@ class PANMonitorBase(ModelTarget):
                                            key=lambda kv: (kv[1]["first_seen_step"], kv[0]))])
         strongest = report.strongest(self.n_maps, kind="border") if self.n_maps else []
         if strongest:
-            from ..experiments.plotting import border_response_maps  # matplotlib only when images are wanted
+            from ..detect.plotting import border_response_maps  # matplotlib only when images are wanted
 
             maps = border_response_maps(module, strongest, report.input_size)
             out[f"{p}/maps"] = [

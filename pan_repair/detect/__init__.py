@@ -1,5 +1,6 @@
 """Detection: the PAN detector (:func:`find_pans`, :mod:`.detector`), the synthetic probe images
-it runs on (:mod:`.probes`) and its result types (:class:`PanReport`, :mod:`.report`). Knows
+it runs on (:mod:`.probes`), its result types (:class:`PanReport`, :mod:`.report`) and their plots
+(:mod:`.plotting`, matplotlib imported only there). Knows
 nothing of repair, callbacks, models, data, runs or experiments."""
 from .detector import (DEFAULT_BORDER_THRESHOLD, DEFAULT_DATA_BORDER_THRESHOLD, DEFAULT_DATA_POSITION_THRESHOLD,
                        DEFAULT_POSITION_THRESHOLD, find_pans)

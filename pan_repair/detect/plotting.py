@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ..layers.module_state import device_dtype, eval_mode  # noqa: E402
-from ..detect.report import Pan, PanReport  # noqa: E402
+from .report import Pan, PanReport  # noqa: E402
 
 __all__ = ["border_response_maps", "plot_report"]
 
