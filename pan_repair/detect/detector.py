@@ -172,10 +172,10 @@ def content_scale(y: torch.Tensor, index: torch.Tensor, size: tuple[int, int], c
     cols = clean_range(size[1], k[1], s[1], d[1], left, right)
     if (rows == slice(0, y.shape[-2]) and (top or bottom)) or (cols == slice(0, y.shape[-1]) and (left or right)):
         return None
-    inner = y.index_select(0, index.to(y.device))[:, :, rows, cols].float()
-    mean = inner.mean(dim=(2, 3), keepdim=True)
-    dev = torch.maximum(inner.amax(dim=(2, 3)) - mean[..., 0, 0], mean[..., 0, 0] - inner.amin(dim=(2, 3)))
-    return dev.mean(dim=0)
+    inner = y.index_select(0, index.to(y.device))[:, :, rows, cols].flatten(2).float()  # one copy, contiguous
+    low, high = torch.aminmax(inner, dim=2)
+    mean = inner.mean(dim=2)
+    return torch.maximum(high - mean, mean - low).mean(dim=0)
 
 
 _threads_lock = threading.Lock()
