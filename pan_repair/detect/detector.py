@@ -35,10 +35,11 @@ exactly as found):
   with the same weights and circular padding everywhere (convs, pads, pools): it has no border, and
   whatever varies with the roll there (stride aliasing, a roll that is not a multiple of the total
   stride, tiny maps) is not caused by padding. ``p_c = max_a max(0, eta2_a - eta2_a(twin))``. A
-  circular-padded model is its own twin: ``p_c = 0`` at every size. (The twin runs on one base
-  image first; if it is exactly roll-invariant there, as a circular network is when every stride
-  divides its input and the steps are multiples of the total stride, its eta2 is 0 and the rest
-  of its pass is skipped.)
+  circular-padded model is its own twin: ``p_c = 0`` at every size. (When the steps are
+  multiples of the total stride the twin runs on one base image first; if it is exactly
+  roll-invariant there, as a circular network is when every stride also divides its input, its
+  eta2 is 0 and the rest of its pass is skipped. Off the stride grid, at small inputs, it runs
+  on every roll: about a second probe forward, the main cost of a scan there.)
 
 **Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold`` (default 1.4 on
 probes, 2.5 on data), else of kind ``"position"`` if ``p_c >= position_threshold`` (default 0.9 on
@@ -445,19 +446,20 @@ def _border_free_twin(model: nn.Module) -> nn.Module | None:
 def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor], feeds_bn: dict[str, nn.Module],
                input_size: tuple[int, ...]) -> tuple[dict[str, torch.Tensor] | None, bool]:
     """eta^2 (2, C) per conv of the border-free twin on ``grid`` (None: the model is its own twin);
-    and whether the twin ran on all of it (False: exactly roll-invariant on the first base image,
-    eta^2 = 0). ``spread``: per conv, the model's own std of responses over ``grid`` (C,)."""
+    and whether the twin ran on all of it (False: rolls on the stride grid and the twin exactly
+    roll-invariant on the first base image, eta^2 = 0). ``spread``: per conv, the model's own std of responses over ``grid`` (C,)."""
     names = list(spread)
     twin = _border_free_twin(model)
     if twin is None:
         return None, False
     device, dtype = device_dtype(model)
     q = grid.n_positions
-    with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
-        _run(twin, grid.images[: 2 * q].to(device, dtype), input_size)
-    first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
-    if all(_invariant(r, q, spread[n]) for n, r in first.items()):
-        return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
+    if grid.on_stride:  # rolls off the stride grid move even a circular network: no invariance to check for
+        with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
+            _run(twin, grid.images[: 2 * q].to(device, dtype), input_size)
+        first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
+        if all(_invariant(r, q, spread[n]) for n, r in first.items()):
+            return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
     with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
         _run(twin, grid.images.to(device, dtype), input_size)
     return {n: _eta2(rec.stats[n].response(), grid)[0] for n in names if rec.stats[n].response() is not None}, True
