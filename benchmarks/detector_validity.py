@@ -721,6 +721,11 @@ def summary(rows: list[dict]) -> str:
         missed = [_key(r) for r, v in vals if v is False]
         na = sum(1 for _, v in vals if v is None)
         lines.append(f"| {label} | {met} | {len(missed)} | {na} | {', '.join(missed) or '-'} |")
+    trained = [r for r in rows if r["targets"].get("trained") is True]
+    t_met = [_key(r) for r in trained if r["targets"].get("margin") is True]
+    t_missed = [_key(r) for r in trained if r["targets"].get("margin") is False]
+    lines += ["", f"Among the {len(trained)} cells whose heads trained: margin >= +0.10 met in {len(t_met)}, missed in "
+              f"{len(t_missed)} ({', '.join(t_missed) or '-'}), nothing flagged in {len(trained) - len(t_met) - len(t_missed)}."]
     free_missed_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] < MARGIN_TARGET]
     free_met_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] >= MARGIN_TARGET]
     free_frac = [_key(r) for r in rows if r.get("free_frac", 0) > FRACTION_TARGET
