@@ -210,7 +210,7 @@ def test_penalty_on_data_measures_what_the_detector_measures_on_that_data():
     """``PANPenalty(images=...)``: its border term is hinged on find_pans(data=...)'s border
     score (unit max(std, content response)) of the same border images: 0 at a margin just above
     the largest, positive just below; the canvases are the data's, rolled by the total stride."""
-    from pan_repair.probes import data_canvases
+    from pan_repair.detect.probes import data_canvases
 
     torch.manual_seed(0)
     model = _trained_bn(SmallCNN(depth=3, width=8, strides=(1,))).eval()
