@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   — runs the main job on the embedded default (creates .venv if missing)
 #   make test   — runs the test suite (creates .venv if missing)
+# and `make docs` builds the documentation site into site/ (offline, strict: a warning fails it).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,10 +11,10 @@ export WANDB_SILENT ?= true
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $@
 
-.PHONY: venv demo test bench
+.PHONY: venv demo test docs bench
 venv: $(VENV)/.installed
 
 DEMO_RUNS := baseline pruned pruned+finetuned replicate replicate+finetuned
@@ -26,6 +27,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/scan_speed.py

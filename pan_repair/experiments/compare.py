@@ -69,6 +69,7 @@ def _pans_per_layer(runs: Sequence[LoggedRun], path: Path) -> Path | None:
                label=f"{run.name} ({sum(per_layer.values())})", color=_colour(i))
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(layers))], layers, rotation=90, fontsize=8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max(1, ax.get_ylim()[1]))  # counts: no negative axis, also when every run has 0 PANs
     ax.set(ylabel="PANs", title="PANs per layer at the last scan")
     ax.legend(fontsize=8)
     return _save(fig, path)
