@@ -6,19 +6,4 @@ from .padding import (BORDER_MODES, BatchNormPairing, Padding, PadTracker, blank
                       conv_padding, effective_weight, layer_padding, pad_module_padding, pool_padding,
                       unsupported_layers, untrained_bn)
 
-__all__ = [
-    "BatchNormPairing",
-    "PadTracker",
-    "blank_forward",
-    "Padding",
-    "conv_bn_pairs",
-    "conv_layers",
-    "conv_padding",
-    "effective_weight",
-    "layer_padding",
-    "pad_module_padding",
-    "pool_padding",
-    "unsupported_layers",
-    "untrained_bn",
-    "BORDER_MODES",
-]
+from .padding import __all__  # the same names
