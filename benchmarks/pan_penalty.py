@@ -16,8 +16,11 @@ setting trains its own copy on the same batches, interleaved round-robin in roun
 (whole ``every`` periods), on ``--threads`` threads; the fastest round of each (the least
 disturbed by other processes) over ``--rounds`` rounds, as a ratio to the plain step.
 
+``--data``: what ``PANRegularizer`` does, measured as it sees it: the penalty on the first 16
+training images (``PANPenalty(images=...)``) and the PANs by ``find_pans(model, data=<those 16>)``.
+
 Run: ``.venv/bin/python benchmarks/pan_penalty.py [--seeds 0 1 2 3 4] [--rounds 10] [--threads 1]
-[--settings NAME ...] [--skip-train]``; prints a markdown table.
+[--settings NAME ...] [--skip-train] [--data]``; prints a markdown table.
 """
 import argparse
 import platform
@@ -64,13 +67,16 @@ def term(penalty):
     return None if penalty is None else (lambda model, _x, _logits: penalty(model))
 
 
-def timing(train, settings: dict, rounds: int) -> dict[str, float]:
+def penalty(cfg, seed: int, images):
+    return None if cfg is None else PANPenalty(SIZE, seed=seed, images=images, **cfg)
+
+
+def timing(train, settings: dict, rounds: int, images=None) -> dict[str, float]:
     x, y = train
     runs = {}
     for name, cfg in settings.items():
         model = make_model(0)
-        runs[name] = (model, torch.optim.Adam(model.parameters(), lr=LR),
-                      None if cfg is None else PANPenalty(SIZE, seed=0, **cfg))
+        runs[name] = (model, torch.optim.Adam(model.parameters(), lr=LR), penalty(cfg, 0, images))
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, len(x), (BATCH,), generator=gen) for _ in range(16)]
     for model, opt, pen in runs.values():  # warm-up (the first call builds the probes)
@@ -88,11 +94,11 @@ def timing(train, settings: dict, rounds: int) -> dict[str, float]:
     return {name: min(v) / len(batches) for name, v in times.items()}
 
 
-def train_and_measure(seed: int, cfg, train, val) -> tuple[int, int, float]:
+def train_and_measure(seed: int, cfg, train, val, images=None) -> tuple[int, int, float]:
     model = make_model(seed)
-    pen = None if cfg is None else PANPenalty(SIZE, seed=seed, **cfg)
+    pen = penalty(cfg, seed, images)
     train_plain(model, *train, EPOCHS, lr=LR, seed=seed, batch=BATCH, loss_term=term(pen), cosine=True)
-    report = find_pans(model, SIZE)
+    report = find_pans(model, SIZE) if images is None else find_pans(model, data=images)
     kinds = Counter(p.kind for p in report.pans)
     return kinds["border"], kinds["position"], accuracy(model, *val)
 
@@ -104,17 +110,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--settings", nargs="+", default=None, help="a subset of the rows (names as in the table)")
     parser.add_argument("--skip-train", action="store_true", help="step times only")
+    parser.add_argument("--data", action="store_true", help="penalty and PAN count on the first 16 training images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = {n: c for n, c in SETTINGS.items() if args.settings is None or n in args.settings or n == "none"}
     train, val = tensors("train"), tensors("val")
+    images = train[0][:16] if args.data else None
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch "
-          f"{torch.__version__}; {len(train[0])} training images, batch {BATCH}, {EPOCHS} epochs")
-    per_step = timing(train, settings, args.rounds)
+          f"{torch.__version__}; {len(train[0])} training images, batch {BATCH}, {EPOCHS} epochs; "
+          f"{'penalty and PANs on 16 training images' if args.data else 'data-free penalty and PANs'}")
+    per_step = timing(train, settings, args.rounds, images)
     results = {}
     if not args.skip_train:
         for name, cfg in settings.items():
-            results[name] = [train_and_measure(s, cfg, train, val) for s in args.seeds]
+            results[name] = [train_and_measure(s, cfg, train, val, images) for s in args.seeds]
             print(f"#   {name}: {results[name]}", flush=True)
     seeds = " / ".join(map(str, args.seeds))
     print(f"\n| setting (`PANPenalty` arguments) | PANs, seeds {seeds} (border + position) | mean PANs | "
