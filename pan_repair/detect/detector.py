@@ -22,9 +22,10 @@ exactly as found):
   positions whose windows touch no padding; each floored at 5% of the layer's median. So a
   channel that answers the padding's edge as it answers edges in the images (an edge filter on
   [0, 1] digits on white) scores about 1 or less; a border detector answers the border beyond
-  anything the content makes it do. Where the images' border equals what the padding adds (digits on black, in [0, 1]), the
-  first layer's ``D`` is 0: it cannot see the border there. First layer, uniform input ``v``:
-  ``D_top = -sum_{taps on the top padding} w * v``, checkable by hand. Needs an output of at least
+  anything the content makes it do. Where the images' border equals what the padding adds
+  (digits on black, in [0, 1]), the first layer's ``D`` is 0: it cannot see the border there.
+  First layer, uniform input ``v``: ``D_top = -sum_{taps on the top padding} w * v``, checkable
+  by hand. Needs an output of at least
   3x3; smaller layers are listed in ``report.unmeasured``.
 * *position score* ``p_c`` in [0, 1] (every conv): ``P`` base images (data images or probe
   textures) are rolled circularly to ``Q`` evenly spaced places along rows and along columns
@@ -44,7 +45,7 @@ exactly as found):
 **Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold`` (default 1.4 on
 probes, 2.5 on data), else of kind ``"position"`` if ``p_c >= position_threshold`` (default 0.9 on
 probes, 0.6 on data); each channel is counted once. ``sides``: the sides
-with ``rms_s / sigma_c >= border_threshold`` and at least half the strongest side's (border), or
+with ``rms_s / u_c >= border_threshold`` and at least half the strongest side's (border), or
 the axes with a score ``>= position_threshold`` (top+bottom for rolls along rows). ``sign``: +1 if
 the BatchNorm-scaled response is higher at the border (border kind: mean ``D`` on the strongest
 side, over the data images or the bright uniform probes; position kind: the roll that puts the
@@ -56,10 +57,11 @@ replicate (a content-preserving twin, same weights), ``output_shift`` = mean tot
 distance of the softmax outputs and ``flip_rate`` = share of changed argmax
 (:func:`pan_repair.metrics.functional.padding_reliance`; for non-(N, K) outputs, the relative
 L2 change, and no flip rate). A model with several outputs (heads) reports each under
-``"outputs"`` and the largest as its figures: one head that leans on the padding is enough. Each channel's *share* of it is its first-order part: with ``J``
-the summed log-probability of the predicted classes and ``D_c`` the channel's own padding effect
-over its whole output (zero minus replicate padding), ``a_c = |sum <dJ/dy_c, D_c>| / N`` (nats per
-image); ``share_c = a_c / sum a``. ``report.ranked()`` lists channels by share.
+``"outputs"`` and the largest as its figures: one head that leans on the padding is enough.
+Each channel's *share* of it is its first-order part: with ``J`` the summed log-probability of
+the predicted classes and ``D_c`` the channel's own padding effect over its whole output (zero
+minus replicate padding), ``a_c = |sum <dJ/dy_c, D_c>| / N`` (nats per image);
+``share_c = a_c / sum a``. ``report.ranked()`` lists channels by share.
 """
 from __future__ import annotations
 
@@ -447,7 +449,8 @@ def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor]
                input_size: tuple[int, ...]) -> tuple[dict[str, torch.Tensor] | None, bool]:
     """eta^2 (2, C) per conv of the border-free twin on ``grid`` (None: the model is its own twin);
     and whether the twin ran on all of it (False: rolls on the stride grid and the twin exactly
-    roll-invariant on the first base image, eta^2 = 0). ``spread``: per conv, the model's own std of responses over ``grid`` (C,)."""
+    roll-invariant on the first base image, eta^2 = 0). ``spread``: per conv, the model's own std
+    of responses over ``grid`` (C,)."""
     names = list(spread)
     twin = _border_free_twin(model)
     if twin is None:
