@@ -569,10 +569,7 @@ def table(rows: list[dict], header: str = "") -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in digits:
-            k = r.get("kinds", {})
-            kinds = "/".join(f"{k.get(t, 0)}{t[0]}" for t in ("border", "position"))
-            fk = r.get("free_kinds", {})
-            fkinds = "/".join(f"{fk.get(t, 0)}{t[0]}" for t in ("border", "position"))
+            kinds, fkinds = _kind_counts(r.get("kinds")), _kind_counts(r.get("free_kinds"))
             dep = r.get("dep") or {}
             t = r["targets"]
             lines.append(
@@ -595,8 +592,7 @@ def table(rows: list[dict], header: str = "") -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in lite:
-            k = r.get("kinds", {})
-            kinds = "/".join(f"{k.get(t, 0)}{t[0]}" for t in ("border", "position"))
+            kinds = _kind_counts(r.get("kinds"))
             dep = r.get("dep") or {}
             lines.append(
                 f"| {r['size']} | {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} "
@@ -640,6 +636,11 @@ def table(rows: list[dict], header: str = "") -> str:
 def _plain(v):
     """numpy scalars in the rows, as plain JSON values."""
     return v.item() if hasattr(v, "item") else str(v)
+
+
+def _kind_counts(kinds: dict | None) -> str:
+    """``{"border": 3, "position": 1}`` -> ``"3b/1p"``."""
+    return "/".join(f"{(kinds or {}).get(t, 0)}{t[0]}" for t in ("border", "position"))
 
 
 def _pair(v) -> str:

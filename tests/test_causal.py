@@ -19,9 +19,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pan_repair import DigitsCanvas, SmallCNN, find_pans
+from _scripts import benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +29,7 @@ CANVAS = 24          # digit 8x8 (scale 1): 17 vertical positions, 8 in the top 
 WIDTH, DEPTH, STRIDES = 24, 5, (2,)  # the third conv downsamples: total stride 2
 COPIES, EPOCHS, BATCH, LR = 4, 4, 128, 1e-2  # each training digit at 4 random places, 4 epochs
 SEED = 0
+VALIDITY = benchmark("detector_validity")
 RANDOM_DRAWS = 10
 
 # The scan sees what a callback sees: the first 16 training images (``data=``). Measured on this net
@@ -53,24 +54,10 @@ def _render(ds: DigitsCanvas, copies: int, seed: int) -> tuple[torch.Tensor, tor
 
 
 def _train(padding_mode: str, x: torch.Tensor, y: torch.Tensor, epochs: int = EPOCHS) -> SmallCNN:
+    """AdamW + one-cycle on both heads, the validity benchmark's training loop."""
     torch.manual_seed(SEED)
     model = SmallCNN(1, (10, 2), width=WIDTH, depth=DEPTH, strides=STRIDES, padding_mode=padding_mode)
-    opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=5e-4)
-    steps_per_epoch = (len(x) + BATCH - 1) // BATCH
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=epochs * steps_per_epoch, pct_start=0.25)
-    gen = torch.Generator().manual_seed(SEED)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), BATCH):
-            idx = perm[i:i + BATCH]
-            digit, half = model(x[idx])
-            loss = F.cross_entropy(digit, y[idx, 0]) + F.cross_entropy(half, y[idx, 1])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return VALIDITY.train(model, x, y, 1, epochs, LR, BATCH, SEED)
 
 
 @torch.no_grad()

@@ -2,8 +2,6 @@
 own parameters, running statistics untouched, and on the placement shortcut it removes the shortcut
 that fine-tuning alone keeps."""
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pan_repair import SmallCNN, converted_copy
-from pan_repair.repair.consistency import PaddingConsistency, padding_consistency
 from pan_repair.experiments.shortcut import shortcut_data
+from pan_repair.repair.consistency import PaddingConsistency, padding_consistency
+from _scripts import benchmark
 
 
 def test_zero_for_a_model_padded_like_its_twin():
@@ -98,10 +97,7 @@ def test_bad_arguments(make):
 
 @pytest.mark.slow
 def test_fine_tuning_with_it_removes_the_placement_shortcut():
-    spec = importlib.util.spec_from_file_location(
-        "bench", Path(__file__).resolve().parents[1] / "benchmarks" / "padding_consistency.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark("padding_consistency")
     train_set = shortcut_data(["train"], "biased")[:2]
     swapped = bench.tensors("swapped")
     base = bench.train(bench.net(0), train_set, 0)

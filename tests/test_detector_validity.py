@@ -17,20 +17,14 @@ The heads must be clearly above chance (digit > 0.70, half > 0.90) for the cell 
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from _scripts import benchmark
+
 pytestmark = pytest.mark.slow
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "detector_validity.py"
-_spec = importlib.util.spec_from_file_location("detector_validity_bench", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+bench = benchmark("detector_validity")
 
 _CELLS: dict[str, dict] = {}
 

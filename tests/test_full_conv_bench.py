@@ -1,7 +1,6 @@
 """benchmarks/full_conv.py at a tiny size: the relational task's geometry, a job's rows and
 columns, a resumable JSONL sweep and the table with its goal line; importable without wandb and
 jsonargparse (the GPU machine has neither)."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from _scripts import benchmark
+
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "full_conv.py"
-_spec = importlib.util.spec_from_file_location("full_conv_bench", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench  # dataclasses look their module up
-_spec.loader.exec_module(bench)
+bench = benchmark("full_conv")
 
 ROWS = ("none", "circular", "full", "consistency full")
 

@@ -1,20 +1,14 @@
 """benchmarks/mitigations.py at a tiny size: every row and column is there, with finite values."""
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
 
 from pan_repair import SmallCNN
+from _scripts import benchmark
 
 torch.set_num_threads(2)
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "mitigations.py"
-_spec = importlib.util.spec_from_file_location("mitigations_bench", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench  # dataclasses look their module up
-_spec.loader.exec_module(bench)
+bench = benchmark("mitigations")
 
 ROWS = ["baseline", "replicate", "prune PANs, low thr.", "prune + re-detect, low thr.",
         "prune random, low thr. (control)", "PAN penalty (default)", "padding consistency",

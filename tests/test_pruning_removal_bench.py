@@ -1,21 +1,15 @@
 """benchmarks/pruning_removal.py at a tiny size: every row and column is there, with finite values."""
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from pan_repair import SmallCNN
+from _scripts import benchmark
 
 torch.set_num_threads(2)
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "pruning_removal.py"
-_spec = importlib.util.spec_from_file_location("pruning_removal_bench", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+bench = benchmark("pruning_removal")
 
 NUMBERS = ["pans", "filters", "pan_channels", "scan_s", "params_original", "params_masked", "zeroed_masked",
            "removed_channels", "removed_layers", "removed_pan_channels", "not_removable_layers",

@@ -1,6 +1,5 @@
 """The demo pipeline as a new user runs it, at a reduced size: every stage leaves results.json with
 the expected numbers, W&B offline runs in one group, and the comparison report."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,13 @@ from pan_repair import SmallCNN
 from pan_repair.experiments.recipe_cli import run_recipe
 from pan_repair.runs.results import RunResult
 from pan_repair.runs.wandb_offline import read_offline_run
+from _scripts import load_script
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
+    return getattr(load_script(RECIPES / f"{name}.py", name), name)
 
 
 @pytest.mark.slow

@@ -2,23 +2,14 @@
 benchmarks/repair_table.py) at a tiny size: the tables have every requested row and seed, masking
 the detected PANs removes all of the baseline's PANs, replicate padding has zero padding reliance,
 and the paired edge gap sees a model that fails only at the edges."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-_BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from _scripts import benchmark
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", _BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = benchmark
 
 
 def _tables(text):

@@ -1,22 +1,15 @@
 """benchmarks/zoo.py: its checks catch what they must, and a fast subset of the zoo at 64 px runs
 every operation without a failure (refusals are allowed: one line, model unchanged)."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from pan_repair import convert_padding
+from _scripts import benchmark
 
 torch.set_num_threads(1)
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
-_spec = importlib.util.spec_from_file_location("zoo_bench", _PATH)
-zoo = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = zoo
-_spec.loader.exec_module(zoo)
+zoo = benchmark("zoo")
 
 #: Small architectures covering plain / ceil-mode / TF-"same" / weight-standardised / shuffled padding.
 FAST = ["resnet10t", "tf_mobilenetv3_small_minimal_100", "nf_regnet_b0", "tv:squeezenet1_1",

@@ -83,6 +83,7 @@ class PANRegularizerBase(ModelTarget):
         #: steps whose penalty failed (skipped, see above) and the latest reason
         self.skipped: dict[str, Any] = {"steps": 0, "reason": None}
         self._penalty_state: dict[str, Any] | None = None
+        self._sampled = False  # the calibration sample was taken (or restored) and handed to the penalty
         if self.input_size is not None:
             self._build()  # validates penalty_options now
 
@@ -118,7 +119,8 @@ class PANRegularizerBase(ModelTarget):
             self._ensure_input_size(pl_module, batch)
             if self.penalty is None:
                 self._build()
-        if self.penalty.images is None and self.penalty.kind == "detector":
+        if not self._sampled and self.penalty.kind == "detector":  # once, at the fit's first batch
+            self._sampled = True
             if self.calibration is None:
                 self._collect_calibration(batch)
                 # every rank measures on rank zero's images (all ranks reach the first batch together)

@@ -1,0 +1,24 @@
+"""Import the repository's scripts (benchmarks, recipes) as modules for the tests."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """``path`` executed as module ``name``, registered in ``sys.modules`` (dataclasses look their
+    module up there)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as module ``<name>_bench``."""
+    return load_script(ROOT / "benchmarks" / f"{name}.py", f"{name}_bench")
