@@ -44,7 +44,7 @@ def train_variant(name: str, callbacks: Sequence[Any], root: Path, group: str, e
     logger = WandbLogger(name=name, group=group, project="compare_runs", save_dir=str(root), offline=True)
     options = dict(max_epochs=epochs, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
                    enable_checkpointing=False, log_every_n_steps=5, num_sanity_val_steps=0)
-    monitor = PANMonitor(border_threshold=1.0)  # below the default 2.7: a small net's first PANs show
+    monitor = PANMonitor(every_n_epochs=1, border_threshold=1.0)  # below the default 2.5: a small net's first PANs show
     trainer = L.Trainer(callbacks=[*callbacks, monitor], logger=logger, **{**options, **trainer_kwargs})
     try:
         trainer.fit(module, data)

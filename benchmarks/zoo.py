@@ -70,7 +70,7 @@ CACHE = RESULTS / "zoo.jsonl"
 REPORT = RESULTS / "zoo.md"
 PACKAGE = str(Path(pan_repair.__file__).resolve().parent)
 FIND_ARGS = dict(n_patterns=2, n_positions=4)
-MONITOR_ARGS = dict(n_patterns=2, n_positions=4)
+MONITOR_ARGS = dict(n_patterns=2, n_positions=4, every_n_epochs=1)
 TOLERANCE = 1e-4
 SIZES = (64, 96)
 FALLBACK_SIZES = (96, 224)

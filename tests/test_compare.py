@@ -36,7 +36,7 @@ def _data() -> LitDigitsCanvasDataModule:
 
 def _fit(logger, callbacks=()) -> None:
     trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, logger=logger, log_every_n_steps=1,
-                        callbacks=[*callbacks, PANMonitor(border_threshold=0.5)], accelerator="cpu",
+                        callbacks=[*callbacks, PANMonitor(every_n_epochs=1, border_threshold=0.5)], accelerator="cpu",
                         num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)
     trainer.fit(_module(), _data())
@@ -58,7 +58,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         wandb.teardown()
         _fit(CSVLogger(root / "csv", name="switch"), [PaddingSwitch("replicate")])
         fit_stage(_module(), _data(), None, Stage(root / "recipe", "baseline", "grp", "test"), 1,
-                  [PANMonitor(border_threshold=0.5)], wandb=False,
+                  [PANMonitor(every_n_epochs=1, border_threshold=0.5)], wandb=False,
                   report_fn=lambda model: find_pans(model, (1, CANVAS, CANVAS), border_threshold=0.5, n_patterns=2))
     torch.set_num_threads(threads)
     return {"wandb": latest_run(root / "wb"), "csv": root / "csv" / "switch" / "version_0",

@@ -46,7 +46,7 @@ def _containment_warnings(recwarn) -> list[str]:
 @pytest.mark.slow
 def test_monitor_records_failed_scans_and_training_goes_on(tmp_path, monkeypatch, recwarn):
     monkeypatch.setattr(_target, "find_pans", _failing_at({2, 3}))
-    monitor = NS.monitor(border_threshold=THRESHOLD, output_dir=tmp_path / "out")
+    monitor = NS.monitor(every_n_epochs=1, border_threshold=THRESHOLD, output_dir=tmp_path / "out")
     logger = NS.pl.loggers.CSVLogger(tmp_path, name="csv", version=0)
     net, trainer = _fit(NS, tmp_path, [monitor], max_epochs=4, logger=logger)
     assert trainer.current_epoch == 4 and net.steps == 12
@@ -134,7 +134,7 @@ class _RankZeroFailingMonitor(NS.monitor):
 @pytest.mark.timeout(300)  # 40-60 s on 2 busy shared cores: the children re-import torch+Lightning
 def test_ddp_ranks_skip_a_failed_scan_alike(tmp_path):
     out = tmp_path / "out"
-    monitor = _RankZeroFailingMonitor(border_threshold=THRESHOLD, output_dir=out)
+    monitor = _RankZeroFailingMonitor(every_n_epochs=1, border_threshold=THRESHOLD, output_dir=out)
     NS.pl.seed_everything(0, verbose=False)
     trainer = _trainer(NS, tmp_path, callbacks=[monitor], strategy="ddp_spawn", devices=2, limit_train_batches=2)
     trainer.fit(NS.net(), _data(NS))
@@ -169,7 +169,7 @@ class _ResNet(NS.pl.LightningModule):
 def test_resnet18_at_32px_with_a_monitor_completes(tmp_path, recwarn):
     torch.manual_seed(0)
     images = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
-    monitor = NS.monitor(model_attr="model", output_dir=tmp_path / "out")
+    monitor = NS.monitor(every_n_epochs=1, model_attr="model", output_dir=tmp_path / "out")
     trainer = _trainer(NS, tmp_path, callbacks=[monitor], max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(_ResNet(), DataLoader(images, batch_size=8), DataLoader(images, batch_size=8))
     assert trainer.current_epoch == 1 and trainer.global_step == 2

@@ -182,7 +182,8 @@ class _ReparametrisedNet(NS.net):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(REPARAMETRIZE))
 def test_every_callback_on_a_reparametrised_model(kind, tmp_path, recwarn):
-    monitor = callbacks.PANMonitor(border_threshold=THRESHOLD, model_attr="model", output_dir=tmp_path)
+    monitor = callbacks.PANMonitor(every_n_epochs=1, border_threshold=THRESHOLD, model_attr="model",
+                                   output_dir=tmp_path)
     pruning = callbacks.PANPruning(border_threshold=THRESHOLD, model_attr="model", make_pruning_permanent=False)
     switch = callbacks.PaddingSwitch("replicate", at_epoch=1, model_attr="model")
     penalty = callbacks.PANRegularizer(model_attr="model")
@@ -206,7 +207,7 @@ def _classifier(seed: int = 0) -> BiasAwareClassifier:
 PARTNERS = {
     "validation": lambda: [],
     "consistency": lambda: [callbacks.PaddingConsistencyRegularizer(model_attr="model")],
-    "monitor": lambda: [callbacks.PANMonitor(border_threshold=THRESHOLD, model_attr="model")],
+    "monitor": lambda: [callbacks.PANMonitor(every_n_epochs=1, border_threshold=THRESHOLD, model_attr="model")],
     "switch": lambda: [callbacks.PaddingSwitch("replicate", at_epoch=1, model_attr="model")],
 }
 

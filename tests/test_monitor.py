@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pan_repair import SmallCNN, find_pans
 from pan_repair.callbacks import PANMonitor as PLMonitor
 from pan_repair.callbacks import PanHistory, PANMonitorBase, read_monitor_json
 from pan_repair.callbacks._namespaces import is_wandb_logger
+from pan_repair.callbacks.budget import ScanBudget
 from pan_repair.lightning import PANMonitor as LitMonitor
 from pan_repair.detect.plotting import border_response_maps
 from pan_repair.detect.report import LayerInfo, Pan, PanReport
@@ -44,7 +46,7 @@ def test_detector_and_maps_leave_global_rng_alone():
 @pytest.mark.parametrize("namespace", list(NAMESPACES))
 def test_same_seed_same_weights_with_and_without_monitor(namespace, tmp_path):
     ns = NAMESPACES[namespace]
-    monitors = [ns.monitor(border_threshold=THRESHOLD, output_dir=tmp_path / "a"),
+    monitors = [ns.monitor(every_n_epochs=1, border_threshold=THRESHOLD, output_dir=tmp_path / "a"),
                 ns.monitor(every_n_train_steps=2, border_threshold=THRESHOLD, prefix="steps", n_maps=0,
                            output_dir=tmp_path / "b")]
     with pytest.warns(UserWarning, match="no logger"):
@@ -110,7 +112,7 @@ def test_wandb_offline_logs_what_the_json_says(tmp_path, offline_wandb):
 
     ns = NAMESPACES["lightning.pytorch"]
     logger = WandbLogger(offline=True, save_dir=tmp_path, project="pans")
-    monitor = ns.monitor(border_threshold=THRESHOLD, n_maps=3)
+    monitor = ns.monitor(every_n_epochs=1, border_threshold=THRESHOLD, n_maps=3)
     _fit(ns, tmp_path, [monitor], max_epochs=3, logger=logger)
     logger.experiment.finish()
     run_dir = _complete_run(tmp_path)
@@ -202,11 +204,43 @@ def test_one_scan_per_epoch_with_mid_epoch_validation_or_none(tmp_path):
     assert [s["epoch"] for s in every.history.scans] == [0, 1, 2]
     assert [s["epoch"] for s in second.history.scans] == [1]
     # without validation the scan happens at the end of the training epoch
-    plain = ns.monitor(border_threshold=THRESHOLD, output_dir=tmp_path / "plain")
+    plain = ns.monitor(every_n_epochs=1, border_threshold=THRESHOLD, output_dir=tmp_path / "plain")
     with pytest.warns(UserWarning, match="no logger"):
         _fit(ns, tmp_path, [plain], limit_val_batches=0)
     assert [(s["epoch"], s["step"]) for s in plain.history.scans] == [(0, 3), (1, 6)]
     assert plain.json_path == tmp_path / "plain" / "pan_monitor.json"
+
+
+def test_scan_budget_allows_a_scan_once_training_has_paid_for_it():
+    now = [0.0]
+    budget = ScanBudget(0.02, clock=lambda: now[0])
+    budget.start()
+    now[0] = 1.0
+    assert budget.allows()  # the first scan: its cost is not known yet
+    budget.charge(0.5)
+    now[0] = 1.5  # 1 s of training, 0.5 s of scans
+    assert not budget.allows()
+    now[0] = 50.4  # 0.5 + 0.5 <= 0.02 * training needs 50 s of training: 50.5 s on the clock
+    assert not budget.allows() and budget.training() == pytest.approx(49.9)
+    now[0] = 50.6
+    assert budget.allows()
+
+
+@pytest.mark.slow
+def test_default_cadence_keeps_scans_within_the_budget(tmp_path):
+    ns = NAMESPACES["lightning.pytorch"]
+    default = ns.monitor(border_threshold=THRESHOLD, output_dir=tmp_path / "default")
+    free = ns.monitor(max_overhead=1e6, border_threshold=THRESHOLD, prefix="free", output_dir=tmp_path / "free")
+    assert default.max_overhead == 0.02 and default.settings()["max_overhead"] == 0.02
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(ns, tmp_path, [default, free], max_epochs=4, limit_train_batches=4)
+    # a scan of this small net costs far more than 2% of its 4-batch epochs: only the first is paid for
+    assert [s["epoch"] for s in default.history.scans] == [0]
+    assert [s["epoch"] for s in free.history.scans] == [0, 1, 2, 3]
+    budget = [str(w.message) for w in caught if "max_overhead" in str(w.message)]
+    assert len(budget) == 1 and "within 2% of the training time" in budget[0]  # warned once
+    assert ns.monitor(every_n_epochs=1).max_overhead is None  # an explicit cadence scans whatever it costs
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -216,8 +250,9 @@ def test_checkpoint_round_trip_two_monitors(namespace, tmp_path):
     ns = NAMESPACES[namespace]
 
     def monitors():
-        return [ns.monitor(border_threshold=THRESHOLD, output_dir=tmp_path / "json"),
-                ns.monitor(border_threshold=0.08, n_patterns=2, prefix="loose", output_dir=tmp_path / "json")]
+        return [ns.monitor(every_n_epochs=1, border_threshold=THRESHOLD, output_dir=tmp_path / "json"),
+                ns.monitor(every_n_epochs=1, border_threshold=0.08, n_patterns=2, prefix="loose",
+                           output_dir=tmp_path / "json")]
 
     first = monitors()
     ckpt = ns.pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -285,10 +320,13 @@ class RecordingMonitor(LitMonitor):
 def test_ddp_spawn_two_cpu_processes(tmp_path):
     ns = NAMESPACES["lightning.pytorch"]
     out = tmp_path / "out"
-    monitor = RecordingMonitor(border_threshold=THRESHOLD, output_dir=out)
+    monitor = RecordingMonitor(every_n_epochs=1, border_threshold=THRESHOLD, output_dir=out)
+    # under a budget rank zero decides whether to scan, for every rank (else the ranks would hang)
+    budgeted = RecordingMonitor(max_overhead=1e6, border_threshold=THRESHOLD, prefix="budget",
+                                output_dir=tmp_path / "budget")
     logger = ns.pl.loggers.CSVLogger(tmp_path, name="ddp", version=0)  # the parent cannot see the children's
     ns.pl.seed_everything(0, verbose=False)
-    trainer = _trainer(ns, tmp_path, callbacks=[monitor], logger=logger, strategy="ddp_spawn", devices=2,
+    trainer = _trainer(ns, tmp_path, callbacks=[monitor, budgeted], logger=logger, strategy="ddp_spawn", devices=2,
                        limit_train_batches=2)
     trainer.fit(ns.net(), _data(ns))
     assert (out / "writes.log").read_text().split() == ["0", "0"]  # rank zero only, once per scan
@@ -303,6 +341,8 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         counts = [int(float(r["pan/count"])) for r in csv.DictReader(f) if r.get("pan/count")]
     assert counts == [s["count"] for s in history.scans]
+    budget_history, _, _ = read_monitor_json(tmp_path / "budget" / "budget_monitor.json")
+    assert [s["epoch"] for s in budget_history.scans] == [0, 1]
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -316,6 +356,8 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
     (dict(position_threshold=1.5), "position_threshold"),
     (dict(n_maps=-1), "n_maps"),
     (dict(prefix="a/b"), "prefix"),
+    (dict(max_overhead=0), "max_overhead"),
+    (dict(max_overhead=float("nan")), "max_overhead"),
 ])
 def test_invalid_arguments(kwargs, match):
     for monitor in (PLMonitor, LitMonitor):
@@ -360,7 +402,7 @@ def test_batch_without_images_fails_before_training(namespace, tmp_path):
     net = ns.net()
     flat = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 576), torch.zeros(8).long()),
                                        batch_size=4)
-    trainer = _trainer(ns, tmp_path, callbacks=[ns.monitor()], limit_val_batches=0)
+    trainer = _trainer(ns, tmp_path, callbacks=[ns.monitor(every_n_epochs=1)], limit_val_batches=0)
     with pytest.raises(ns.pl.utilities.exceptions.MisconfigurationException, match="cannot infer input_size"):
         trainer.fit(net, flat)
     assert net.steps == 0
@@ -378,7 +420,7 @@ def test_input_size_from_example_input_array(tmp_path):
     ns = NAMESPACES["lightning.pytorch"]
     net = ns.net()
     net.example_input_array = torch.zeros(2, *INPUT)
-    monitor = ns.monitor()
+    monitor = ns.monitor(every_n_epochs=1)
     trainer = _trainer(ns, tmp_path, callbacks=[monitor], logger=ns.pl.loggers.CSVLogger(tmp_path), max_epochs=0)
     monitor.setup(trainer, net, "fit")
     assert monitor.input_size == INPUT and not monitor._checked

@@ -23,9 +23,13 @@ from torch import nn
 from ..detect.report import PanReport
 from ._namespaces import is_wandb_logger
 from ._target import ModelTarget, _attempt
+from .budget import ScanBudget
 from .history import PanHistory, pan_id
 
-__all__ = ["PANMonitorBase", "read_monitor_json", "MONITOR_FORMAT"]
+__all__ = ["PANMonitorBase", "read_monitor_json", "MONITOR_FORMAT", "DEFAULT_MAX_OVERHEAD"]
+
+#: share of the training time the default cadence lets the scans take
+DEFAULT_MAX_OVERHEAD = 0.02
 
 #: ``format`` field of the JSON file the monitor writes
 MONITOR_FORMAT = "pan_repair.monitor/1"
@@ -40,11 +44,15 @@ class PANMonitorBase(ModelTarget):
     (``import pytorch_lightning``) or ``pan_repair.lightning.PANMonitor``
     (``import lightning.pytorch``).
 
-    **Cadence.** By default once per epoch, at the end of the epoch's validation (or, in epochs
-    without validation, at ``on_train_epoch_end``); ``every_n_epochs=k`` scans after epochs
-    ``k-1, 2k-1, ...`` (0-based), ``every_n_train_steps=n`` instead scans in
-    ``on_train_batch_end`` when ``trainer.global_step`` is a multiple of ``n``. Only during
-    ``fit``; never during the sanity check or mid-epoch validation.
+    **Cadence.** By default after each epoch whose scan keeps the scans within ``max_overhead``
+    (default 2%) of the training time (:class:`~pan_repair.callbacks.budget.ScanBudget`: the
+    first epoch always; then every epoch when an epoch is 50 scans long or more, else every few
+    epochs; warned once when an epoch is skipped), at the end of the epoch's validation (or, in
+    epochs without validation, at ``on_train_epoch_end``). ``every_n_epochs=k`` scans after
+    epochs ``k-1, 2k-1, ...`` (0-based) whatever they cost (``every_n_epochs=1``: every epoch),
+    ``every_n_train_steps=n`` instead scans in ``on_train_batch_end`` when
+    ``trainer.global_step`` is a multiple of ``n``; ``max_overhead`` puts either under the
+    budget too. Only during ``fit``; never during the sanity check or mid-epoch validation.
 
     **What is scanned.** ``pl_module``, or its submodule ``model_attr`` (e.g. ``"model"``), with
     probe images of ``input_size = (C, H, W)``. If ``input_size`` is None it is taken from, in
@@ -96,8 +104,11 @@ class PANMonitorBase(ModelTarget):
 
     Args:
         input_size: ``(C, H, W)`` of the probe images; None to infer (see above).
-        every_n_epochs: scan every this many epochs (default 1 if neither cadence is set).
+        every_n_epochs: scan every this many epochs (default: each epoch the budget allows).
         every_n_train_steps: scan every this many optimizer steps instead.
+        max_overhead: the scans' share of the training time (wall clock) not to exceed; default
+            :data:`DEFAULT_MAX_OVERHEAD` without a cadence, none with ``every_n_epochs`` or
+            ``every_n_train_steps``.
         border_threshold, position_threshold, n_patterns, n_positions: passed to
             :func:`~pan_repair.find_pans` (``n_patterns=4`` halves the probe batch of the
             detector's default; enough for monitoring).
@@ -132,6 +143,7 @@ class PANMonitorBase(ModelTarget):
         *,
         every_n_epochs: int | None = None,
         every_n_train_steps: int | None = None,
+        max_overhead: float | None = None,
         border_threshold: float | None = None,
         position_threshold: float | None = None,
         n_patterns: int = 4,
@@ -150,8 +162,12 @@ class PANMonitorBase(ModelTarget):
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"PANMonitor: {name} must be a positive integer, got {value!r}")
+        if max_overhead is not None and (isinstance(max_overhead, bool) or not isinstance(max_overhead, (int, float))
+                                         or not (math.isfinite(max_overhead) and max_overhead > 0)):
+            raise ValueError(f"PANMonitor: max_overhead must be a share > 0 (e.g. 0.02), got {max_overhead!r}")
         if every_n_train_steps is None and every_n_epochs is None:
             every_n_epochs = 1
+            max_overhead = DEFAULT_MAX_OVERHEAD if max_overhead is None else max_overhead
         if border_threshold is not None and not (math.isfinite(border_threshold) and border_threshold > 0):
             raise ValueError(f"PANMonitor: border_threshold must be > 0, got {border_threshold}")
         if position_threshold is not None and not 0 < position_threshold <= 1:
@@ -163,6 +179,9 @@ class PANMonitorBase(ModelTarget):
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"PANMonitor: prefix must be letters, digits, '_', '.' or '-', got {prefix!r}")
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
+        self.max_overhead = None if max_overhead is None else float(max_overhead)
+        self._budget = None if max_overhead is None else ScanBudget(float(max_overhead))
+        self._budget_warned = False
         self.border_threshold, self.position_threshold = border_threshold, position_threshold
         self.n_patterns, self.n_positions = int(n_patterns), int(n_positions)
         self.log_tables, self.n_maps = bool(log_tables), int(n_maps)
@@ -195,6 +214,7 @@ class PANMonitorBase(ModelTarget):
     def settings(self) -> dict[str, Any]:
         return {"input_size": list(self.input_size) if self.input_size else None,
                 "every_n_epochs": self.every_n_epochs, "every_n_train_steps": self.every_n_train_steps,
+                "max_overhead": self.max_overhead,
                 "border_threshold": self.border_threshold, "position_threshold": self.position_threshold,
                 "n_patterns": self.n_patterns, "n_positions": self.n_positions, "model_attr": self.model_attr,
                 "prefix": self.prefix}
@@ -217,6 +237,10 @@ class PANMonitorBase(ModelTarget):
         if self.input_size is not None:  # the trial forward waits for the model's device; also a restored size
             self._ensure_input_size(pl_module)
 
+    def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        if self._budget is not None:
+            self._budget.start()
+
     def on_train_batch_start(self, trainer: Any, pl_module: nn.Module, batch: Any, batch_idx: int) -> None:
         self._ensure_input_size(pl_module, batch)
         self._collect_calibration(batch)
@@ -225,7 +249,8 @@ class PANMonitorBase(ModelTarget):
         n, step = self.every_n_train_steps, trainer.global_step
         if n is not None and step > 0 and step % n == 0 and step != self._last_step:
             self._last_step = step
-            self._scan(trainer, pl_module)
+            if self._affordable(trainer):
+                self._scan(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
         # only the end-of-epoch validation of fit (not the sanity check, not mid-epoch validation)
@@ -240,7 +265,22 @@ class PANMonitorBase(ModelTarget):
         n, epoch = self.every_n_epochs, trainer.current_epoch
         if n is not None and (epoch + 1) % n == 0 and epoch != self._last_epoch:
             self._last_epoch = epoch
-            self._scan(trainer, pl_module, epoch_end)
+            if self._affordable(trainer):
+                self._scan(trainer, pl_module, epoch_end)
+
+    def _affordable(self, trainer: Any) -> bool:
+        """Whether the budget (if any) allows a scan now; rank zero decides for every rank."""
+        if self._budget is None:
+            return True
+        allowed = self._budget.allows()
+        if trainer.world_size > 1:
+            allowed = trainer.strategy.broadcast(allowed, src=0)
+        if not allowed and not self._budget_warned and trainer.is_global_zero:
+            self._budget_warned = True
+            warnings.warn(f"PANMonitor: a scan takes {self._budget.last:.2f} s; scanning when the scans stay within "
+                          f"{self.max_overhead:.0%} of the training time (max_overhead), not after every epoch "
+                          "(every_n_epochs=1 scans after every epoch)", UserWarning, stacklevel=2)
+        return allowed
 
     # ----------------------------------------------------------------------------- the scan
     def _scan(self, trainer: Any, pl_module: nn.Module, epoch_end: bool = False) -> None:
@@ -253,6 +293,16 @@ class PANMonitorBase(ModelTarget):
         module = self._module(pl_module)
         if self.input_size is None:  # e.g. a step-0 checkpoint resumed without a batch seen
             return
+        if self._budget is None:
+            self._scan_and_log(trainer, module)
+            return
+        start = self._budget.clock()
+        try:
+            self._scan_and_log(trainer, module)
+        finally:
+            self._budget.charge(self._budget.clock() - start)
+
+    def _scan_and_log(self, trainer: Any, module: nn.Module) -> None:
         with _preserved_rng():
             report, failure = self._detect(trainer, module, border_threshold=self.border_threshold,
                                            position_threshold=self.position_threshold, n_patterns=self.n_patterns,

@@ -231,7 +231,7 @@ class Experiment:
 
     def monitor(self) -> PANMonitor:
         """A ``PANMonitor`` scanning like :meth:`scan` once per epoch."""
-        return self.calibrated(PANMonitor(input_size=self.input_size, **self.thresholds))
+        return self.calibrated(PANMonitor(input_size=self.input_size, every_n_epochs=1, **self.thresholds))
 
     def fit(self, module: BiasAwareClassifier, name: str, epochs: int, callbacks: Sequence[Any] = ()) -> RunResult:
         """Train ``module`` for ``epochs`` (0: evaluate only) as stage ``name``; kept in ``runs``."""

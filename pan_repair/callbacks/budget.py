@@ -1,0 +1,49 @@
+"""A time budget for a callback's periodic work (``PANMonitor``'s scans).
+
+A scan costs about as much whatever the data set, an epoch as much as the data set holds: once
+per epoch is a few percent of a small data set's training (a 1,400-image epoch at 32 px) and
+more with a large model on a small one (a 15 s scan of a pretrained model at 224 px after each
+100 s epoch of fine-tuning). With a budget ``b``, a scan runs only if
+
+    spent + last <= b * training
+
+``spent``: wall seconds in scans since the fit started; ``last``: the latest scan's seconds (the
+estimate of the next); ``training``: wall seconds since the fit started, scans excluded. So the
+scans take at most ``b`` of the training time, plus the first scan (its cost is unknown before
+it runs).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["ScanBudget"]
+
+
+@dataclass
+class ScanBudget:
+    """Scans within ``max_overhead`` (a share, e.g. 0.02) of the training time (module docs)."""
+
+    max_overhead: float
+    spent: float = 0.0
+    last: float = 0.0
+    started: float | None = None
+    clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+
+    def start(self) -> None:
+        """The fit's training starts now: nothing spent yet."""
+        self.started, self.spent, self.last = self.clock(), 0.0, 0.0
+
+    def training(self) -> float:
+        """Wall seconds of training since :meth:`start`, scans excluded."""
+        return 0.0 if self.started is None else self.clock() - self.started - self.spent
+
+    def allows(self) -> bool:
+        """Whether the next scan, at the latest scan's cost, keeps the scans within the budget."""
+        return self.spent + self.last <= self.max_overhead * self.training()
+
+    def charge(self, seconds: float) -> None:
+        """A scan took ``seconds``."""
+        self.spent += seconds
+        self.last = seconds
