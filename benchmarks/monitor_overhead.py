@@ -1,11 +1,12 @@
-"""Training time with and without ``PANMonitor`` at its default cadence (one scan per epoch).
+"""Training time with and without ``PANMonitor``: at its default cadence (each epoch its 2% time
+budget allows) and after every epoch (``every_n_epochs=1``).
 
 SmallCNN (5 conv blocks, 24 channels) on the digits canvas data (32x32, the full train split),
-``lightning.pytorch``, CSV logging in a temporary folder for both arms. The two arms alternate
-(without/with, then with/without, ...) in one process and the best time of each is kept, so
-drift in a shared machine's load hits both. Prints wall and CPU (process) time of both arms and
-their ratios, and the CPU time spent inside the monitor's scans over the training's CPU time:
-on a busy shared machine the last is the steadiest estimate of the overhead.
+``lightning.pytorch``, CSV logging in a temporary folder for every arm. The arms alternate (their
+order rotates each repeat) in one process and the best time of each is kept, so drift in a shared
+machine's load hits all. Prints wall and CPU (process) time of each arm and their ratios to the
+run without monitor, and the CPU time spent inside the monitor's scans over the training's CPU
+time: on a busy shared machine the last is the steadiest estimate of the overhead.
 
     .venv/bin/python benchmarks/monitor_overhead.py [--epochs 3] [--repeats 2] [--threads 1]
 """
@@ -59,10 +60,14 @@ class TimedMonitor(PANMonitor):
         self.scan_seconds += time.process_time() - start
 
 
-def fit(epochs: int, monitor: bool, batch_size: int) -> dict[str, float]:
-    """Wall and CPU seconds of ``trainer.fit``; with the monitor also its scans and their CPU seconds."""
+ARMS = {"without": None, "default": {}, "every epoch": {"every_n_epochs": 1}}
+
+
+def fit(epochs: int, monitor: dict | None, batch_size: int) -> dict[str, float]:
+    """Wall and CPU seconds of ``trainer.fit``; with a monitor (its arguments) also its scans and
+    their CPU seconds."""
     L.seed_everything(0, verbose=False)
-    callbacks = [TimedMonitor()] if monitor else []
+    callbacks = [TimedMonitor(**monitor)] if monitor is not None else []
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=CSVLogger(root),
                             callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
@@ -72,7 +77,7 @@ def fit(epochs: int, monitor: bool, batch_size: int) -> dict[str, float]:
         trainer.fit(Classifier(), data)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     out = {"wall": wall, "cpu": cpu}
-    if monitor:
+    if monitor is not None:
         out.update(scans=len(callbacks[0].history.scans), scan_cpu=callbacks[0].scan_seconds)
     return out
 
@@ -89,25 +94,26 @@ def main() -> None:
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    fit(1, True, args.batch_size)  # warm-up: imports, allocator, first-call costs
-    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    fit(1, {}, args.batch_size)  # warm-up: imports, allocator, first-call costs
+    names = list(ARMS)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(args.repeats):
-        for monitor in ((False, True) if r % 2 == 0 else (True, False)):
-            result = fit(args.epochs, monitor, args.batch_size)
-            runs[monitor].append(result)
-            print(f"  run {r}: {'with   ' if monitor else 'without'} monitor  wall {result['wall']:7.2f} s  "
-                  f"cpu {result['cpu']:7.2f} s" + (f"  scans {result['scan_cpu']:.2f} s cpu" if monitor else ""))
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            result = fit(args.epochs, ARMS[name], args.batch_size)
+            runs[name].append(result)
+            print(f"  run {r}: {name:11s}  wall {result['wall']:7.2f} s  cpu {result['cpu']:7.2f} s"
+                  + (f"  {int(result['scans'])} scans {result['scan_cpu']:.2f} s cpu" if "scans" in result else ""))
     best = {m: {k: min(run[k] for run in runs[m]) for k in runs[m][0]} for m in runs}
-    without, with_ = best[False], best[True]
-    scans = int(with_["scans"])
+    without = best["without"]
     print(f"SmallCNN, digits 32x32, {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), "
           f"best of {args.repeats}")
-    print(f"without monitor: wall {without['wall']:.2f} s  cpu {without['cpu']:.2f} s")
-    print(f"with monitor:    wall {with_['wall']:.2f} s  cpu {with_['cpu']:.2f} s  "
-          f"({scans} scans, {1000 * with_['scan_cpu'] / max(scans, 1):.0f} ms cpu each)")
-    print(f"ratio wall {with_['wall'] / without['wall']:.4f}  cpu {with_['cpu'] / without['cpu']:.4f}  "
-          f"scans/training cpu {with_['scan_cpu'] / without['cpu']:+.2%}")
-
+    print(f"without monitor:      wall {without['wall']:.2f} s  cpu {without['cpu']:.2f} s")
+    for name in names[1:]:
+        arm = best[name]
+        scans = int(arm["scans"])
+        print(f"monitor, {name:11s}: wall {arm['wall']:.2f} s  cpu {arm['cpu']:.2f} s  ({scans} scans, "
+              f"{1000 * arm['scan_cpu'] / max(scans, 1):.0f} ms cpu each)  ratio wall {arm['wall'] / without['wall']:.4f}"
+              f"  cpu {arm['cpu'] / without['cpu']:.4f}  scans/training cpu {arm['scan_cpu'] / without['cpu']:+.2%}")
 
 if __name__ == "__main__":
     main()

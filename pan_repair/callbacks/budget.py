@@ -1,17 +1,4 @@
-"""A time budget for a callback's periodic work (``PANMonitor``'s scans).
-
-A scan costs about as much whatever the data set, an epoch as much as the data set holds: once
-per epoch is a few percent of a small data set's training (a 1,400-image epoch at 32 px) and
-more with a large model on a small one (a 15 s scan of a pretrained model at 224 px after each
-100 s epoch of fine-tuning). With a budget ``b``, a scan runs only if
-
-    spent + last <= b * training
-
-``spent``: wall seconds in scans since the fit started; ``last``: the latest scan's seconds (the
-estimate of the next); ``training``: wall seconds since the fit started, scans excluded. So the
-scans take at most ``b`` of the training time, plus the first scan (its cost is unknown before
-it runs).
-"""
+"""A time budget for a callback's periodic work (``PANMonitor``'s scans): :class:`ScanBudget`."""
 from __future__ import annotations
 
 import time
@@ -23,7 +10,20 @@ __all__ = ["ScanBudget"]
 
 @dataclass
 class ScanBudget:
-    """Scans within ``max_overhead`` (a share, e.g. 0.02) of the training time (module docs)."""
+    """Keeps scans within ``max_overhead`` (a share, e.g. 0.02) of the training time.
+
+    A scan costs about as much whatever the data set, an epoch as much as the data set holds: once
+    per epoch is a few percent of a small data set's training (a 1,400-image epoch at 32 px) and
+    more with a large model on a small one (a 15 s scan of a pretrained model at 224 px after each
+    100 s epoch of fine-tuning). A scan runs only if
+
+        spent + last <= max_overhead * training
+
+    ``spent``: wall seconds in scans since :meth:`start`; ``last``: the latest scan's seconds (the
+    estimate of the next); ``training``: wall seconds since :meth:`start`, scans excluded. So the
+    scans take at most ``max_overhead`` of the training time, plus the first scan (its cost is
+    unknown before it runs). ``clock``: seconds (``time.perf_counter``; replaceable in tests).
+    """
 
     max_overhead: float
     spent: float = 0.0
