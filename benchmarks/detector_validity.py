@@ -362,6 +362,9 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies
         row[key + "sel"] = round(selectivity(d), 4)
         row[key + "sel_random"] = round(selectivity(r), 4)
         row[key + "margin"] = round(selectivity(d) - selectivity(r), 4)
+    chs = _pans(report)
+    if chs:  # what the flagged channels carry, where silencing them may have no power
+        row.update(carried_position(_half_eta2(model, pairs, report, xte, yte, chans), report, chs))
     if single_channel:
         row["single_channel"] = single_channel_analysis(model, pairs, report, xte, yte, chans, base, free)
     row["targets"] = targets(row)
@@ -435,6 +438,28 @@ def single_channel_analysis(model, pairs, report, x, y, chans, base, free) -> di
         "per_channel": [[names[i], round(sel[i], 4), round(half[i], 4), border[i], position[i], share[i],
                          int(flagged[i]), round(float(half_eta[i]), 4)] for i in range(len(sel))],
     }
+
+
+@torch.no_grad()
+def carried_position(half_eta: np.ndarray, report, channels: list[tuple[str, int]]) -> dict:
+    """Mean half-label eta^2 (:func:`_half_eta2`) of the flagged channels, and its expectation for as
+    many random unflagged channels of the same layers (each flagged channel's layer-mates' mean):
+    how much more position the flagged channels carry than their layers' other channels. Unlike
+    silencing, it tells where a network's position is redundant (the head survives either set)."""
+    offset, start = 0, {}
+    for layer, s in report.scores.items():
+        start[layer] = offset
+        offset += len(s["position"])
+    flagged = set(channels)
+    own, mates = [], []
+    for layer, ch in channels:
+        n = len(report.scores[layer]["position"])
+        rest = [half_eta[start[layer] + c] for c in range(n) if (layer, c) not in flagged]
+        own.append(half_eta[start[layer] + ch])
+        mates.append(np.mean(rest) if rest else np.nan)
+    flagged_mean, layer_mean = float(np.mean(own)), float(np.nanmean(mates))
+    return {"eta_flagged": round(flagged_mean, 4), "eta_layer": round(layer_mean, 4),
+            "eta_margin": round(flagged_mean - layer_mean, 4)}
 
 
 @torch.no_grad()
@@ -562,11 +587,15 @@ def table(rows: list[dict], header: str = "") -> str:
             "of 5); sel = half drop - digit drop; margin = sel(flagged) - sel(random); dep = find_pans "
             "padding_dependence output_shift / flip_rate of the half head (the model's figure is the larger head's); rep acc = replicate-switched "
             "test accuracy digit / half; scan = data-scan seconds, x = scan / plain forward of the 16 images, "
-            "/ forward of a scan-sized batch (144 images).",
+            "/ forward of a scan-sized batch (144 images); half eta2 = share of a channel's pooled response "
+            "variance over the test images explained by the half label, mean of the flagged channels / of "
+            "their layers' unflagged channels (what they carry, where silencing has no power; - : not "
+            "measured in that run).",
             "",
             "| arch | conv. | size | acc | PANs (data) | free | twin | drop flagged | drop random | sel | margin "
-            "| free margin | dep shift / flip | rep acc | scan s (x16, x144) | targets: twin0 / margin / frac / trained |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| half eta2 flagged / layer | free margin | dep shift / flip | rep acc | scan s (x16, x144) "
+            "| targets: twin0 / margin / frac / trained |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in digits:
             kinds, fkinds = _kind_counts(r.get("kinds")), _kind_counts(r.get("free_kinds"))
@@ -577,7 +606,8 @@ def table(rows: list[dict], header: str = "") -> str:
                 f"| {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} ({r['free_frac']:.1%}, "
                 f"{fkinds}) | {r['twin_pans']} / {r['twin_free_pans']} "
                 f"| {_pair(r.get('drop_flagged'))} | {_pair(r.get('drop_random'))}{' (ovl)' if r.get('random_overlap') else ''} "
-                f"| {_f(r.get('sel'), 3)} | {_f(r.get('margin'), 3)} | {_f(r.get('free_margin'), 3)} "
+                f"| {_f(r.get('sel'), 3)} | {_f(r.get('margin'), 3)} "
+                f"| {_f(r.get('eta_flagged'), 3)} / {_f(r.get('eta_layer'), 3)} | {_f(r.get('free_margin'), 3)} "
                 f"| {_f(dep.get('output_shift'), 3)} / {_f(dep.get('flip_rate'), 3)} "
                 f"| {r['rep_acc_digit']:.2f} / {r['rep_acc_half']:.2f} "
                 f"| {r['scan_s']:.2f} ({r['scan_s'] / r['fwd16_s']:.0f}x, {r['scan_s'] / r['fwd_scanbatch_s']:.1f}x) "
@@ -727,6 +757,11 @@ def summary(rows: list[dict]) -> str:
     t_missed = [_key(r) for r in trained if r["targets"].get("margin") is False]
     lines += ["", f"Among the {len(trained)} cells whose heads trained: margin >= +0.10 met in {len(t_met)}, missed in "
               f"{len(t_missed)} ({', '.join(t_missed) or '-'}), nothing flagged in {len(trained) - len(t_met) - len(t_missed)}."]
+    mute = [r for r in trained if r.get("drop_flagged") and max(abs(r["drop_flagged"][1]), abs(r["drop_random"][1])) < 0.02]
+    lines += ["", f"Silencing either set moves the half head by less than 0.02 in {len(mute)} of these cells (the test "
+              "has no power there: position is redundant): "
+              + (", ".join(f"{_key(r)} half eta2 {_f(r.get('eta_flagged'), 3)} vs {_f(r.get('eta_layer'), 3)}"
+                           for r in mute) or "-") + "."]
     free_missed_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] < MARGIN_TARGET]
     free_met_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] >= MARGIN_TARGET]
     free_frac = [_key(r) for r in rows if r.get("free_frac", 0) > FRACTION_TARGET
