@@ -707,7 +707,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="benchmarks/results/detector_validity.md")
     p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
     p.add_argument("--extra-jsonl", nargs="*", default=[],
-                   help="more rows to tabulate (a row replaces the main file's row of the same cell)")
+                   help="more rows to tabulate (a row's fields replace those of the main file's row of the same cell)")
     p.add_argument("--notes", default="benchmarks/results/detector_validity_notes.md",
                    help="appended to the results when it exists")
     a = p.parse_args(argv)
@@ -730,7 +730,10 @@ def main(argv=None) -> None:
                   file=sys.stderr, flush=True)
             rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
             Path(a.out).write_text(table(rows, header) + "\n")
-    rows = {_key(r): r for f in [a.jsonl, *a.extra_jsonl] for r in map(json.loads, Path(f).read_text().splitlines())}
+    rows: dict[str, dict] = {}
+    for f in [a.jsonl, *a.extra_jsonl]:  # a later file's row updates the cell's (same seed, same training)
+        for r in map(json.loads, Path(f).read_text().splitlines()):
+            rows[_key(r)] = {**rows.get(_key(r), {}), **r}
     text = table(list(rows.values()), header) + "\n" + summary(list(rows.values()))
     if Path(a.notes).exists():
         text += "\n" + Path(a.notes).read_text()
