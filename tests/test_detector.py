@@ -263,7 +263,7 @@ def test_input_convention_is_followed_and_recorded():
         find_pans(net, (1, 24, 24), mean=0.5)
 
 
-@pytest.mark.parametrize("size", [32, 48, 100])
+@pytest.mark.parametrize("size", [32, 48, 64, 96, 100, 128, 224])
 def test_circular_twin_has_no_pans_at_any_size(size):
     import torchvision
     from pan_repair import convert_padding
