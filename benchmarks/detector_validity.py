@@ -761,10 +761,16 @@ def summary(rows: list[dict]) -> str:
     lines += ["", f"Among the {len(trained)} cells whose heads trained: margin >= +0.10 met in {len(t_met)}, missed in "
               f"{len(t_missed)} ({', '.join(t_missed) or '-'}), nothing flagged in {len(trained) - len(t_met) - len(t_missed)}."]
     mute = [r for r in trained if r.get("drop_flagged") and max(abs(r["drop_flagged"][1]), abs(r["drop_random"][1])) < 0.02]
-    lines += ["", f"Silencing either set moves the half head by less than 0.02 in {len(mute)} of these cells (the test "
-              "has no power there: position is redundant): "
-              + (", ".join(f"{_key(r)} half eta2 {_f(r.get('eta_flagged'), 3)} vs {_f(r.get('eta_layer'), 3)}"
-                           for r in mute) or "-") + "."]
+    lines += ["", f"Silencing either set moves the half head by less than 0.02 in {len(mute)} of these cells (there "
+              "the test cannot show position, which the network holds redundantly; the margin comes from the digit "
+              "head): " + (", ".join(f"{_key(r)} half eta2 {_f(r.get('eta_flagged'), 3)} vs {_f(r.get('eta_layer'), 3)}"
+                                     for r in mute) or "-") + "."]
+    carried = [r for r in trained if r.get("eta_margin") is not None]
+    if carried:
+        diffs = [r["eta_margin"] for r in carried]
+        lines += ["", f"Half-label eta2 of the flagged channels above their layers' unflagged channels in "
+                  f"{sum(d > 0 for d in diffs)} of the {len(carried)} trained cells where it was measured "
+                  f"(by {min(diffs):+.3f} to {max(diffs):+.3f})."]
     free_missed_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] < MARGIN_TARGET]
     free_met_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] >= MARGIN_TARGET]
     free_frac = [_key(r) for r in rows if r.get("free_frac", 0) > FRACTION_TARGET
