@@ -363,10 +363,11 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies
         row[key + "sel_random"] = round(selectivity(r), 4)
         row[key + "margin"] = round(selectivity(d) - selectivity(r), 4)
     chs = _pans(report)
+    half_eta = _half_eta2(model, pairs, report, xte, yte, chans) if chs or single_channel else None
     if chs:  # what the flagged channels carry, where silencing them may have no power
-        row.update(carried_position(_half_eta2(model, pairs, report, xte, yte, chans), report, chs))
+        row.update(carried_position(half_eta, report, chs))
     if single_channel:
-        row["single_channel"] = single_channel_analysis(model, pairs, report, xte, yte, chans, base, free)
+        row["single_channel"] = single_channel_analysis(model, pairs, report, xte, yte, chans, base, free, half_eta)
     row["targets"] = targets(row)
     row["cell_s"] = round(time.perf_counter() - t0, 1)
     return row
@@ -403,9 +404,10 @@ def _corr(a, b) -> dict:
             "spearman": round(float(np.corrcoef(_rank(a), _rank(b))[0, 1]), 3)}
 
 
-def single_channel_analysis(model, pairs, report, x, y, chans, base, free) -> dict:
+def single_channel_analysis(model, pairs, report, x, y, chans, base, free, half_eta: np.ndarray) -> dict:
     """Each channel silenced alone: its (digit drop, half drop); correlation of its selectivity and half drop
-    with its border, position and dependence-share scores; the flagged vs the most selective channels."""
+    with its border, position and dependence-share scores (and with ``half_eta``, :func:`_half_eta2`);
+    the flagged vs the most selective channels."""
     names, border, position, share, sel, half, flagged, free_flag = [], [], [], [], [], [], [], []
     pan_set, free_set = set(_pans(report)), set(_pans(free))
     for layer, s in report.scores.items():
@@ -419,7 +421,6 @@ def single_channel_analysis(model, pairs, report, x, y, chans, base, free) -> di
             half.append(float(d[1]))
             flagged.append((layer, ch) in pan_set)
             free_flag.append((layer, ch) in free_set)
-    half_eta = _half_eta2(model, pairs, report, x, y, chans)
     sel_a, flag_a = np.array(sel), np.array(flagged)
     top = np.argsort(-sel_a)[:max(1, int(flag_a.sum()) or 10)]
     return {
@@ -440,7 +441,6 @@ def single_channel_analysis(model, pairs, report, x, y, chans, base, free) -> di
     }
 
 
-@torch.no_grad()
 def carried_position(half_eta: np.ndarray, report, channels: list[tuple[str, int]]) -> dict:
     """Mean half-label eta^2 (:func:`_half_eta2`) of the flagged channels, and its expectation for as
     many random unflagged channels of the same layers (each flagged channel's layer-mates' mean):
@@ -708,7 +708,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="benchmarks/results/detector_validity.md")
     p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
     p.add_argument("--extra-jsonl", nargs="*", default=[],
-                   help="more rows to tabulate (a row's fields replace those of the main file's row of the same cell)")
+                   help="more rows to tabulate (a row's fields replace those of the main file's row of the "
+                        "same cell)")
     p.add_argument("--notes", default="benchmarks/results/detector_validity_notes.md",
                    help="appended to the results when it exists")
     a = p.parse_args(argv)
@@ -761,11 +762,13 @@ def summary(rows: list[dict]) -> str:
     t_missed = [_key(r) for r in trained if r["targets"].get("margin") is False]
     lines += ["", f"Among the {len(trained)} cells whose heads trained: margin >= +0.10 met in {len(t_met)}, missed in "
               f"{len(t_missed)} ({', '.join(t_missed) or '-'}), nothing flagged in {len(trained) - len(t_met) - len(t_missed)}."]
-    mute = [r for r in trained if r.get("drop_flagged") and max(abs(r["drop_flagged"][1]), abs(r["drop_random"][1])) < 0.02]
+    mute = [r for r in trained
+            if r.get("drop_flagged") and max(abs(r["drop_flagged"][1]), abs(r["drop_random"][1])) < 0.02]
+    mute_etas = ", ".join(f"{_key(r)} half eta2 {_f(r.get('eta_flagged'), 3)} vs {_f(r.get('eta_layer'), 3)}"
+                          for r in mute)
     lines += ["", f"Silencing either set moves the half head by less than 0.02 in {len(mute)} of these cells (there "
               "the test cannot show position, which the network holds redundantly; the margin comes from the digit "
-              "head): " + (", ".join(f"{_key(r)} half eta2 {_f(r.get('eta_flagged'), 3)} vs {_f(r.get('eta_layer'), 3)}"
-                                     for r in mute) or "-") + "."]
+              f"head): {mute_etas or '-'}."]
     carried = [r for r in trained if r.get("eta_margin") is not None]
     if carried:
         diffs = [r["eta_margin"] for r in carried]

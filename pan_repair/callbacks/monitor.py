@@ -179,7 +179,6 @@ class PANMonitorBase(ModelTarget):
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"PANMonitor: prefix must be letters, digits, '_', '.' or '-', got {prefix!r}")
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
-        self.max_overhead = None if max_overhead is None else float(max_overhead)
         self._budget = None if max_overhead is None else ScanBudget(float(max_overhead))
         self._budget_warned = False
         self.border_threshold, self.position_threshold = border_threshold, position_threshold
@@ -196,6 +195,11 @@ class PANMonitorBase(ModelTarget):
         self._last_epoch = -1  # last epoch scanned in epochs mode
         self._last_step = -1   # last global step scanned in steps mode
         self._log_step = 0
+
+    @property
+    def max_overhead(self) -> float | None:
+        """The scans' share of the training time not to exceed (None: no budget)."""
+        return None if self._budget is None else self._budget.max_overhead
 
     _skip_message = "a PAN scan failed; it is recorded as failed in the history and JSON"
 
