@@ -415,3 +415,44 @@ def test_scan_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+class _ViewHead(nn.Module):
+    """Flattens its 4x4 map with ``view``: it cannot run on channels-last activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        y = self.features(x)
+        return self.fc(y.view(len(y), -1))
+
+
+def test_scan_layout_is_invisible(monkeypatch):
+    """On the CPU the scan's forwards run channels-last where the model can (faster convolutions),
+    contiguous where it cannot; the report is the layout's to within rounding."""
+    import pan_repair.detect.detector as detector
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", num_classes=5).eval()
+    data = torch.randn(8, 3, 48, 48)
+    size = (3, 48, 48)
+    assert detector._prepass(model, size, torch.device("cpu"), torch.float32)[2] == torch.channels_last
+    fast = find_pans(model, data=data)
+    with pytest.raises(RuntimeError, match="view size"):
+        _ViewHead()(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last))
+    assert detector._prepass(_ViewHead(), (3, 8, 8), torch.device("cpu"), torch.float32)[2] == \
+        torch.contiguous_format
+    assert find_pans(_ViewHead(), data=torch.randn(4, 3, 8, 8)).total_filters == 16
+
+    prepass = detector._prepass
+    monkeypatch.setattr(detector, "_prepass", lambda *a: (*prepass(*a)[:2], torch.contiguous_format))
+    plain = find_pans(model, data=data)
+    assert [(p.layer, p.channel, p.kind) for p in fast.pans] == [(p.layer, p.channel, p.kind) for p in plain.pans]
+    for name, scores in plain.scores.items():
+        for key in ("border", "position", "share"):
+            torch.testing.assert_close(torch.tensor(fast.scores[name][key]), torch.tensor(scores[key]),
+                                       atol=2e-4, rtol=1e-3)

@@ -107,6 +107,37 @@ def test_structural_copies_of_a_live_model(kind):
     assert not torch.equal(_outputs(clone, x), _outputs(model, x))  # independent
 
 
+class _SelfHooked(nn.Module):
+    """A module with a forward hook that is one of its own bound methods."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.calls = []
+        self.register_forward_hook(self._seen)
+
+    def _seen(self, module, inputs, output):
+        self.calls.append(module is self)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_shared_copy_owns_its_module_tree():
+    """The shared twin's tensors are the model's; its modules, containers and hooks are its own."""
+    model = nn.Sequential(_SelfHooked(), nn.BatchNorm2d(2))
+    model[1].shared = model[0].conv  # one module reachable twice stays one module in the copy
+    twin = structural_copy(model, share=True)
+    assert twin[0] is not model[0] and twin[0].conv.weight is model[0].conv.weight
+    assert twin[1].running_mean is model[1].running_mean and twin[1].shared is twin[0].conv
+    convert_padding(twin, "circular")
+    twin[1].register_forward_hook(lambda *args: None)
+    twin[0].extra = nn.ReLU()
+    assert type(model[0].conv) is nn.Conv2d and not model[1]._forward_hooks and "extra" not in model[0]._modules
+    twin(torch.randn(1, 1, 5, 5))
+    assert twin[0].calls == [True] and model[0].calls == []  # its own hook, bound to the copy
+
+
 # ------------------------------------------------------------------------------ detector and repairs
 @pytest.mark.parametrize("kind", list(REPARAMETRIZE))
 def test_find_pans_sees_the_computed_weights(kind):

@@ -235,6 +235,19 @@ def test_circular_wraps_beyond_the_input_size():
     torch.testing.assert_close(model(x), F.conv2d(x.repeat(1, 1, 3, 3), conv.weight, conv.bias))
 
 
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 1, 0, 1), (2, 1, 0, 3), (3, 0, 2, 2)])
+def test_circular_keeps_channels_last(pads):
+    """Channels-last in, channels-last out (F.pad's circular mode returns NCHW), same values."""
+    conv = nn.Conv2d(4, 4, 3, groups=4)
+    conv.padding = 0
+    model = nn.Sequential(nn.ConstantPad2d(pads, 0.0), conv).eval()
+    convert_padding(model, "circular")
+    x = torch.randn(2, 4, 5, 6).contiguous(memory_format=torch.channels_last)
+    padded = model[0](x)
+    assert padded.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(padded, F.pad(x.contiguous(), pads, mode="circular"))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_keeps_parameters_dtype_requires_grad_training(mode):
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), ScaledStdConv2dSame(3, 3, 3, stride=2),

@@ -218,7 +218,8 @@ class _Pooler:
     def __call__(self, y: torch.Tensor, op: str) -> torch.Tensor:
         per_image = y[0].numel()
         k = max(1, _CHUNK_BYTES // (4 * max(per_image, 1)))
-        if y.device.type != "cpu" or k >= len(y) or not y.is_contiguous():
+        channels_last = y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+        if y.device.type != "cpu" or k >= len(y) or not (y.is_contiguous() or channels_last):
             t = y.clamp_min(0) if op == "relu" else y.float().pow(2)
             return t.mean(dim=(2, 3), dtype=torch.float32)
         dtype = y.dtype if op == "relu" else torch.float32
@@ -228,7 +229,9 @@ class _Pooler:
         parts = []
         for i in range(0, len(y), k):
             chunk = y[i:i + k]
-            out = self._buffer[:chunk.numel()].view(chunk.shape)
+            out = self._buffer[:chunk.numel()]
+            out = out.view(chunk.shape) if not channels_last else \
+                out.view(len(chunk), *chunk.shape[2:], chunk.shape[1]).permute(0, 3, 1, 2)
             if op == "relu":
                 torch.clamp_min(chunk, 0, out=out)
             elif chunk.dtype == dtype:
@@ -321,37 +324,46 @@ def _inspection(model: nn.Module, **recorder: Any) -> Iterator[_Recorder]:
         rec.remove()
 
 
-def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> Any:
+def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
+         memory_format: torch.memory_format = torch.contiguous_format) -> Any:
     try:
-        return model(images)
+        return model(images.contiguous(memory_format=memory_format))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
 
 
 def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-             dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module]]:
+             dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module], torch.memory_format]:
     """One blank forward: the total stride (largest input/output size ratio over the convs, rows
-    and columns) and the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
-    :class:`~pan_repair.layers.BatchNormPairing`)."""
-    sizes: list[tuple[int, int]] = []
-
-    def conv_hook(module, inputs, output):
-        sizes.append(tuple(output.shape[-2:]))
-
-    handles = [conv.register_forward_hook(conv_hook) for name, conv in conv_layers(model)]
-    pairing = BatchNormPairing(model)
-    try:
-        with eval_mode(model), torch.no_grad():
-            _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size)
-    finally:
-        for handle in handles:
-            handle.remove()
-        pairing.remove()
+    and columns), the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
+    :class:`~pan_repair.layers.BatchNormPairing`) and the memory format the scan's forwards use:
+    channels-last on the CPU, where oneDNN's depthwise and padded convolutions run 1.1-1.8x
+    faster in it (``benchmarks/scan_speed.py``), unless the model cannot run on it (a ``view`` of
+    its activations, say); the model's own (contiguous) format elsewhere."""
+    formats = [torch.contiguous_format]
+    if device.type == "cpu" and len(input_size) == 3:
+        formats.insert(0, torch.channels_last)
+    for memory_format in formats:
+        sizes: list[tuple[int, int]] = []
+        handles = [conv.register_forward_hook(lambda module, inputs, output: sizes.append(tuple(output.shape[-2:])))
+                   for name, conv in conv_layers(model)]
+        pairing = BatchNormPairing(model)
+        try:
+            with eval_mode(model), torch.no_grad():
+                _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size, memory_format)
+            break
+        except ValueError:
+            if memory_format is formats[-1]:
+                raise
+        finally:
+            for handle in handles:
+                handle.remove()
+            pairing.remove()
     h, w = input_size[1:]
     spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
     stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
-    return stride, pairing.bns
+    return stride, pairing.bns, memory_format
 
 
 def total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
@@ -428,6 +440,12 @@ def _eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Ten
     return eta2.float().clamp(0, 1), edge_minus_centre.float()
 
 
+def _layer_eta2(responses: dict[str, torch.Tensor], grid: RollGrid) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`_eta2` of every layer's pooled responses (N, C) (a layer at a time: the temporaries
+    stay in cache)."""
+    return {name: _eta2(r, grid) for name, r in responses.items()}
+
+
 def _invariant(pooled: torch.Tensor, n_positions: int, scale: torch.Tensor) -> bool:
     """Responses (2 * Q, C) of one base image rolled along both axes do not move with the roll
     beyond ``_INVARIANT`` times ``scale`` (C,), the model's own spread of responses, plus rounding
@@ -446,7 +464,8 @@ def _border_free_twin(model: nn.Module) -> nn.Module | None:
 
 
 def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor], feeds_bn: dict[str, nn.Module],
-               input_size: tuple[int, ...]) -> tuple[dict[str, torch.Tensor] | None, bool]:
+               input_size: tuple[int, ...], memory_format: torch.memory_format
+               ) -> tuple[dict[str, torch.Tensor] | None, bool]:
     """eta^2 (2, C) per conv of the border-free twin on ``grid`` (None: the model is its own twin);
     and whether the twin ran on all of it (False: rolls on the stride grid and the twin exactly
     roll-invariant on the first base image, eta^2 = 0). ``spread``: per conv, the model's own std
@@ -459,13 +478,14 @@ def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor]
     q = grid.n_positions
     if grid.on_stride:  # rolls off the stride grid move even a circular network: no invariance to check for
         with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
-            _run(twin, grid.images[: 2 * q].to(device, dtype), input_size)
+            _run(twin, grid.images[: 2 * q].to(device, dtype), input_size, memory_format)
         first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
         if all(_invariant(r, q, spread[n]) for n, r in first.items()):
             return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
     with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
-        _run(twin, grid.images.to(device, dtype), input_size)
-    return {n: _eta2(rec.stats[n].response(), grid)[0] for n in names if rec.stats[n].response() is not None}, True
+        _run(twin, grid.images.to(device, dtype), input_size, memory_format)
+    responses = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
+    return {n: eta2 for n, (eta2, _) in _layer_eta2(responses, grid).items()}, True
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
@@ -489,7 +509,8 @@ class _Dependence:
     per_output: list[tuple[float, float | None]] = field(default_factory=list)  # models with several outputs
 
 
-def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...]) -> _Dependence:
+def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
+                        memory_format: torch.memory_format = torch.contiguous_format) -> _Dependence:
     """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
     part of it (see the module docstring)."""
     device, dtype = device_dtype(model)
@@ -516,7 +537,7 @@ def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tupl
     handles = [conv.register_forward_hook(hook(name)) for name, conv in conv_layers(model)]
     try:
         with eval_mode(model), torch.enable_grad():
-            out = _outputs(_run(model, x.requires_grad_(True), input_size))
+            out = _outputs(_run(model, x.requires_grad_(True), input_size, memory_format))
             if not out:
                 raise ValueError("the model's output holds no floating tensor")
             objective = sum(F.log_softmax(t.float(), dim=1).max(dim=1).values.sum() if _is_logits(t)
@@ -532,7 +553,7 @@ def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tupl
     twin = structural_copy(model)
     convert_padding(twin, "replicate")
     with eval_mode(twin), torch.no_grad():
-        switched = _outputs(_run(twin, x.detach(), input_size))
+        switched = _outputs(_run(twin, x.detach(), input_size, memory_format))
     per_output = []
     for a, b in zip(out, switched):
         a, b = a.detach().float(), b.float()
@@ -577,7 +598,13 @@ def _classify(stat: _LayerStats, position: torch.Tensor, eta2: torch.Tensor, edg
         scaled = kind == "position" and stat.pooled_act is not None  # BatchNorm already applied
         sign = 1 if raw * (1.0 if scaled else bn_sign_l[ch]) >= 0 else -1
         pans.append(Pan(stat.name, ch, sides, sign, score, kind, b, p))
-    return pans, {"border": [round(v, 5) for v in border_l], "position": [round(v, 5) for v in position_l]}
+    return pans, {"border": _rounded(border, 5), "position": _rounded(position, 5)}
+
+
+def _rounded(values: torch.Tensor, digits: int) -> list[float]:
+    """``values`` as floats rounded to ``digits`` decimals (``k / 10^digits``, the nearest double)."""
+    scale = 10.0 ** digits
+    return ((values.double() * scale).round() / scale).tolist()
 
 
 def _resolve_size(model: nn.Module, input_size: tuple[int, ...] | None, images: torch.Tensor | None,
@@ -685,7 +712,7 @@ def find_pans(
         position_threshold = DEFAULT_POSITION_THRESHOLD if images is None else DEFAULT_DATA_POSITION_THRESHOLD
     _check_input(model, input_size)
     device, dtype = device_dtype(model)
-    stride, feeds_bn = _prepass(model, input_size, device, dtype)
+    stride, feeds_bn, memory_format = _prepass(model, input_size, device, dtype)
     border_images, base = _probes(model, input_size, images, n_patterns, seed, assumptions,
                                   dict(input_range=input_range, mean=mean, std=std))
     grid = roll_grid(base, n_positions, stride)
@@ -698,26 +725,23 @@ def find_pans(
                    len(border_images) + grid.centred())
         with _inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn, n_scale=n_scale,
                          content=content) as rec:
-            _run(model, torch.cat([border_images, grid.images]).to(device, dtype), input_size)
+            _run(model, torch.cat([border_images, grid.images]).to(device, dtype), input_size, memory_format)
     finally:
         if bar is not None:
             bar.close()
     ran = [name for name, stat in rec.stats.items() if stat.ran]
     n_border = len(border_images)
-    model_eta, spread = {}, {}
-    for name in ran:
-        response = rec.stats[name].response()
-        if response is not None:
-            model_eta[name] = _eta2(response[n_border:], grid)
-            spread[name] = response[n_border:].std(dim=0)
-    twin_eta, twin_ran = _twin_eta2(model, grid, spread, feeds_bn, input_size)
+    responses = {name: rec.stats[name].response()[n_border:] for name in ran if rec.stats[name].response() is not None}
+    model_eta = _layer_eta2(responses, grid)
+    spread = {name: r.std(dim=0) for name, r in responses.items()}
+    twin_eta, twin_ran = _twin_eta2(model, grid, spread, feeds_bn, input_size, memory_format)
     if twin_ran:
         assumptions.append("the border-free (circular) twin varies with the rolls: its position share subtracted")
     if not grid.on_stride:
         assumptions.append(f"rolls of {grid.step} px, not multiples of the total stride {stride}: "
                            "position is counted only beyond the border-free twin's")
     dep = _padding_dependence(model, (images if images is not None else base)[:_DEPENDENCE_IMAGES],
-                              input_size) if dependence else None
+                              input_size, memory_format) if dependence else None
     pans, scores, unmeasured = [], {}, {}
     for name in ran:
         stat = rec.stats[name]
@@ -738,7 +762,7 @@ def find_pans(
     if dep is not None:
         total = sum(sum(s["share"]) for s in scores.values()) or 1.0
         for s in scores.values():
-            s["share"] = [round(v / total, 6) for v in s["share"]]
+            s["share"] = _rounded(torch.tensor(s["share"], dtype=torch.float64) / total, 6)
         share_of = {(n, ch): v for n, s in scores.items() for ch, v in enumerate(s["share"])}
         pans = [replace(p, share=share_of.get((p.layer, p.channel), 0.0)) for p in pans]
     layers = [LayerInfo(name, type(rec.stats[name].conv).__name__, rec.stats[name].conv.out_channels,

@@ -146,16 +146,31 @@ def _full_pads(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int,
 
 
 def _wrap(x: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
-    """Circular padding of any size: ``out[i, j] = x[(i - top) mod H, (j - left) mod W]``
-    (``F.pad``'s circular mode where the pads fit the input: index_select along the last axis is
-    ~20x slower than the convolution that follows)."""
+    """Circular padding of any size: ``out[i, j] = x[(i - top) mod H, (j - left) mod W]``, in
+    ``x``'s memory format (``F.pad``'s circular mode returns NCHW; a depthwise convolution on CPU
+    runs several times slower on it than on channels-last). Pads larger than the input wrap
+    several times (index_select: ~20x slower than the convolution that follows)."""
     left, right, top, bottom = pads
     h, w = x.shape[-2:]
-    if max(left, right) <= w and max(top, bottom) <= h:
+    if max(left, right) > w or max(top, bottom) > h:
+        rows = torch.arange(-top, h + bottom, device=x.device) % h
+        cols = torch.arange(-left, w + right, device=x.device) % w
+        return x.index_select(-2, rows).index_select(-1, cols)
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
         return F.pad(x, pads, mode="circular")
-    rows = torch.arange(-top, h + bottom, device=x.device) % h
-    cols = torch.arange(-left, w + right, device=x.device) % w
-    return x.index_select(-2, rows).index_select(-1, cols)
+    out = torch.empty((*x.shape[:-2], h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    body = out[..., top:top + h, :]
+    body[..., left:left + w] = x
+    if top:
+        out[..., :top, left:left + w] = x[..., h - top:, :]
+    if bottom:
+        out[..., top + h:, left:left + w] = x[..., :bottom, :]
+    if left:  # the corners come with the columns, from the rows just filled
+        out[..., :left] = out[..., w:w + left]
+    if right:
+        out[..., left + w:] = out[..., left:left + right]
+    return out
 
 
 def _reflect_fits(hw: tuple[int, int], pads: tuple[int, ...]) -> bool:
