@@ -322,7 +322,8 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies
     sample = _chans(xtr[:SAMPLE], chans)
     input_size = tuple(sample.shape[1:])
     pairs = conv_bn_pairs(model, input_size)
-    row = dict(arch=arch, convention=convention, size=size, train_images=len(xtr), test_images=len(xte),
+    row = dict(arch=arch, convention=convention, size=size, seed=seed, threads=torch.get_num_threads(),
+               train_images=len(xtr), test_images=len(xte),
                epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4))
     report, t_scan = _timed(find_pans, model, data=sample)
     n = report.total_filters
@@ -691,11 +692,11 @@ def default_cells() -> list[str]:
     return cells
 
 
-def run_cell(cell: str, single: set[str], log=print) -> dict:
+def run_cell(cell: str, single: set[str], log=print, seed: int = 0) -> dict:
     arch, conv, size = cell.split(":")
     if arch == "lite0":
         return measure_lite0_cell(int(size), log)
-    return measure_digits_cell(arch, conv, int(size), log, single_channel=cell in single)
+    return measure_digits_cell(arch, conv, int(size), log, seed=seed, single_channel=cell in single)
 
 
 def main(argv=None) -> None:
@@ -704,6 +705,7 @@ def main(argv=None) -> None:
     p.add_argument("--single-channel", nargs="*", default=["smallcnn:black:32", "smallcnn:norm:32"],
                    help="cells that also get the single-channel selectivity analysis")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the digits cells' data, initialisation and training")
     p.add_argument("--jsonl", default="benchmarks/results/detector_validity.jsonl")
     p.add_argument("--out", default="benchmarks/results/detector_validity.md")
     p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
@@ -724,7 +726,7 @@ def main(argv=None) -> None:
             if cell in done:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {cell}", file=sys.stderr, flush=True)
-            row = run_cell(cell, set(a.single_channel))
+            row = run_cell(cell, set(a.single_channel), seed=a.seed)
             with open(a.jsonl, "a") as f:
                 f.write(json.dumps(row, default=_plain) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in ("single_channel", "assumptions", "layers")},
