@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 TARGETS = ("twin0", "margin", "frac", "trained")
@@ -25,22 +26,40 @@ def _key(r: dict) -> str:
 
 def _run_name(rows: list[dict], path: str) -> str:
     seeds = {r.get("seed", 0) for r in rows if r["arch"] != "lite0"}
-    threads = {r.get("threads", 1) for r in rows}
+    threads = {r.get("threads", 1) for r in rows if r["arch"] != "lite0"}
     return (f"seed {','.join(map(str, sorted(seeds))) or '-'}, {','.join(map(str, sorted(threads)))} thread(s) "
             f"({Path(path).name})")
 
 
 def _cell(r: dict) -> str:
-    margin = "-" if r.get("sel") is None else f"{r['sel']['margin']:+.2f}"
+    margin = "-" if r.get("margin") is None else f"{r['margin']:+.2f}"
+    eta = "" if r.get("eta_margin") is None else f", eta2 {r['eta_margin']:+.2f}"
     verdicts = "/".join(MARK[r["targets"].get(t)] for t in TARGETS)
-    return f"{r['pans']} ({100 * r['frac']:.1f}%), margin {margin}, twin {r['twin_pans']}; {verdicts}"
+    return f"{r['pans']} ({100 * r['frac']:.1f}%), margin {margin}{eta}, twin {r['twin_pans']}; {verdicts}"
+
+
+def _run_summary(name: str, rows: dict[str, dict], cells: list[str]) -> str:
+    """Per run, over the rerun cells: margin met / where flagged in trained cells; flagged > layer-mates
+    in half-label eta2; <= 10% unless selective."""
+    rs = [rows[c] for c in cells if c in rows]
+    trained = [r for r in rs if r["targets"].get("trained") is True and r["targets"].get("margin") is not None]
+    eta = [r["eta_margin"] for r in trained if r.get("eta_margin") is not None]
+    frac = [r["targets"].get("frac") for r in rs if r["targets"].get("frac") is not None]
+    return (f"| {name} | {sum(r['targets']['margin'] is True for r in trained)} of {len(trained)} | "
+            + (f"{sum(e > 0 for e in eta)} of {len(eta)} ({min(eta):+.2f} to {max(eta):+.2f})" if eta else "-")
+            + f" | {sum(frac)} of {len(frac)} | {sum(r['twin_pans'] == 0 for r in rs)} of {len(rs)} |")
 
 
 def tabulate(paths: list[str]) -> str:
     runs = []
-    for path in paths:
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        runs.append((_run_name(rows, path), {_key(r): r for r in rows}))
+    for path in paths:  # "a.jsonl,b.jsonl": b's fields update a's rows of the same cell
+        merged: dict[str, dict] = {}
+        for part in path.split(","):
+            for line in Path(part).read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    merged[_key(r)] = {**merged.get(_key(r), {}), **r}
+        runs.append((_run_name(list(merged.values()), path.split(",")[0]), merged))
     cells = [k for k in runs[0][1] if any(k in rows for _, rows in runs[1:])]
     lines = ["| cell | " + " | ".join(name for name, _ in runs) + " | verdicts agree |",
              "|---|" + "---|" * (len(runs) + 1)]
@@ -53,20 +72,30 @@ def tabulate(paths: list[str]) -> str:
                      + f" | {'yes' if same else '**no**'} |")
     twin = sum(1 for cell in cells for _, rows in runs if cell in rows and rows[cell]["twin_pans"] == 0)
     total = sum(1 for cell in cells for _, rows in runs if cell in rows)
-    return ("Verdicts: twin 0 / margin >= +0.10 where flagged / <= 10% flagged unless selective / heads trained.\n\n"
+    per_run = ["| run | margin >= +0.10 (trained cells with flags) | flagged carry more half-label eta2 than "
+               "their layer-mates | <= 10% unless selective | circular twin 0 |", "|---|---|---|---|---|"]
+    per_run += [_run_summary(name, rows, cells) for name, rows in runs]
+    return ("Per cell: PANs (fraction), margin = selectivity of the flagged minus random same-layer channels, "
+            "eta2 = half-label eta2 of the flagged minus their layer-mates, the circular twin's PANs; verdicts: "
+            "twin 0 / margin >= +0.10 where flagged / <= 10% flagged unless selective / heads trained.\n\n"
             + "\n".join(lines) + f"\n\nCells rerun: {len(cells)}; verdicts identical in every run: {agree} of "
-            f"{len(cells)}; circular twin 0 in {twin} of {total} scans.\n")
+            f"{len(cells)}; circular twin 0 in {twin} of {total} scans.\n\n" + "\n".join(per_run) + "\n")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="JSON-lines files; the first is the reference")
+    p.add_argument("runs", nargs="+", help="JSON-lines files (a run's files joined by commas); the first run is "
+                                          "the reference")
     p.add_argument("--out", default=None, help="write the table here too")
     a = p.parse_args(argv)
     text = tabulate(a.runs)
     if a.out:
-        Path(a.out).write_text("## Validity matrix: verdicts over seeds and thread counts "
-                               "(benchmarks/detector_validity_stability.py)\n\n" + text)
+        Path(a.out).write_text(
+            "## Validity matrix: verdicts over seeds and thread counts (benchmarks/detector_validity_stability.py)\n\n"
+            f"`python benchmarks/detector_validity_stability.py {' '.join(a.runs)}`, {time.strftime('%Y-%m-%d')}. "
+            "The reruns: `python benchmarks/detector_validity.py --cells <the cells below> --seed S --threads T "
+            "--jsonl <file>` (one row per cell; a seed draws the canvases, the initialisation and the training "
+            "order; two threads change the floating-point order of the training's sums).\n\n" + text)
     print(text)
 
 
