@@ -87,8 +87,10 @@ def _shared_tree(model: nn.Module) -> nn.Module:
     """A new module tree over ``model``'s tensors: every module a new object of its class whose
     attributes are the original's, its containers (submodules, parameters, buffers, hook tables,
     lists, sets) copied one level and its submodules copied likewise; hooks bound to a copied
-    module rebound to its copy. What ``copy.deepcopy`` with every tensor memoised gives, in one
-    pass instead of a generic walk over every object (10x faster on a 300-module timm model)."""
+    module rebound to its copy. Other objects (hook objects, what a container holds but modules)
+    are shared: replacing or adding modules, hooks and entries in the copy leaves ``model`` as it
+    was. 2-3 ms for a 300-module timm model, where ``copy.deepcopy`` walking every object took
+    15-30 ms."""
     copies: dict[int, nn.Module] = {}
 
     def tree(module: nn.Module) -> nn.Module:
