@@ -236,19 +236,36 @@ class Silencer:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, batch: int = 200) -> np.ndarray:
-    """(digit accuracy, half accuracy)."""
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, batch: int = 200) -> np.ndarray:
+    """(digit accuracy, half accuracy, digit information, half information): a head's information is
+    ``log K - mean NLL`` of its K classes, in nats per image above chance (what silencing can lower
+    even where the accuracy does not move: a half head right with less confidence)."""
     model.eval()
-    hits = np.zeros(2)
+    out = np.zeros(4)
     for i in range(0, len(x), batch):
-        digit, half = model(_chans(x[i:i + batch], chans))
-        hits += [(digit.argmax(1) == y[i:i + batch, 0]).sum().item(), (half.argmax(1) == y[i:i + batch, 1]).sum().item()]
-    return hits / len(x)
+        heads = model(_chans(x[i:i + batch], chans))
+        for h, (logits, target) in enumerate(zip(heads, y[i:i + batch].T)):
+            out[h] += (logits.argmax(1) == target).sum().item()
+            out[2 + h] += math.log(logits.shape[1]) * len(target) - F.cross_entropy(logits, target, reduction="sum").item()
+    return out / len(x)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int) -> np.ndarray:
+    """(digit accuracy, half accuracy)."""
+    return evaluate(model, x, y, chans)[:2]
 
 
 def drops(model, pairs, channels, x, y, chans, base) -> np.ndarray:
+    """``base`` minus :func:`evaluate` with ``channels`` silenced: accuracy drops (digit, half), then
+    information drops (nats per image)."""
     with Silencer(model, pairs, channels):
-        return base - accuracy(model, x, y, chans)
+        return base - evaluate(model, x, y, chans)
+
+
+def info_selectivity(d: np.ndarray, base: np.ndarray) -> float:
+    """Half minus digit information drop, each as a share of the head's information before silencing."""
+    return float(d[3] / max(base[3], 1e-6) - d[2] / max(base[2], 1e-6))
 
 
 def random_drops(model, pairs, channels, x, y, chans, base, draws=RANDOM_DRAWS, seed=1) -> tuple[np.ndarray, bool]:
@@ -326,13 +343,14 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies
     model, chans = build(arch, size, seed)
     epochs, lr, batch = budget(arch, size)
     _, t_train = _timed(train, model, xtr, ytr, chans, epochs, lr, batch, seed)
-    base = accuracy(model, xte, yte, chans)
+    base = evaluate(model, xte, yte, chans)
     sample = _chans(xtr[:SAMPLE], chans)
     input_size = tuple(sample.shape[1:])
     pairs = conv_bn_pairs(model, input_size)
     row = dict(arch=arch, convention=convention, size=size, seed=seed, threads=torch.get_num_threads(),
                train_images=len(xtr), test_images=len(xte),
-               epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4))
+               epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4),
+               info_digit=round(base[2], 4), info_half=round(base[3], 4))
     report, t_scan = _timed(find_pans, model, data=sample)
     n = report.total_filters
     row.update(filters=n, pans=report.count, frac=round(report.fraction, 4), kinds=_kinds(report),
@@ -365,8 +383,11 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, copies
             continue
         d = drops(model, pairs, chs, xte, yte, chans, base)
         r, overlap = random_drops(model, pairs, chs, xte, yte, chans, base)
-        row[key + "drop_flagged"] = [round(v, 4) for v in d]
-        row[key + "drop_random"] = [round(v, 4) for v in r]
+        row[key + "drop_flagged"] = [round(v, 4) for v in d[:2]]
+        row[key + "drop_random"] = [round(v, 4) for v in r[:2]]
+        row[key + "info_drop_flagged"] = [round(v / max(b, 1e-6), 4) for v, b in zip(d[2:], base[2:])]
+        row[key + "info_drop_random"] = [round(v / max(b, 1e-6), 4) for v, b in zip(r[2:], base[2:])]
+        row[key + "info_margin"] = round(info_selectivity(d, base) - info_selectivity(r, base), 4)
         row[key + "random_overlap"] = overlap
         row[key + "sel"] = round(selectivity(d), 4)
         row[key + "sel_random"] = round(selectivity(r), 4)
@@ -599,12 +620,14 @@ def table(rows: list[dict], header: str = "") -> str:
             "/ forward of a scan-sized batch (144 images); half eta2 = share of a channel's pooled response "
             "variance over the test images explained by the half label, mean of the flagged channels / of "
             "their layers' unflagged channels (what they carry, where silencing has no power; - : not "
-            "measured in that run).",
+            "measured in that run); info margin = the margin on information instead of accuracy (a head's "
+            "information: log K - NLL, nats above chance; drop as a share of it), which moves where a head stays "
+            "right with less confidence (- : not measured in that run).",
             "",
             "| arch | conv. | size | acc | PANs (data) | free | twin | drop flagged | drop random | sel | margin "
-            "| half eta2 flagged / layer | free margin | dep shift / flip | rep acc | scan s (x16, x144) "
+            "| info margin | half eta2 flagged / layer | free margin | dep shift / flip | rep acc | scan s (x16, x144) "
             "| targets: twin0 / margin / frac / trained |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in digits:
             kinds, fkinds = _kind_counts(r.get("kinds")), _kind_counts(r.get("free_kinds"))
@@ -615,7 +638,7 @@ def table(rows: list[dict], header: str = "") -> str:
                 f"| {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} ({r['free_frac']:.1%}, "
                 f"{fkinds}) | {r['twin_pans']} / {r['twin_free_pans']} "
                 f"| {_pair(r.get('drop_flagged'))} | {_pair(r.get('drop_random'))}{' (ovl)' if r.get('random_overlap') else ''} "
-                f"| {_f(r.get('sel'), 3)} | {_f(r.get('margin'), 3)} "
+                f"| {_f(r.get('sel'), 3)} | {_f(r.get('margin'), 3)} | {_f(r.get('info_margin'), 3)} "
                 f"| {_f(r.get('eta_flagged'), 3)} / {_f(r.get('eta_layer'), 3)} | {_f(r.get('free_margin'), 3)} "
                 f"| {_f(dep.get('output_shift'), 3)} / {_f(dep.get('flip_rate'), 3)} "
                 f"| {r['rep_acc_digit']:.2f} / {r['rep_acc_half']:.2f} "
