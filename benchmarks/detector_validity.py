@@ -23,7 +23,11 @@ Per cell:
   images when the set is silenced (forward hook zeroing the channel at the output of the BatchNorm the conv
   feeds, or of the conv if none); ``margin`` = flagged selectivity - mean over >= 5 draws of as many random
   channels of the same layers (not flagged, when a layer has enough unflagged ones). Target: margin >= +0.10
-  where any channel is flagged.
+  where any channel is flagged. ``info_margin``: the same on information instead of accuracy (a head's
+  information ``log K - NLL`` in nats above chance; each drop as a share of the head's own), which moves
+  where a head stays right with less confidence. ``eta_flagged`` / ``eta_layer``: the share of the
+  flagged channels' (their layers' other channels') pooled-response variance over the test images
+  explained by the half label: what they carry, where silencing has no power.
 * ``dep`` = ``report.padding_dependence`` (output_shift / flip_rate under replicate padding: for the
   two-head tuple output, find_pans reports each head and the larger; the table shows the half head's), and the replicate-switched model's test
   accuracies (digit, half).
@@ -32,7 +36,10 @@ Per cell:
 * Target "<= 10% flagged unless they carry position": frac <= 0.10 or margin >= 0.10.
 
 Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--jsonl ...] [--out ...]``;
-``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell.
+``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell. The
+published table: ``--from-jsonl --extra-jsonl benchmarks/results/detector_validity_carried.jsonl
+benchmarks/results/detector_validity_info.jsonl`` (cells rerun for the later columns, same seed and
+threads: same networks, same flags).
 """
 from __future__ import annotations
 
@@ -808,6 +815,14 @@ def summary(rows: list[dict]) -> str:
         lines += ["", f"Half-label eta2 of the flagged channels above their layers' unflagged channels in "
                   f"{sum(d > 0 for d in diffs)} of the {len(carried)} trained cells where it was measured "
                   f"(by {min(diffs):+.3f} to {max(diffs):+.3f})."]
+    informed = [r for r in trained if r.get("info_margin") is not None and r["targets"].get("margin") is False]
+    if informed:
+        half = ", ".join(f"{_key(r)} {r['info_drop_flagged'][1]:.3f} vs {r['info_drop_random'][1]:.3f} "
+                         f"(info margin {r['info_margin']:+.2f})" for r in informed)
+        more = sum(r["info_drop_flagged"][1] > r["info_drop_random"][1] for r in informed)
+        lines += ["", f"On information instead of accuracy (the share of a head's log K - NLL lost), in the {len(informed)} "
+                  f"missed cells where it was measured: silencing the flagged channels removes more of the half head's "
+                  f"information than silencing random ones in {more}; half-head share lost, flagged vs random: {half}."]
     free_missed_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] < MARGIN_TARGET]
     free_met_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] >= MARGIN_TARGET]
     free_frac = [_key(r) for r in rows if r.get("free_frac", 0) > FRACTION_TARGET

@@ -59,8 +59,9 @@ def tabulate(paths: list[str]) -> str:
                 if line.strip():
                     r = json.loads(line)
                     merged[_key(r)] = {**merged.get(_key(r), {}), **r}
-        runs.append((_run_name(list(merged.values()), path.split(",")[0]), merged))
+        runs.append((path.split(",")[0], merged))
     cells = [k for k in runs[0][1] if any(k in rows for _, rows in runs[1:])]
+    runs = [(_run_name([rows[c] for c in cells if c in rows], path), rows) for path, rows in runs]
     lines = ["| cell | " + " | ".join(name for name, _ in runs) + " | verdicts agree |",
              "|---|" + "---|" * (len(runs) + 1)]
     agree = 0
