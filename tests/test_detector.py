@@ -431,9 +431,25 @@ class _ViewHead(nn.Module):
         return self.fc(y.view(len(y), -1))
 
 
+class _ContiguousReader(nn.Module):
+    """Reads its activations' memory as if contiguous (``as_strided``): runs channels-last without an
+    error, but answers otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 8 * 8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        return self.head(y.as_strided((n, c * h * w), (c * h * w, 1)))
+
+
 def test_scan_layout_is_invisible(monkeypatch):
-    """On the CPU the scan's forwards run channels-last where the model can (faster convolutions),
-    contiguous where it cannot; the report is the layout's to within rounding."""
+    """On the CPU the scan's forwards run channels-last where the model gives the same outputs in it
+    (faster convolutions), contiguous where it raises or answers otherwise; the report is the same
+    in either layout to within rounding."""
     import pan_repair.detect.detector as detector
 
     torch.manual_seed(0)
@@ -447,6 +463,10 @@ def test_scan_layout_is_invisible(monkeypatch):
     assert detector._prepass(_ViewHead(), (3, 8, 8), torch.device("cpu"), torch.float32)[2] == \
         torch.contiguous_format
     assert find_pans(_ViewHead(), data=torch.randn(4, 3, 8, 8)).total_filters == 16
+    reader = _ContiguousReader().eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert not torch.allclose(reader(x), reader(x.contiguous(memory_format=torch.channels_last)))
+    assert detector._prepass(reader, (3, 8, 8), torch.device("cpu"), torch.float32)[2] == torch.contiguous_format
 
     prepass = detector._prepass
     monkeypatch.setattr(detector, "_prepass", lambda *a: (*prepass(*a)[:2], torch.contiguous_format))

@@ -336,34 +336,48 @@ def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
 def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
              dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module], torch.memory_format]:
     """One blank forward: the total stride (largest input/output size ratio over the convs, rows
-    and columns), the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
-    :class:`~pan_repair.layers.BatchNormPairing`) and the memory format the scan's forwards use:
-    channels-last on the CPU, where oneDNN's depthwise and padded convolutions run 1.1-1.8x
-    faster in it (``benchmarks/scan_speed.py``), unless the model cannot run on it (a ``view`` of
-    its activations, say); the model's own (contiguous) format elsewhere."""
-    formats = [torch.contiguous_format]
-    if device.type == "cpu" and len(input_size) == 3:
-        formats.insert(0, torch.channels_last)
-    for memory_format in formats:
-        sizes: list[tuple[int, int]] = []
-        handles = [conv.register_forward_hook(lambda module, inputs, output: sizes.append(tuple(output.shape[-2:])))
-                   for name, conv in conv_layers(model)]
-        pairing = BatchNormPairing(model)
-        try:
-            with eval_mode(model), torch.no_grad():
-                _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size, memory_format)
-            break
-        except ValueError:
-            if memory_format is formats[-1]:
-                raise
-        finally:
-            for handle in handles:
-                handle.remove()
-            pairing.remove()
+    and columns) and the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
+    :class:`~pan_repair.layers.BatchNormPairing`); and the memory format of the scan's forwards
+    (:func:`_memory_format`)."""
+    sizes: list[tuple[int, int]] = []
+
+    def conv_hook(module, inputs, output):
+        sizes.append(tuple(output.shape[-2:]))
+
+    handles = [conv.register_forward_hook(conv_hook) for name, conv in conv_layers(model)]
+    pairing = BatchNormPairing(model)
+    try:
+        with eval_mode(model), torch.no_grad():
+            _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+        pairing.remove()
     h, w = input_size[1:]
     spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
     stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
-    return stride, pairing.bns, memory_format
+    return stride, pairing.bns, _memory_format(model, input_size, device, dtype)
+
+
+def _memory_format(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                   dtype: torch.dtype) -> torch.memory_format:
+    """Channels-last on the CPU, where oneDNN's depthwise and padded convolutions run 1.1-1.8x
+    faster in it (``benchmarks/scan_speed.py``), if the model gives the same outputs in it on one
+    random image (to ``1e-3`` of their largest value): not a model that ``view``\ s its activations
+    (it raises) or reads their memory as contiguous (it answers otherwise). Contiguous elsewhere."""
+    if device.type != "cpu" or len(input_size) != 3:
+        return torch.contiguous_format
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    try:
+        with eval_mode(model), torch.no_grad():
+            plain = _outputs(model(x))
+            last = _outputs(model(x.contiguous(memory_format=torch.channels_last)))
+    except RuntimeError:
+        return torch.contiguous_format
+    same = len(plain) == len(last) and all(
+        a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())))
+        for a, b in zip(plain, last))
+    return torch.channels_last if same else torch.contiguous_format
 
 
 def total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
