@@ -594,8 +594,20 @@ def machine() -> str:
         pass
     import os
 
-    return (f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}, {torch.get_num_threads()} "
-            f"torch thread(s), Python {platform.python_version()}, {platform.platform()}")
+    return (f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}, Python "
+            f"{platform.python_version()}, {platform.platform()}")
+
+
+def threads_used(rows: list[dict]) -> str:
+    """The torch thread counts the cells ran with (rows without the field: 1, the default)."""
+    counts: dict[int, list[str]] = {}
+    for r in rows:
+        counts.setdefault(r.get("threads", 1), []).append(_key(r))
+    if len(counts) == 1:
+        return f"{next(iter(counts))} torch thread(s)"
+    parts = [f"{n} thread(s): {len(cells)} cells" + (f" ({', '.join(cells)})" if len(cells) <= 20 else "")
+             for n, cells in sorted(counts.items())]
+    return "torch threads per cell: " + "; ".join(parts)
 
 
 def _f(v, nd=2):
@@ -771,12 +783,13 @@ def main(argv=None) -> None:
                              default=_plain),
                   file=sys.stderr, flush=True)
             rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
-            Path(a.out).write_text(table(rows, header) + "\n")
+            Path(a.out).write_text(table(rows, f"{header}; {threads_used(rows)}") + "\n")
     rows: dict[str, dict] = {}
     for f in [a.jsonl, *a.extra_jsonl]:  # a later file's row updates the cell's (same seed, same training)
         for r in map(json.loads, Path(f).read_text().splitlines()):
             rows[_key(r)] = {**rows.get(_key(r), {}), **r}
-    text = table(list(rows.values()), header) + "\n" + summary(list(rows.values()))
+    text = table(list(rows.values()), f"{header}; {threads_used(list(rows.values()))}") + "\n" + \
+        summary(list(rows.values()))
     if Path(a.notes).exists():
         text += "\n" + Path(a.notes).read_text()
     Path(a.out).write_text(text)
