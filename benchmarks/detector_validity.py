@@ -243,7 +243,6 @@ class Silencer:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, batch: int = 200) -> np.ndarray:
     """(digit accuracy, half accuracy, digit information, half information): a head's information is
     ``log K - mean NLL`` of its K classes, in nats per image above chance (what silencing can lower

@@ -456,20 +456,19 @@ def test_scan_layout_is_invisible(monkeypatch):
     model = timm.create_model("mobilenetv3_small_050", num_classes=5).eval()
     data = torch.randn(8, 3, 48, 48)
     size = (3, 48, 48)
-    assert detector._prepass(model, size, torch.device("cpu"), torch.float32)[2] == torch.channels_last
+    assert detector._memory_format(model, size, torch.device("cpu"), torch.float32) == torch.channels_last
     fast = find_pans(model, data=data)
     with pytest.raises(RuntimeError, match="view size"):
         _ViewHead()(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last))
-    assert detector._prepass(_ViewHead(), (3, 8, 8), torch.device("cpu"), torch.float32)[2] == \
+    assert detector._memory_format(_ViewHead(), (3, 8, 8), torch.device("cpu"), torch.float32) == \
         torch.contiguous_format
     assert find_pans(_ViewHead(), data=torch.randn(4, 3, 8, 8)).total_filters == 16
     reader = _ContiguousReader().eval()
     x = torch.randn(2, 3, 8, 8)
     assert not torch.allclose(reader(x), reader(x.contiguous(memory_format=torch.channels_last)))
-    assert detector._prepass(reader, (3, 8, 8), torch.device("cpu"), torch.float32)[2] == torch.contiguous_format
+    assert detector._memory_format(reader, (3, 8, 8), torch.device("cpu"), torch.float32) == torch.contiguous_format
 
-    prepass = detector._prepass
-    monkeypatch.setattr(detector, "_prepass", lambda *a: (*prepass(*a)[:2], torch.contiguous_format))
+    monkeypatch.setattr(detector, "_memory_format", lambda *a: torch.contiguous_format)
     plain = find_pans(model, data=data)
     assert [(p.layer, p.channel, p.kind) for p in fast.pans] == [(p.layer, p.channel, p.kind) for p in plain.pans]
     for name, scores in plain.scores.items():

@@ -334,11 +334,10 @@ def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
 
 
 def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-             dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module], torch.memory_format]:
+             dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module]]:
     """One blank forward: the total stride (largest input/output size ratio over the convs, rows
     and columns) and the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
-    :class:`~pan_repair.layers.BatchNormPairing`); and the memory format of the scan's forwards
-    (:func:`_memory_format`)."""
+    :class:`~pan_repair.layers.BatchNormPairing`)."""
     sizes: list[tuple[int, int]] = []
 
     def conv_hook(module, inputs, output):
@@ -356,7 +355,7 @@ def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device
     h, w = input_size[1:]
     spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
     stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
-    return stride, pairing.bns, _memory_format(model, input_size, device, dtype)
+    return stride, pairing.bns
 
 
 def _memory_format(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
@@ -372,7 +371,7 @@ def _memory_format(model: nn.Module, input_size: tuple[int, ...], device: torch.
         with eval_mode(model), torch.no_grad():
             plain = _outputs(model(x))
             last = _outputs(model(x.contiguous(memory_format=torch.channels_last)))
-    except RuntimeError:
+    except Exception:  # noqa: BLE001 - any failure keeps the model's own layout; the scan's run reports real errors
         return torch.contiguous_format
     same = len(plain) == len(last) and all(
         a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())))
@@ -726,7 +725,8 @@ def find_pans(
         position_threshold = DEFAULT_POSITION_THRESHOLD if images is None else DEFAULT_DATA_POSITION_THRESHOLD
     _check_input(model, input_size)
     device, dtype = device_dtype(model)
-    stride, feeds_bn, memory_format = _prepass(model, input_size, device, dtype)
+    stride, feeds_bn = _prepass(model, input_size, device, dtype)
+    memory_format = _memory_format(model, input_size, device, dtype)
     border_images, base = _probes(model, input_size, images, n_patterns, seed, assumptions,
                                   dict(input_range=input_range, mean=mean, std=std))
     grid = roll_grid(base, n_positions, stride)
