@@ -476,14 +476,14 @@ def _border_free_twin(model: nn.Module) -> nn.Module | None:
     return twin if summary.changed else None
 
 
-def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor], feeds_bn: dict[str, nn.Module],
+def _twin_eta2(model: nn.Module, grid: RollGrid, responses: dict[str, torch.Tensor], feeds_bn: dict[str, nn.Module],
                input_size: tuple[int, ...], memory_format: torch.memory_format
                ) -> tuple[dict[str, torch.Tensor] | None, bool]:
     """eta^2 (2, C) per conv of the border-free twin on ``grid`` (None: the model is its own twin);
     and whether the twin ran on all of it (False: rolls on the stride grid and the twin exactly
-    roll-invariant on the first base image, eta^2 = 0). ``spread``: per conv, the model's own std
-    of responses over ``grid`` (C,)."""
-    names = list(spread)
+    roll-invariant on the first base image, eta^2 = 0). ``responses``: per conv, the model's own
+    pooled responses over ``grid`` (N, C); their std per channel is the scale of invariance."""
+    names = list(responses)
     twin = _border_free_twin(model)
     if twin is None:
         return None, False
@@ -493,12 +493,12 @@ def _twin_eta2(model: nn.Module, grid: RollGrid, spread: dict[str, torch.Tensor]
         with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
             _run(twin, grid.images[: 2 * q].to(device, dtype), input_size, memory_format)
         first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
-        if all(_invariant(r, q, spread[n]) for n, r in first.items()):
+        if all(_invariant(r, q, responses[n].std(dim=0)) for n, r in first.items()):
             return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
     with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
         _run(twin, grid.images.to(device, dtype), input_size, memory_format)
-    responses = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
-    return {n: eta2 for n, (eta2, _) in _layer_eta2(responses, grid).items()}, True
+    twin_responses = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
+    return {n: eta2 for n, (eta2, _) in _layer_eta2(twin_responses, grid).items()}, True
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
@@ -747,8 +747,7 @@ def find_pans(
     n_border = len(border_images)
     responses = {name: rec.stats[name].response()[n_border:] for name in ran if rec.stats[name].response() is not None}
     model_eta = _layer_eta2(responses, grid)
-    spread = {name: r.std(dim=0) for name, r in responses.items()}
-    twin_eta, twin_ran = _twin_eta2(model, grid, spread, feeds_bn, input_size, memory_format)
+    twin_eta, twin_ran = _twin_eta2(model, grid, responses, feeds_bn, input_size, memory_format)
     if twin_ran:
         assumptions.append("the border-free (circular) twin varies with the rolls: its position share subtracted")
     if not grid.on_stride:
