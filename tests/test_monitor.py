@@ -312,7 +312,10 @@ class RecordingMonitor(LitMonitor):
             f.write(f"{trainer.global_rank}\n")
 
     def on_train_end(self, trainer, pl_module):
+        from pan_repair.callbacks import _target
+
         (self.output_dir / f"history_rank{trainer.global_rank}.json").write_text(json.dumps(self.history.to_dict()))
+        (self.output_dir / f"exit_rank{trainer.global_rank}").write_text(str(_target._group_exit))
 
 
 @pytest.mark.slow
@@ -330,8 +333,10 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
                        limit_train_batches=2)
     trainer.fit(ns.net(), _data(ns))
     assert (out / "writes.log").read_text().split() == ["0", "0"]  # rank zero only, once per scan
-    assert sorted(p.name for p in out.iterdir()) == ["history_rank0.json", "history_rank1.json",
-                                                     "pan_monitor.json", "writes.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["exit_rank0", "exit_rank1", "history_rank0.json",
+                                                     "history_rank1.json", "pan_monitor.json", "writes.log"]
+    # every child destroys its gloo group at exit (see test_distributed_runs_destroy_their_group_at_exit)
+    assert [(out / f"exit_rank{r}").read_text() for r in (0, 1)] == ["[True]", "[True]"]
     ranks = [json.loads((out / f"history_rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # every rank holds rank zero's result
     history, last, _ = read_monitor_json(out / "pan_monitor.json")
@@ -343,6 +348,29 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
     assert counts == [s["count"] for s in history.scans]
     budget_history, _, _ = read_monitor_json(tmp_path / "budget" / "budget_monitor.json")
     assert [s["epoch"] for s in budget_history.scans] == [0, 1]
+
+
+def test_distributed_runs_destroy_their_group_at_exit(monkeypatch):
+    """A distributed run's callbacks register, once per process, an exit handler that destroys the
+    default process group while Python is still whole: a gloo group left to interpreter
+    finalisation can abort a ddp_spawn child after a finished fit (pytorch/pytorch#179291)."""
+    import torch.distributed as dist
+    from pan_repair.callbacks import _target
+
+    registered = []
+    monkeypatch.setattr(_target, "_group_exit", [])
+    monkeypatch.setattr(_target.atexit, "register", registered.append)
+    _target.destroy_group_at_exit()
+    _target.destroy_group_at_exit()
+    assert registered == [_target._destroy_group]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        registered[0]()
+        assert not dist.is_initialized()
+        registered[0]()  # no group: nothing to do
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------ bad input

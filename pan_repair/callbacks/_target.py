@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -50,6 +51,24 @@ def _attempt(compute: Callable[[], T]) -> tuple[T | None, str | None]:
         if isinstance(err, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
         return None, failure_reason(err)
+
+
+_group_exit: list[bool] = []  # the exit handler is registered (once per process)
+
+
+def destroy_group_at_exit() -> None:
+    """Once per process: destroy ``torch.distributed``'s default process group at interpreter exit,
+    while Python is still whole. Lightning does so for NCCL only; a gloo group (DDP on CPUs) left
+    to interpreter finalisation can abort its process ("terminate called without an active
+    exception", pytorch/pytorch#179291), which ``ddp_spawn`` reports as a failed ``fit``."""
+    if not _group_exit:
+        _group_exit.append(True)
+        atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 #: images of the training data every scan of a run is measured on
@@ -217,6 +236,8 @@ class ModelTarget:
         """``(compute(), None)`` (run on rank zero and broadcast if ``on_rank_zero``, else on every
         rank); if it raised (on any rank), ``(None, reason)`` on every rank alike, warned once
         per callback: a failure mid-run never stops training."""
+        if trainer.world_size > 1:
+            destroy_group_at_exit()
         if on_rank_zero:
             outcome = _attempt(compute) if trainer.is_global_zero else (None, None)
             if trainer.world_size > 1:
