@@ -736,7 +736,7 @@ def _pair(v) -> str:
 
 
 def default_cells() -> list[str]:
-    """The whole matrix (65 cells; about 3 h on one core, a third of it resnet18 at 224 px), cheapest
+    """The whole matrix (65 cells; about 4 h on one core, a third of it resnet18 at 224 px), cheapest
     and most needed first (a partial run is usable): SmallCNN at 32 and 64 px, resnet18 and
     mobilenet at 64 px, then the other sizes."""
     cells = [f"smallcnn:{c}:{s}" for s in (32, 64) for c in CONVENTIONS]
