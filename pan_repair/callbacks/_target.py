@@ -169,7 +169,10 @@ class ModelTarget:
             raise self._error(f"{type(pl_module).__name__} has no submodule model_attr={self.model_attr!r}") from None
 
     def _setup_target(self, trainer: Any, pl_module: nn.Module) -> nn.Module:
-        """At ``setup``: the module (it must hold a 2-D convolution) and ``input_size`` if known."""
+        """At ``setup``: the module (it must hold a 2-D convolution) and ``input_size`` if known; in a
+        distributed run, the process group destroyed at exit (:func:`destroy_group_at_exit`)."""
+        if trainer.world_size > 1:
+            destroy_group_at_exit()
         module = self._module(pl_module)
         if next(conv_layers(module), None) is None:
             where = f"{type(pl_module).__name__}.{self.model_attr}" if self.model_attr else type(pl_module).__name__
@@ -236,8 +239,6 @@ class ModelTarget:
         """``(compute(), None)`` (run on rank zero and broadcast if ``on_rank_zero``, else on every
         rank); if it raised (on any rank), ``(None, reason)`` on every rank alike, warned once
         per callback: a failure mid-run never stops training."""
-        if trainer.world_size > 1:
-            destroy_group_at_exit()
         if on_rank_zero:
             outcome = _attempt(compute) if trainer.is_global_zero else (None, None)
             if trainer.world_size > 1:
