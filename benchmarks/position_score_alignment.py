@@ -79,7 +79,7 @@ def main(argv=None) -> None:
         btr, _ = bench.render(size, "train", 2, 0)
         stats = (float(btr.mean()), float(btr.std()))
         model, chans = bench.build("smallcnn", size)
-        bench.train(model, xtr, ytr, chans, *bench.TRAIN["smallcnn"])
+        bench.train(model, xtr, ytr, chans, *bench.TRAIN["smallcnn"][:3])
         sample = xtr[:16]
         aligned = bench.apply_convention(centred(btr[:16], size), conv, stats, 99)
         rep = find_pans(model, data=sample, dependence=False)
