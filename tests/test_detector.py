@@ -392,16 +392,16 @@ def test_batchnorm_pairing_by_identity_and_hooks_removed():
 
 
 def test_chunked_pooling_equals_full_size_statistics():
-    from pan_repair.detect import detector
+    from pan_repair.detect import recorder
 
     y = torch.randn(37, 5, 64, 48)
-    pool = detector._Pooler()
-    old = detector._CHUNK_BYTES
-    detector._CHUNK_BYTES = 3 * 5 * 64 * 48 * 4  # three images a chunk, the last one partial
+    pool = recorder.Pooler()
+    old = recorder._CHUNK_BYTES
+    recorder._CHUNK_BYTES = 3 * 5 * 64 * 48 * 4  # three images a chunk, the last one partial
     try:
         relu, square = pool(y, "relu"), pool(y, "square")
     finally:
-        detector._CHUNK_BYTES = old
+        recorder._CHUNK_BYTES = old
     torch.testing.assert_close(relu, y.clamp_min(0).mean(dim=(2, 3)), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(square, y.pow(2).mean(dim=(2, 3)), rtol=1e-6, atol=1e-7)
 
@@ -451,24 +451,25 @@ def test_scan_layout_is_invisible(monkeypatch):
     (faster convolutions), contiguous where it raises or answers otherwise; the report is the same
     in either layout to within rounding."""
     import pan_repair.detect.detector as detector
+    from pan_repair.detect.forward import scan_memory_format
 
     torch.manual_seed(0)
     model = timm.create_model("mobilenetv3_small_050", num_classes=5).eval()
     data = torch.randn(8, 3, 48, 48)
     size = (3, 48, 48)
-    assert detector._memory_format(model, size, torch.device("cpu"), torch.float32) == torch.channels_last
+    assert scan_memory_format(model, size, torch.device("cpu"), torch.float32) == torch.channels_last
     fast = find_pans(model, data=data)
     with pytest.raises(RuntimeError, match="view size"):
         _ViewHead()(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last))
-    assert detector._memory_format(_ViewHead(), (3, 8, 8), torch.device("cpu"), torch.float32) == \
+    assert scan_memory_format(_ViewHead(), (3, 8, 8), torch.device("cpu"), torch.float32) == \
         torch.contiguous_format
     assert find_pans(_ViewHead(), data=torch.randn(4, 3, 8, 8)).total_filters == 16
     reader = _ContiguousReader().eval()
     x = torch.randn(2, 3, 8, 8)
     assert not torch.allclose(reader(x), reader(x.contiguous(memory_format=torch.channels_last)))
-    assert detector._memory_format(reader, (3, 8, 8), torch.device("cpu"), torch.float32) == torch.contiguous_format
+    assert scan_memory_format(reader, (3, 8, 8), torch.device("cpu"), torch.float32) == torch.contiguous_format
 
-    monkeypatch.setattr(detector, "_memory_format", lambda *a: torch.contiguous_format)
+    monkeypatch.setattr(detector, "scan_memory_format", lambda *a: torch.contiguous_format)
     plain = find_pans(model, data=data)
     assert [(p.layer, p.channel, p.kind) for p in fast.pans] == [(p.layer, p.channel, p.kind) for p in plain.pans]
     for name, scores in plain.scores.items():

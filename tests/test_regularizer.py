@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pan_repair import SmallCNN, find_pans
-from pan_repair.detect.detector import total_stride
+from pan_repair.detect.forward import total_stride
 from pan_repair.detect.probes import make_probes
 from pan_repair.repair.placement_probes import make_placement_probes, placements_of
 from pan_repair.repair.regularizer import PANPenalty, detector_penalty, pan_penalty

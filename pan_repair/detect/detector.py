@@ -65,25 +65,21 @@ minus replicate padding), ``a_c = |sum <dJ/dy_c, D_c>| / N`` (nats per image);
 """
 from __future__ import annotations
 
-import contextlib
-import threading
 import warnings
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from dataclasses import replace
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layers.border_geometry import border_windows, clean_range, strip
-from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, unsupported_layers, \
-    untrained_bn
-from ..metrics.functional import padding_reliance
-from ..layers.module_state import device_dtype, eval_mode, structural_copy
-from ..layers.padding_switch import convert_padding
-from .probes import RollGrid, calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
+from ..layers.module_state import device_dtype
+from ..layers.padding import conv_layers, untrained_bn, unsupported_layers
+from .dependence import DEPENDENCE_IMAGES, padding_dependence
+from .forward import check_input, prepass, run_model, scan_memory_format, total_stride
+from .position import layer_eta2, twin_eta2
+from .probes import calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
+from .recorder import LayerStats, inspection
 from .report import SIDES, LayerInfo, Pan, PanReport
 
 __all__ = ["find_pans", "probe_batch", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
@@ -100,308 +96,6 @@ DEFAULT_POSITION_THRESHOLD = 0.9
 #: channels score lower: on the causal digits CNN its position carriers score 0.6-0.9 on data)
 DEFAULT_DATA_POSITION_THRESHOLD = 0.6
 _SIGMA_FLOOR = 0.05
-#: elementwise temporaries of the statistics (relu, square) are made this many bytes at a time, in
-#: one reused buffer: a full-size temporary of a large activation costs more (fresh memory, page
-#: faults) than the reduction itself
-_CHUNK_BYTES = 4 << 20
-#: images of the padding-dependence pass (it runs forward and backward)
-_DEPENDENCE_IMAGES = 8
-#: a twin whose pooled responses move over the rolls by less than this share of the model's own
-#: spread of responses (per channel) is roll-invariant: its eta^2 is below 1e-6
-_INVARIANT = 1e-3
-
-
-@dataclass
-class _LayerStats:
-    name: str
-    conv: nn.Conv2d
-    padding: Padding | None = None
-    border_rms: torch.Tensor | None = None   # (4, C): top, bottom, left, right
-    border_mean: torch.Tensor | None = None  # (4, C)
-    unmeasured: str | None = None  # why the border score could not be measured
-    ran: bool = False  # executed in the probe forward
-    pooled: torch.Tensor | None = None  # (N, C) globally pooled conv output (convs not feeding a BatchNorm)
-    pooled_act: torch.Tensor | None = None  # (N, C) globally pooled ReLU(BatchNorm(conv output))
-    sq_sum: torch.Tensor | None = None  # sum over images of the per-image spatial mean of y^2
-    sum: torch.Tensor | None = None     # sum over images of the per-image spatial mean of y
-    count: int = 0
-    content: torch.Tensor | None = None  # (C,) mean over the content images of max interior |y - mean|
-    bn: nn.modules.batchnorm._BatchNorm | None = None
-    # the trained BatchNorm the blank pre-pass found this conv feeding: its running std is the
-    # channel scale, so the scale statistics above are not gathered
-    scale_bn: nn.modules.batchnorm._BatchNorm | None = None
-
-    def response(self) -> torch.Tensor | None:
-        """(N, C) pooled response the position score reads."""
-        return self.pooled if self.pooled_act is None else self.pooled_act
-
-
-@torch.no_grad()
-def _border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per side and channel: rms of the padding's own effect ``D`` on the outermost line (corners
-    excluded), and its
-    mean over the images flagged ``bright`` (first half of the batch)."""
-    weight = effective_weight(conv)
-    windows = border_windows(tuple(x.shape[-2:]), conv, padding)
-    c = conv.out_channels
-    rms = torch.zeros(4, c, device=x.device, dtype=torch.float32)
-    mean = torch.zeros_like(rms)
-    # sides whose strips have one shape (top and bottom, left and right, usually) share a conv
-    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, tuple]]] = {}
-    for i, (rows, cols, line) in enumerate(windows):
-        if rows is None or cols is None:
-            continue
-        part = strip(x, rows, cols, padding)
-        groups.setdefault(tuple(part.shape), []).append((i, part, line))
-    n = len(x)
-    for members in groups.values():
-        strips = torch.cat([part for _, part, _ in members]) if len(members) > 1 else members[0][1]
-        out = F.conv2d(strips, weight, None, conv.stride, 0, conv.dilation, conv.groups)
-        for k, (i, _, (row, col)) in enumerate(members):
-            d = out[k * n:(k + 1) * n, :, row, col].float()
-            rms[i] = d.pow(2).mean(dim=(0, 2)).sqrt()
-            mean[i] = d[: n // 2].mean(dim=(0, 2))
-    return rms, mean
-
-
-def content_scale(y: torch.Tensor, index: torch.Tensor, size: tuple[int, int], conv: nn.Conv2d,
-                   padding: Padding) -> torch.Tensor | None:
-    """Per channel: the mean over the images ``index`` of the strongest interior response,
-    ``max |y - mean y|`` over the output positions whose windows touch no padding (None where
-    there are none)."""
-    k, s, d = conv.kernel_size, conv.stride, conv.dilation
-    left, right, top, bottom = padding.pads
-    rows = clean_range(size[0], k[0], s[0], d[0], top, bottom)
-    cols = clean_range(size[1], k[1], s[1], d[1], left, right)
-    if (rows == slice(0, y.shape[-2]) and (top or bottom)) or (cols == slice(0, y.shape[-1]) and (left or right)):
-        return None
-    inner = y.index_select(0, index.to(y.device))[:, :, rows, cols].flatten(2).float()  # one copy, contiguous
-    low, high = torch.aminmax(inner, dim=2)
-    mean = inner.mean(dim=2)
-    return torch.maximum(high - mean, mean - low).mean(dim=0)
-
-
-_threads_lock = threading.Lock()
-_threads_state = [0, 1]  # [depth, saved thread count]
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """One CPU thread for the hooks' small, memory-bound statistics: splitting them over threads
-    gains little, and each parallel region waits for every thread (costly on a busy machine).
-    The thread count is restored after; re-entrant."""
-    if device.type != "cpu":
-        yield
-        return
-    with _threads_lock:
-        if _threads_state[0] == 0:
-            _threads_state[1] = torch.get_num_threads()
-            if _threads_state[1] > 1:
-                torch.set_num_threads(1)
-        _threads_state[0] += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_state[0] -= 1
-            if _threads_state[0] == 0 and _threads_state[1] > 1:
-                torch.set_num_threads(_threads_state[1])
-
-
-class _Pooler:
-    """Per-image spatial means of ``relu(y)`` or ``y^2`` (float32) without a full-size temporary:
-    on the CPU the elementwise step runs a few images at a time into one reused buffer."""
-
-    def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-
-    def __call__(self, y: torch.Tensor, op: str) -> torch.Tensor:
-        per_image = y[0].numel()
-        k = max(1, _CHUNK_BYTES // (4 * max(per_image, 1)))
-        channels_last = y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
-        if y.device.type != "cpu" or k >= len(y) or not (y.is_contiguous() or channels_last):
-            t = y.clamp_min(0) if op == "relu" else y.float().pow(2)
-            return t.mean(dim=(2, 3), dtype=torch.float32)
-        dtype = y.dtype if op == "relu" else torch.float32
-        size = k * per_image
-        if self._buffer is None or self._buffer.numel() < size or self._buffer.dtype != dtype:
-            self._buffer = torch.empty(max(size, _CHUNK_BYTES // 4), dtype=dtype)
-        parts = []
-        for i in range(0, len(y), k):
-            chunk = y[i:i + k]
-            out = self._buffer[:chunk.numel()]
-            out = out.view(chunk.shape) if not channels_last else \
-                out.view(len(chunk), *chunk.shape[2:], chunk.shape[1]).permute(0, 3, 1, 2)
-            if op == "relu":
-                torch.clamp_min(chunk, 0, out=out)
-            elif chunk.dtype == dtype:
-                torch.mul(chunk, chunk, out=out)
-            else:
-                out.copy_(chunk).mul_(out)
-            parts.append(out.mean(dim=(2, 3), dtype=torch.float32))
-        return torch.cat(parts)
-
-
-def _rectified(bn: nn.Module) -> bool:
-    """The BatchNorm's output is already rectified: timm's ``BatchNormAct2d`` with a ReLU."""
-    return type(bn) is BatchNormAct2d and type(bn.act) is nn.ReLU
-
-
-class _Recorder:
-    """Forward hooks that collect per-layer statistics during one forward of the scan's images:
-    the border deviation on the first ``n_border`` images (0: none), the pooled response of every
-    image, the channel scale over the first ``n_scale`` images (None: all; 0: none; convs without
-    a trained BatchNorm)."""
-
-    def __init__(self, model: nn.Module, n_border: int = 0, progress=None,
-                 feeds_bn: dict[str, nn.Module] | None = None, n_scale: int | None = None,
-                 content: torch.Tensor | None = None):
-        self.n_border, self.progress, self.n_scale = n_border, progress, n_scale
-        self.content = content  # indices of the images whose interior response is the content scale
-        # convs whose response is read after their BatchNorm (from the blank pre-pass)
-        self.feeds_bn = feeds_bn or {}
-        self.device = device_dtype(model)[0]
-        self.stats = {name: _LayerStats(name, conv) for name, conv in conv_layers(model)}
-        for name, bn in self.feeds_bn.items():
-            if name in self.stats and bn.running_var is not None and not untrained_bn(bn):
-                self.stats[name].scale_bn = bn
-        self._pads = PadTracker(model)
-        self._pool = _Pooler()
-        self._handles = [stat.conv.register_forward_hook(self._conv_hook(name)) for name, stat in self.stats.items()]
-        self._pairing = BatchNormPairing(model, on_pair=self._bn_hook)
-
-    def _bn_hook(self, name: str, bn: nn.Module, bn_input: torch.Tensor, output: torch.Tensor) -> None:
-        stat = self.stats[name]
-        stat.bn = bn
-        if stat.pooled_act is None:  # what the next layer sees: the rectified, BatchNorm-scaled response
-            with _one_thread(self.device):
-                if _rectified(bn):  # relu(output) is output
-                    stat.pooled_act = output.detach().mean(dim=(2, 3), dtype=torch.float32)
-                else:
-                    stat.pooled_act = self._pool(output.detach(), "relu")
-
-    def _conv_hook(self, name: str):
-        def hook(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
-            stat = self.stats[name]
-            if stat.ran:
-                return  # a conv called several times per forward is measured on its first call
-            padding, x = self._pads.resolve(conv, inputs[0])
-            stat.padding, stat.ran = padding, True
-            y = output.detach()
-            with _one_thread(self.device):
-                if padding.makes_border and self.n_border:
-                    if min(y.shape[-2:]) < 3:
-                        stat.unmeasured = f"output {y.shape[-2]}x{y.shape[-1]} has no border line with an interior"
-                    else:
-                        stat.border_rms, stat.border_mean = _border_deviation(x[: self.n_border], conv, padding)
-                        stat.content = content_scale(y, self.content, x.shape[-2:], conv, padding)
-                if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))
-                    stat.pooled = y.mean(dim=(2, 3), dtype=torch.float32)  # (N, C)
-                if self.n_scale != 0 and stat.scale_bn is None:
-                    ys = y[:self.n_scale]
-                    stat.sq_sum = self._pool(ys, "square").sum(dim=0)
-                    stat.sum = ys.mean(dim=(2, 3), dtype=torch.float32).sum(dim=0)
-                    stat.count = ys.shape[0]
-            if self.progress is not None:
-                self.progress.update()
-        return hook
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._pairing.remove()
-        self._pads.remove()
-
-
-@contextlib.contextmanager
-def _inspection(model: nn.Module, **recorder: Any) -> Iterator[_Recorder]:
-    """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
-    rec = _Recorder(model, **recorder)
-    try:
-        with eval_mode(model), torch.no_grad():
-            yield rec
-    finally:
-        rec.remove()
-
-
-def _run(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
-         memory_format: torch.memory_format = torch.contiguous_format) -> Any:
-    try:
-        return model(images.contiguous(memory_format=memory_format))
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
-
-
-def _prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-             dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module]]:
-    """One blank forward: the total stride (largest input/output size ratio over the convs, rows
-    and columns) and the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
-    :class:`~pan_repair.layers.BatchNormPairing`)."""
-    sizes: list[tuple[int, int]] = []
-
-    def conv_hook(module, inputs, output):
-        sizes.append(tuple(output.shape[-2:]))
-
-    handles = [conv.register_forward_hook(conv_hook) for name, conv in conv_layers(model)]
-    pairing = BatchNormPairing(model)
-    try:
-        with eval_mode(model), torch.no_grad():
-            _run(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size)
-    finally:
-        for handle in handles:
-            handle.remove()
-        pairing.remove()
-    h, w = input_size[1:]
-    spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
-    stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
-    return stride, pairing.bns
-
-
-def _memory_format(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-                   dtype: torch.dtype) -> torch.memory_format:
-    """Channels-last on the CPU, where oneDNN's depthwise and padded convolutions run 1.1-1.8x
-    faster in it (``benchmarks/scan_speed.py``), if the model gives the same outputs in it on one
-    random image (to ``1e-3`` of their largest value): not a model that ``view``\ s its activations
-    (it raises) or reads their memory as contiguous (it answers otherwise). Contiguous elsewhere."""
-    if device.type != "cpu" or len(input_size) != 3:
-        return torch.contiguous_format
-    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    try:
-        with eval_mode(model), torch.no_grad():
-            plain = _outputs(model(x))
-            last = _outputs(model(x.contiguous(memory_format=torch.channels_last)))
-    except Exception:  # noqa: BLE001 - any failure keeps the model's own layout; the scan's run reports real errors
-        return torch.contiguous_format
-    same = len(plain) == len(last) and all(
-        a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())))
-        for a, b in zip(plain, last))
-    return torch.channels_last if same else torch.contiguous_format
-
-
-def total_stride(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-                 dtype: torch.dtype) -> tuple[int, int]:
-    """The network's total stride (rows, columns), see :func:`_prepass`."""
-    return _prepass(model, input_size, device, dtype)[0]
-
-
-#: the smallest side on which an object (a third of the side, at least 3 px) can move
-MIN_SIDE = 5
-
-
-def _check_input(model: nn.Module, input_size: tuple[int, ...]) -> None:
-    if len(input_size) != 3 or any(int(v) <= 0 for v in input_size):
-        raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
-    if min(input_size[1:]) < MIN_SIDE:
-        raise ValueError(f"input size {input_size[1]}x{input_size[2]} is too small to move content across it: "
-                         f"each side must be at least {MIN_SIDE} px")
-    convs = list(conv_layers(model))
-    if not convs:
-        raise ValueError("the model has no 2-D convolution (nn.Conv2d) to analyse")
-    name, first = convs[0]
-    if first.in_channels != input_size[0]:
-        raise ValueError(f"input_size has {input_size[0]} channels but the first convolution "
-                         f"'{name}' expects {first.in_channels}")
 
 
 def border_unit(sigma: torch.Tensor, content: torch.Tensor | None) -> torch.Tensor:
@@ -412,11 +106,11 @@ def border_unit(sigma: torch.Tensor, content: torch.Tensor | None) -> torch.Tens
     return torch.maximum(sigma, content.clamp_min(_SIGMA_FLOOR * content.median().clamp_min(1e-12)))
 
 
-def _channel_scale(stat: _LayerStats) -> torch.Tensor:
+def _channel_scale(stat: LayerStats) -> torch.Tensor:
     return border_unit(_channel_sigma(stat), stat.content)
 
 
-def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
+def _channel_sigma(stat: LayerStats) -> torch.Tensor:
     bn = stat.bn
     if stat.sq_sum is None:  # not gathered: the BatchNorm found in the blank pass is trained
         bn = stat.scale_bn
@@ -429,158 +123,15 @@ def _channel_sigma(stat: _LayerStats) -> torch.Tensor:
     return sigma.clamp_min(floor)
 
 
-def _bn_sign(stat: _LayerStats) -> torch.Tensor:
+def _bn_sign(stat: LayerStats) -> torch.Tensor:
     bn = stat.bn
     if bn is not None and bn.weight is not None:
         return torch.where(bn.weight.detach().float() < 0, -1.0, 1.0)
     return torch.ones(stat.conv.out_channels)
 
 
-def _eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Tensor]:
-    """eta^2 per axis (2, C) of the roll, and the mean response with the object nearest an edge
-    minus centred, per axis (2, C). A channel whose responses vary by less than ``1e-6`` of the
-    layer's most varying channel is flat (rounding noise): eta^2 = 0."""
-    g = grid.grid(pooled.detach().cpu()).double()     # (P, 2, Q, C), scores live on the CPU
-    grand = g.mean(dim=(0, 2), keepdim=True)
-    total = (g - grand).pow(2).sum(dim=(0, 2))        # (2, C)
-    by_position = g.mean(dim=0)                       # (2, Q, C)
-    between = grid.n_patterns * (by_position - grand[0]).pow(2).sum(dim=1)
-    flat = total <= 1e-12 * total.amax().clamp_min(1e-300)
-    eta2 = torch.where(flat, 0.0, between / total.clamp_min(1e-300))
-    d = grid.distances
-    near, far = d == d.min(), d == d.max()
-    edge_minus_centre = by_position[:, near].mean(1) - by_position[:, far].mean(1)
-    return eta2.float().clamp(0, 1), edge_minus_centre.float()
 
-
-def _layer_eta2(responses: dict[str, torch.Tensor], grid: RollGrid) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`_eta2` of every layer's pooled responses (N, C) (a layer at a time: the temporaries
-    stay in cache)."""
-    return {name: _eta2(r, grid) for name, r in responses.items()}
-
-
-def _invariant(pooled: torch.Tensor, n_positions: int, scale: torch.Tensor) -> bool:
-    """Responses (2 * Q, C) of one base image rolled along both axes do not move with the roll
-    beyond ``_INVARIANT`` times ``scale`` (C,), the model's own spread of responses, plus rounding
-    (``1e-5`` of the layer's largest response)."""
-    r = pooled.reshape(2, n_positions, -1).double()
-    spread = (r.amax(dim=1) - r.amin(dim=1)).amax(dim=0)
-    return bool((spread <= _INVARIANT * scale.double() + 1e-5 * r.abs().amax()).all())
-
-
-def _border_free_twin(model: nn.Module) -> nn.Module | None:
-    """The model with circular padding everywhere and the same (shared) weights; None if the
-    model pads nothing a switch could change (then it is its own twin)."""
-    twin = structural_copy(model)
-    summary = convert_padding(twin, "circular")
-    return twin if summary.changed else None
-
-
-def _twin_eta2(model: nn.Module, grid: RollGrid, responses: dict[str, torch.Tensor], feeds_bn: dict[str, nn.Module],
-               input_size: tuple[int, ...], memory_format: torch.memory_format
-               ) -> tuple[dict[str, torch.Tensor] | None, bool]:
-    """eta^2 (2, C) per conv of the border-free twin on ``grid`` (None: the model is its own twin);
-    and whether the twin ran on all of it (False: rolls on the stride grid and the twin exactly
-    roll-invariant on the first base image, eta^2 = 0). ``responses``: per conv, the model's own
-    pooled responses over ``grid`` (N, C); their std per channel is the scale of invariance."""
-    names = list(responses)
-    twin = _border_free_twin(model)
-    if twin is None:
-        return None, False
-    device, dtype = device_dtype(model)
-    q = grid.n_positions
-    if grid.on_stride:  # rolls off the stride grid move even a circular network: no invariance to check for
-        with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
-            _run(twin, grid.images[: 2 * q].to(device, dtype), input_size, memory_format)
-        first = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
-        if all(_invariant(r, q, responses[n].std(dim=0)) for n, r in first.items()):
-            return {n: torch.zeros(2, r.shape[1]) for n, r in first.items()}, False
-    with _inspection(twin, feeds_bn=feeds_bn, n_scale=0) as rec:
-        _run(twin, grid.images.to(device, dtype), input_size, memory_format)
-    twin_responses = {n: rec.stats[n].response() for n in names if rec.stats[n].response() is not None}
-    return {n: eta2 for n, (eta2, _) in _layer_eta2(twin_responses, grid).items()}, True
-
-
-def _outputs(out: Any) -> list[torch.Tensor]:
-    """The floating tensors of a model output (a tensor, or a tuple/list/dict of them)."""
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
-    return [t for item in items for t in _outputs(item)]
-
-
-def _is_logits(t: torch.Tensor) -> bool:
-    return t.ndim == 2 and t.shape[1] > 1
-
-
-@dataclass
-class _Dependence:
-    output_shift: float
-    flip_rate: float | None
-    attribution: dict[str, torch.Tensor] = field(default_factory=dict)  # conv name -> (C,) a_c
-    images: int = 0
-    per_output: list[tuple[float, float | None]] = field(default_factory=list)  # models with several outputs
-
-
-def _padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
-                        memory_format: torch.memory_format = torch.contiguous_format) -> _Dependence:
-    """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
-    part of it (see the module docstring)."""
-    device, dtype = device_dtype(model)
-    x = images.to(device, dtype)
-    effects: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
-    pads = PadTracker(model)
-
-    def hook(name):
-        def fn(conv, inputs, output):
-            if name in outputs:
-                return None
-            padding, xin = pads.resolve(conv, inputs[0])
-            if not padding.makes_border:
-                return None
-            xin = xin.detach()
-            frame = F.pad(xin, padding.pads, value=padding.value) - F.pad(xin, padding.pads, mode="replicate")
-            effects[name] = F.conv2d(frame, effective_weight(conv).detach(), None, conv.stride, 0,
-                                     conv.dilation, conv.groups)
-            outputs[name] = output
-            return output.clone()  # in-place layers downstream must not modify what we differentiate by
-        return fn
-
-    handles = [conv.register_forward_hook(hook(name)) for name, conv in conv_layers(model)]
-    try:
-        with eval_mode(model), torch.enable_grad():
-            out = _outputs(_run(model, x.requires_grad_(True), input_size, memory_format))
-            if not out:
-                raise ValueError("the model's output holds no floating tensor")
-            objective = sum(F.log_softmax(t.float(), dim=1).max(dim=1).values.sum() if _is_logits(t)
-                            else 0.5 * t.float().pow(2).sum() / max(1, t[0].numel()) for t in out)
-            names = [n for n in outputs if outputs[n].requires_grad]
-            grads = torch.autograd.grad(objective, [outputs[n] for n in names], allow_unused=True) if names else []
-    finally:
-        for handle in handles:
-            handle.remove()
-        pads.remove()
-    attribution = {n: ((g * effects[n]).sum(dim=(0, 2, 3)).abs() / len(x)).float().cpu()
-                   for n, g in zip(names, grads) if g is not None and g.shape == effects[n].shape}
-    twin = structural_copy(model)
-    convert_padding(twin, "replicate")
-    with eval_mode(twin), torch.no_grad():
-        switched = _outputs(_run(twin, x.detach(), input_size, memory_format))
-    per_output = []
-    for a, b in zip(out, switched):
-        a, b = a.detach().float(), b.float()
-        if _is_logits(a):
-            r = padding_reliance(a, b)
-            per_output.append((float(r["output_shift"]), float(r["flip_rate"])))
-        else:
-            per_output.append((float((a - b).norm() / a.norm().clamp_min(1e-12)), None))
-    flips = [f for _, f in per_output if f is not None]
-    return _Dependence(max(s for s, _ in per_output), max(flips) if flips else None, attribution, len(x),
-                       per_output if len(per_output) > 1 else [])
-
-
-def _classify(stat: _LayerStats, position: torch.Tensor, eta2: torch.Tensor, edge: torch.Tensor,
+def _classify(stat: LayerStats, position: torch.Tensor, eta2: torch.Tensor, edge: torch.Tensor,
               tb: float, tp: float) -> tuple[list[Pan], dict[str, list[float]]]:
     """PANs of one layer from its border statistics and its padding-caused position scores
     ``eta2`` (2, C) (``position`` = their max over the axes)."""
@@ -656,7 +207,7 @@ def probe_batch(model: nn.Module, input_size: tuple[int, int, int] | None = None
     time a plain forward of them."""
     images = calibration_images(data, max_images) if data is not None else None
     input_size = _resolve_size(model, input_size, images, [])
-    _check_input(model, input_size)
+    check_input(model, input_size)
     stride = total_stride(model, input_size, *device_dtype(model))
     border, base = _probes(model, input_size, images, n_patterns, seed, [], convention)
     return torch.cat([border, roll_grid(base, n_positions, stride).images])
@@ -723,10 +274,10 @@ def find_pans(
         border_threshold = DEFAULT_BORDER_THRESHOLD if images is None else DEFAULT_DATA_BORDER_THRESHOLD
     if position_threshold is None:
         position_threshold = DEFAULT_POSITION_THRESHOLD if images is None else DEFAULT_DATA_POSITION_THRESHOLD
-    _check_input(model, input_size)
+    check_input(model, input_size)
     device, dtype = device_dtype(model)
-    stride, feeds_bn = _prepass(model, input_size, device, dtype)
-    memory_format = _memory_format(model, input_size, device, dtype)
+    stride, feeds_bn = prepass(model, input_size, device, dtype)
+    memory_format = scan_memory_format(model, input_size, device, dtype)
     border_images, base = _probes(model, input_size, images, n_patterns, seed, assumptions,
                                   dict(input_range=input_range, mean=mean, std=std))
     grid = roll_grid(base, n_positions, stride)
@@ -737,24 +288,24 @@ def find_pans(
         n_scale = len(border_images) if images is not None else None
         content = (torch.arange(len(border_images)) if images is not None else
                    len(border_images) + grid.centred())
-        with _inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn, n_scale=n_scale,
-                         content=content) as rec:
-            _run(model, torch.cat([border_images, grid.images]).to(device, dtype), input_size, memory_format)
+        with inspection(model, n_border=len(border_images), progress=bar, feeds_bn=feeds_bn, n_scale=n_scale,
+                        content=content) as rec:
+            run_model(model, torch.cat([border_images, grid.images]).to(device, dtype), input_size, memory_format)
     finally:
         if bar is not None:
             bar.close()
     ran = [name for name, stat in rec.stats.items() if stat.ran]
     n_border = len(border_images)
     responses = {name: rec.stats[name].response()[n_border:] for name in ran if rec.stats[name].response() is not None}
-    model_eta = _layer_eta2(responses, grid)
-    twin_eta, twin_ran = _twin_eta2(model, grid, responses, feeds_bn, input_size, memory_format)
+    model_eta = layer_eta2(responses, grid)
+    twin_eta, twin_ran = twin_eta2(model, grid, responses, feeds_bn, input_size, memory_format)
     if twin_ran:
         assumptions.append("the border-free (circular) twin varies with the rolls: its position share subtracted")
     if not grid.on_stride:
         assumptions.append(f"rolls of {grid.step} px, not multiples of the total stride {stride}: "
                            "position is counted only beyond the border-free twin's")
-    dep = _padding_dependence(model, (images if images is not None else base)[:_DEPENDENCE_IMAGES],
-                              input_size, memory_format) if dependence else None
+    dep = padding_dependence(model, (images if images is not None else base)[:DEPENDENCE_IMAGES],
+                             input_size, memory_format) if dependence else None
     pans, scores, unmeasured = [], {}, {}
     for name in ran:
         stat = rec.stats[name]

@@ -62,8 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..detect.detector import DEFAULT_POSITION_THRESHOLD, border_unit, content_scale, total_stride
+from ..detect.detector import DEFAULT_POSITION_THRESHOLD, border_unit
+from ..detect.forward import total_stride
 from ..detect.probes import ProbeBatch, data_canvases, make_probes, roll_grid
+from ..detect.recorder import content_scale
 from ..layers.border_geometry import border_windows, strip
 from ..layers.module_state import device_dtype, eval_mode
 from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
