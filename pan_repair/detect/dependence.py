@@ -32,7 +32,7 @@ class Dependence:
 
 
 def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
-                        memory_format: torch.memory_format = torch.contiguous_format) -> Dependence:
+                       memory_format: torch.memory_format = torch.contiguous_format) -> Dependence:
     """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
     part of it (see the module docstring)."""
     device, dtype = device_dtype(model)
