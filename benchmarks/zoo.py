@@ -23,7 +23,12 @@ Operations and their checks (eval mode, one random input ``x`` of the cell's siz
   still pads with a constant frame during that forward pass is listed in the summary's
   ``skipped``. For ``circular``, the detail also says whether the converted model is invariant to
   circular rolls of its input by its total stride (information, not a check: see
-  :func:`roll_invariance`).
+  :func:`roll_invariance`). ``full`` (``convert_padding(..., input_size=)``) grows every switched
+  layer's output by design: the model's output shape must stay, and per layer the new output,
+  shifted by ``(d (k - 1) - pad) / stride`` where that is a whole number (always at stride 1),
+  must equal the original's wherever the original's window does not reach its padding; the full
+  layers themselves are the frame left (zeros ``d (k - 1)``), so *nothing left behind* counts the
+  others.
 * ``prune_mask``: ``prune_pans`` masks the PANs of the ``find`` report (where ``find`` is refused
   at this size, of a 96 or 224 px scan's report: it names the same layers and channels); the
   forward runs, the output shape is unchanged, and every masked channel outputs exactly 0 after
@@ -335,6 +340,20 @@ def border_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
     return found
 
 
+def window_shift(old: nn.Module, new: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
+    """Output rows/columns by which ``new``'s windows on ``x`` lie after ``old``'s same windows:
+    ``(top_new - top_old) / stride`` per axis, None where that is not a whole number (then no
+    output of one is an output of the other)."""
+    hw = tuple(x.shape[-2:])
+    (l0, _, t0, _), (l1, _, t1, _) = layer_padding(old, hw).pads, layer_padding(new, hw).pads
+    shift = []
+    for diff, s in ((t1 - t0, _pair(old.stride)[0]), (l1 - l0, _pair(old.stride)[1])):
+        if diff % s:
+            return None
+        shift.append(diff // s)
+    return shift[0], shift[1]
+
+
 def check_conversion(original: nn.Module, converted: nn.Module, summary, x: torch.Tensor) -> str:
     """The conversion checks of the module docstring; returns a short detail."""
     if forward(converted, x).shape != forward(original, x).shape:
@@ -342,18 +361,24 @@ def check_conversion(original: nn.Module, converted: nn.Module, summary, x: torc
     names = {c.name for c in summary.changed}
     inputs = capture_inputs(converted, names, x)
     old, new = dict(original.named_modules()), dict(converted.named_modules())
+    full = {c.name for c in summary.changed if getattr(new[c.name], "padding_mode", None) == "full"}
     compared = 0
     with torch.no_grad():
         for name, inp in inputs.items():
             a, b = old[name](inp), new[name](inp)
-            if a.shape != b.shape:
-                raise CheckFailed(f"{name}: output shape {tuple(a.shape)} -> {tuple(b.shape)}")
             rows, cols = interior(old[name], inp)
+            if name in full:  # grown by design: the same windows, shifted
+                shift = window_shift(old[name], new[name], inp)
+                if shift is None:
+                    continue
+                b = b[..., shift[0]:, shift[1]:][..., :a.shape[-2], :a.shape[-1]]
+            elif a.shape != b.shape:
+                raise CheckFailed(f"{name}: output shape {tuple(a.shape)} -> {tuple(b.shape)}")
             err = close(b[..., rows, cols], a[..., rows, cols])
             if err > TOLERANCE:
                 raise CheckFailed(f"{name} ({type(old[name]).__name__}): interior differs by {err:.2e}")
             compared += a[..., rows, cols].numel() > 0
-    left = border_layers(converted, x) - {s.name for s in summary.skipped}
+    left = border_layers(converted, x) - {s.name for s in summary.skipped} - full
     if left:
         raise CheckFailed(f"still zero-padded, not in skipped: {', '.join(sorted(left)[:3])}")
     return (f"{len(summary.changed)} switched ({compared} with interior compared), "
@@ -401,7 +426,8 @@ def op_convert(mode: str) -> Callable[[Cell], str]:
         if cell.cannot_run:
             raise Skipped(cell.cannot_run)
         twin = copy.deepcopy(cell.model)
-        summary = run_refusable(twin, lambda: convert_padding(twin, mode))
+        size = {"input_size": cell.input_size} if mode == "full" else {}
+        summary = run_refusable(twin, lambda: convert_padding(twin, mode, **size))
         detail = check_conversion(cell.model, twin, summary, cell.x)
         return detail + (f"; {roll_invariance(twin, cell.x)}" if mode == "circular" else "")
     return run
