@@ -387,7 +387,7 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: 
     # data-free scan in the convention
     free, t_free = _timed(find_pans, model, input_size, dependence=False, **free_conv)
     row.update(free_pans=free.count, free_frac=round(free.fraction, 4), free_kinds=_kinds(free),
-               free_s=round(t_free, 3))
+               free_s=round(t_free, 3), free_assumptions=free.assumptions)
     # circular twin
     twin = structural_copy(model, share=False)
     convert_padding(twin, "circular")
@@ -590,7 +590,7 @@ def measure_lite0_cell(size: int, log=print) -> dict:
     row["fwd_scanbatch_s"] = round(_forward_time(model, roll, repeats=1), 4)
     free, t_free = _timed(find_pans, model, input_size, dependence=False)
     row.update(free_pans=free.count, free_frac=round(free.fraction, 4), free_kinds=_kinds(free),
-               free_s=round(t_free, 3))
+               free_s=round(t_free, 3), free_assumptions=free.assumptions)
     twin = structural_copy(model, share=False)
     convert_padding(twin, "circular")
     row["twin_pans"] = find_pans(twin, data=sample, dependence=False).count

@@ -13,7 +13,9 @@ Operations and their checks (eval mode, one random input ``x`` of the cell's siz
 
 * ``find``: ``find_pans`` (default thresholds, 2 probe patterns x 4 positions) completes, leaves
   the model unchanged and reports every convolution (but timm's unsupported ``CondConv2d``).
-  Random-weight models have plenty of PANs (15-30% of their filters).
+  Random-weight models flag 0-63% of their filters (median 10%, 2026-11-30): their channels answer the
+  border arbitrarily, so the counts exercise the machinery, not the definition
+  (``benchmarks/detector_validity.py`` validates that).
 * ``convert_<mode>``: ``convert_padding`` on a copy. The converted model runs and gives the
   output shape of the original. *Interior check*: a whole network's outputs all depend on its
   border at these sizes, so the check is per layer, in place: every switched layer's real input
@@ -28,7 +30,8 @@ Operations and their checks (eval mode, one random input ``x`` of the cell's siz
   shifted by ``(d (k - 1) - pad) / stride`` where that is a whole number (always at stride 1),
   must equal the original's wherever the original's window does not reach its padding; the full
   layers themselves are the frame left (zeros ``d (k - 1)``), so *nothing left behind* counts the
-  others.
+  others. Most architectures refuse ``full`` (one line, model unchanged): a residual addition,
+  concatenation or other join of branches fails on the grown maps.
 * ``prune_mask``: ``prune_pans`` masks the PANs of the ``find`` report (where ``find`` is refused
   at this size, of a 96 or 224 px scan's report: it names the same layers and channels); the
   forward runs, the output shape is unchanged, and every masked channel outputs exactly 0 after

@@ -112,3 +112,21 @@ def test_report_counts_per_operation_and_groups_problems():
     assert "| monitor | 1 / 2 | 0 | 1 | 0 | 0 / 1 |" in text
     assert "| find (detector.py) | refused | ValueError: input size N is too small | 1: resnet18@64 |" in text
     assert "Machine: " in text and "| `resnet18` @ 96 | pass (" in text
+
+
+def test_full_conversion_check_compares_the_shifted_windows_and_catches_a_wrong_shift():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                          nn.AdaptiveAvgPool2d(1)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    twin = zoo.copy.deepcopy(model)
+    summary = convert_padding(twin, "full", input_size=(3, 12, 12))
+    # stride 1: the same windows one output later; stride 2: (2 - 1) / 2 is no whole shift, not compared
+    assert zoo.window_shift(model[0], twin[0], x) == (1, 1)
+    assert zoo.window_shift(model[2], twin[2], torch.randn(1, 4, 14, 14)) is None
+    assert "2 switched (1 with interior compared), 0 skipped" in zoo.check_conversion(model, twin, summary, x)
+    zoo.window_shift, real = (lambda *a: (0, 0)), zoo.window_shift
+    try:
+        with pytest.raises(zoo.CheckFailed, match="interior differs"):
+            zoo.check_conversion(model, twin, summary, x)
+    finally:
+        zoo.window_shift = real

@@ -6,6 +6,10 @@ images. Without data, on synthetic probes in the model's declared input conventi
 (:func:`pan_repair.detect.probes.resolve_convention`: ``mean``/``std``, ``input_range``, timm's
 ``pretrained_cfg``, else an assumption that ``report.assumptions`` records): uniform images and
 textures on a flat mid-grey canvas, built as pixels in [0, 1] and normalised like the model's inputs.
+The assumption is checked against the model itself: where its stem conv feeds a trained BatchNorm,
+whose running mean implies the training images' mean pixel level under the convention
+(:func:`pan_repair.detect.implied.implied_pixel_level`), a level at least 0.2 from the canvas's 0.5
+(a dark or light background, another normalisation) adds a note to ``report.assumptions``.
 
 For every output channel ``c`` of every 2-D convolution (eval mode, no gradients; the model is left
 exactly as found):
@@ -76,7 +80,8 @@ from tqdm.auto import tqdm
 from ..layers.module_state import device_dtype
 from ..layers.padding import conv_layers, untrained_bn, unsupported_layers
 from .dependence import DEPENDENCE_IMAGES, padding_dependence
-from .forward import check_input, prepass, run_model, scan_memory_format, total_stride
+from .forward import Prepass, check_input, prepass, run_model, scan_memory_format, total_stride
+from .implied import convention_note
 from .position import layer_eta2, twin_eta2
 from .probes import calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
 from .recorder import LayerStats, inspection
@@ -189,14 +194,19 @@ def _resolve_size(model: nn.Module, input_size: tuple[int, ...] | None, images: 
 
 
 def _probes(model: nn.Module, input_size: tuple[int, int, int], images: torch.Tensor | None, n_patterns: int,
-            seed: int, assumptions: list[str], convention: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+            seed: int, assumptions: list[str], convention: dict[str, Any],
+            pre: Prepass | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The images of the border score and the base images of the rolls: the data and canvases
-    made of it, or uniform probes and textures in the input convention."""
+    made of it, or uniform probes and textures in the input convention (checked against the
+    model's stem statistics when ``pre`` names them, see :mod:`.implied`)."""
     if images is not None:
         assumptions.append(f"measured on {len(images)} data images")
         return images, data_canvases(images, n_patterns, seed)
     conv = resolve_convention(model, input_size[0], **convention)
     assumptions.append(conv.describe())
+    note = None if pre is None else convention_note(model, pre.stem, pre.feeds_bn, conv, input_size)
+    if note is not None:
+        assumptions.append(note)
     return synthetic_images(input_size, conv, n_patterns, seed=seed)
 
 
@@ -276,10 +286,11 @@ def find_pans(
         position_threshold = DEFAULT_POSITION_THRESHOLD if images is None else DEFAULT_DATA_POSITION_THRESHOLD
     check_input(model, input_size)
     device, dtype = device_dtype(model)
-    stride, feeds_bn = prepass(model, input_size, device, dtype)
+    pre = prepass(model, input_size, device, dtype)
+    stride, feeds_bn = pre.stride, pre.feeds_bn
     memory_format = scan_memory_format(model, input_size, device, dtype)
     border_images, base = _probes(model, input_size, images, n_patterns, seed, assumptions,
-                                  dict(input_range=input_range, mean=mean, std=std))
+                                  dict(input_range=input_range, mean=mean, std=std), pre)
     grid = roll_grid(base, n_positions, stride)
     bar = tqdm(total=sum(1 for _ in conv_layers(model)), desc="scanning convs", unit="conv",
                leave=False) if progress else None

@@ -3,7 +3,7 @@ a BatchNorm), the fastest memory layout that gives the model's own outputs, and 
 one-line error where the model cannot run on the input size."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -29,21 +29,36 @@ def run_model(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...
         raise ValueError(f"the model cannot run on input size {tuple(input_size)}: {first}") from None
 
 
-def prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-            dtype: torch.dtype) -> tuple[tuple[int, int], dict[str, nn.Module]]:
+class Prepass(NamedTuple):
+    """What one blank forward tells a scan (see :func:`prepass`)."""
+
+    stride: tuple[int, int]
+    feeds_bn: dict[str, nn.Module]
+    #: the first conv that reads the model's input tensor itself (None: none does)
+    stem: str | None
+
+
+def prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Prepass:
     """One blank forward: the total stride (largest input/output size ratio over the convs, rows
-    and columns) and the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
-    :class:`~pan_repair.layers.BatchNormPairing`)."""
+    and columns), the convs that feed a BatchNorm directly (conv name -> BatchNorm, see
+    :class:`~pan_repair.layers.BatchNormPairing`) and the stem, the first conv whose input *is*
+    the model's input."""
     sizes: list[tuple[int, int]] = []
+    x = torch.zeros(1, *input_size, device=device, dtype=dtype)
+    stem: list[str] = []
 
-    def conv_hook(module, inputs, output):
-        sizes.append(tuple(output.shape[-2:]))
+    def conv_hook(name: str):
+        def hook(module, inputs, output):
+            sizes.append(tuple(output.shape[-2:]))
+            if inputs and inputs[0] is x and not stem:
+                stem.append(name)
+        return hook
 
-    handles = [conv.register_forward_hook(conv_hook) for name, conv in conv_layers(model)]
+    handles = [conv.register_forward_hook(conv_hook(name)) for name, conv in conv_layers(model)]
     pairing = BatchNormPairing(model)
     try:
         with eval_mode(model), torch.no_grad():
-            run_model(model, torch.zeros(1, *input_size, device=device, dtype=dtype), input_size)
+            run_model(model, x, input_size)
     finally:
         for handle in handles:
             handle.remove()
@@ -51,7 +66,7 @@ def prepass(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
     h, w = input_size[1:]
     spatial = [s for s in sizes if min(s) > 1] or [(h, w)]  # convs after global pooling see 1x1
     stride = (max(1, max(round(h / s[0]) for s in spatial)), max(1, max(round(w / s[1]) for s in spatial)))
-    return stride, pairing.bns
+    return Prepass(stride, pairing.bns, stem[0] if stem else None)
 
 
 def scan_memory_format(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
