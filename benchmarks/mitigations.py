@@ -16,9 +16,8 @@ epochs (Adam ``--ft-lr``; at most the original budget), then evaluated on the va
 * ``prune PANs``: :func:`pan_repair.prune_pans` (mask mode) of what :func:`pan_repair.find_pans`
   detects with its defaults; ``prune + re-detect``: ``--rounds`` rounds of detect, prune,
   fine-tune (the budget split over the rounds); ``prune random``: the control, the same number of
-  filters of the same layers drawn uniformly at random (``random_report``). With the defaults
-  the detector finds only 1-2 PANs in this network, so each is also run with lowered thresholds
-  (``LOW_THRESHOLDS``: border 1.0, position 0.5; marked "low thr.");
+  filters of the same layers drawn uniformly at random (``random_report``). Each is also run
+  with lowered thresholds (``LOW_THRESHOLDS``: border 1.0, position 0.5; marked "low thr.");
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.repair.regularizer.PANPenalty` at its
   defaults (the detector's border score on its constant probes, weight 0.03, every 8th step);
   ``PAN penalty, ink probes``: the placement penalty (``probes="placement"``) with digit-like
@@ -33,7 +32,8 @@ epochs (Adam ``--ft-lr``; at most the original budget), then evaluated on the va
   ink-probe placement penalty (the combination measured on 40 seeds there).
 
 Columns: accuracy on the training placement / swapped placement / random placement (after
-fine-tuning; "swapped, no FT" before it), PANs (find_pans defaults) before -> after, the share of
+fine-tuning; "swapped, no FT" before it), PANs before -> after (``find_pans`` on 16 training images,
+as the callbacks scan, at its data defaults; :func:`scan`), the share of
 the baseline's detected PANs (layer, channel) no longer detected, padding reliance (prediction
 flip rate on the random-placement images when every padding is switched to replicate:
 :func:`pan_repair.metrics.functional.padding_reliance`; 0 by construction for the replicate row),
@@ -212,10 +212,21 @@ def m_padding(mode: str):
     return run
 
 
+def calibration(data: Digits, n: int = 16) -> torch.Tensor:
+    """``n`` training images, evenly spaced over the training split: what the callbacks scan on."""
+    x = data.train[0]
+    return x[torch.linspace(0, len(x) - 1, n).long()]
+
+
+def scan(model: nn.Module, data: Digits, thresholds: dict | None = None) -> PanReport:
+    """:func:`pan_repair.find_pans` on the model's own training images (:func:`calibration`)."""
+    return find_pans(model, data=calibration(data), **(thresholds or {}))
+
+
 def m_prune(thresholds: dict | None = None, random: bool = False):
     """Prune the detected PANs, or (``random``, the control) as many random filters of the same layers."""
     def run(model, data, ft, seed, info):
-        report = find_pans(model, SIZE, **(thresholds or {}))
+        report = scan(model, data, thresholds)
         if random:
             report = random_report(model, report, seed)
         info["pruned"] = len(pan_keys(report))
@@ -231,7 +242,7 @@ def m_prune_redetect(thresholds: dict | None = None):
         pruned: set[tuple[str, int]] = set()
         per_round = [ft.epochs // ft.rounds + (r < ft.epochs % ft.rounds) for r in range(ft.rounds)]
         for r, epochs in enumerate(per_round):
-            report = find_pans(model, SIZE, **(thresholds or {}))
+            report = scan(model, data, thresholds)
             new = [p for p in report.pans if (p.layer, p.channel) not in pruned]
             if new:
                 prune_pans(model, replace(report, pans=new))
@@ -304,13 +315,13 @@ def run_part_a(data: Digits, seeds, rows: dict[str, Callable], ft: FineTune, epo
         base = make_model(seed, width)
         train(base, data, epochs, lr=LR, seed=seed)
         base_time = time.perf_counter() - start
-        before = find_pans(base, SIZE)
+        before = scan(base, data)
         for name, mitigation in rows.items():
             info: dict = {"budget": f"{ft.epochs} ep"}
             start = time.perf_counter()
             model = mitigation(structural_copy(base, share=False), data, ft, seed, info)
             wall = time.perf_counter() - start if name != "baseline" else base_time
-            after = find_pans(model, SIZE)
+            after = scan(model, data)
             gone = pan_keys(before) - pan_keys(after)
             res = {**evaluate(model, data), **info, "pans_before": before.count, "pans_after": after.count,
                    "removed": len(gone) / before.count if before.count else math.nan, "wall": wall}
