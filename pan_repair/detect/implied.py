@@ -8,13 +8,12 @@ import torch
 from torch import nn
 
 from ..layers.padding import untrained_bn
-from .probes import InputConvention
+from .probes import CANVAS, InputConvention
 
 #: a data-free scan notes a mismatch when the implied mean pixel level is this far from the probes'
 #: mid-grey canvas (pixels in [0, 1]). Measured: digits canvases on black (0.04), on white (0.96), on
 #: a noisy background (0.28) are all noted; the pretrained Lite0 in its own convention (0.46) is not
 MISMATCH = 0.2
-_CANVAS = 0.5
 
 
 @torch.no_grad()
@@ -62,8 +61,8 @@ def convention_note(model: nn.Module, stem: str | None, feeds_bn: dict[str, nn.M
     if found is None:
         return None
     u, r2 = found
-    if abs(u - _CANVAS) < MISMATCH:
+    if abs(u - CANVAS) < MISMATCH:
         return None
     return (f"the stem's BatchNorm ({stem}) implies training images averaging {u:.2f} in pixels under this convention "
-            f"(R^2 {r2:.2f}), unlike the probes' mid-grey canvas ({_CANVAS}): another background or normalisation; "
+            f"(R^2 {r2:.2f}), unlike the probes' mid-grey canvas ({CANVAS}): another background or normalisation; "
             "data-free scores can be far off: pass data= (a few of the model's own images)")

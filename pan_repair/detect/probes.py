@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ProbeBatch", "make_probes", "InputConvention", "resolve_convention", "calibration_images",
+__all__ = ["ProbeBatch", "make_probes", "CANVAS", "InputConvention", "resolve_convention", "calibration_images",
            "synthetic_images", "data_canvases", "RollGrid", "roll_grid"]
 
 
@@ -227,6 +227,10 @@ def calibration_images(data, max_images: int) -> torch.Tensor:
     return images[:max_images].detach().cpu()
 
 
+#: the pixel level of the data-free probes' canvas (mid-grey)
+CANVAS = 0.5
+
+
 def synthetic_images(input_size: tuple[int, int, int], convention: InputConvention, n_patterns: int,
                      n_constants: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Data-free probes in the model's input convention: ``n_constants`` uniform images (pixel
@@ -242,9 +246,9 @@ def synthetic_images(input_size: tuple[int, int, int], convention: InputConventi
     ph, pw = _pattern_side(h), _pattern_side(w)
     canvases = []
     for _ in range(n_patterns):
-        canvas = 0.5 + 0.02 * torch.randn(c, h, w, generator=gen)
+        canvas = CANVAS + 0.02 * torch.randn(c, h, w, generator=gen)
         top, left = (h - ph) // 2, (w - pw) // 2
-        canvas[:, top:top + ph, left:left + pw] = 0.5 + 0.5 * _texture(gen, c, ph, pw)
+        canvas[:, top:top + ph, left:left + pw] = CANVAS + 0.5 * _texture(gen, c, ph, pw)
         canvases.append(canvas.clamp(0, 1))
     return convention.to_input(constants.contiguous()), convention.to_input(torch.stack(canvases))
 
