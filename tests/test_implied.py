@@ -62,7 +62,7 @@ def test_a_data_free_report_notes_a_background_unlike_its_mid_grey_canvas():
     dark = with_statistics(SmallCNN(1, 10), canvases(0.05))
     report = find_pans(dark, (1, 32, 32), input_range=(0, 1), dependence=False, n_patterns=2)
     note = [a for a in report.assumptions if NOTE in a]
-    assert len(note) == 1 and "averaging 0.1" in note[0] and "pass data=" in note[0]
+    assert len(note) == 1 and "averaging 0.1" in note[0] and "data=, CLI --data" in note[0]
     grey = with_statistics(SmallCNN(1, 10), canvases(0.45))
     assert abs(level_of(grey, (1, 32, 32), input_range=(0, 1))[0] - 0.5) < MISMATCH
     assert not any(NOTE in a for a in find_pans(grey, (1, 32, 32), input_range=(0, 1), dependence=False,

@@ -65,4 +65,4 @@ def convention_note(model: nn.Module, stem: str | None, feeds_bn: dict[str, nn.M
         return None
     return (f"the stem's BatchNorm ({stem}) implies training images averaging {u:.2f} in pixels under this convention "
             f"(R^2 {r2:.2f}), unlike the probes' mid-grey canvas ({CANVAS}): another background or normalisation; "
-            "data-free scores can be far off: pass data= (a few of the model's own images)")
+            "data-free scores can be far off: scan on a few of the model's own images (data=, CLI --data)")
