@@ -35,6 +35,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/scan_speed.py
 	$(PY) benchmarks/scan_speed.py --data
 	$(PY) benchmarks/threshold_calibration.py
+	$(PY) benchmarks/convention_check.py
 	$(PY) benchmarks/demo_stability.py --seeds 0 1 2 3 4 --threads 1 2
 	$(PY) benchmarks/monitor_overhead.py
 	$(PY) benchmarks/regularizer_cost.py
