@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers.module_state import device_dtype
 from ..layers.padding import untrained_bn
 from .probes import CANVAS, InputConvention
 
@@ -32,9 +33,8 @@ def implied_pixel_level(conv: nn.Module, bn: nn.Module, convention: InputConvent
     if bn.running_mean is None or bn.running_var is None or untrained_bn(bn):
         return None
     c = input_size[0]
-    weight = next(conv.parameters())
     probes = torch.cat([torch.zeros(1, c, *input_size[1:]), torch.eye(c).view(c, c, 1, 1).expand(c, c, *input_size[1:])])
-    out = conv(probes.to(weight.device, weight.dtype)).double().mean(dim=(2, 3))  # (1 + C, C_out)
+    out = conv(probes.to(*device_dtype(conv))).double().mean(dim=(2, 3))  # (1 + C, C_out)
     y0, g = out[0], out[1:] - out[0]
     a = torch.tensor([1 / s for s in convention.std], dtype=torch.float64, device=g.device)
     b = torch.tensor([-m / s for m, s in zip(convention.mean, convention.std)], dtype=torch.float64, device=g.device)

@@ -136,10 +136,11 @@ class InputConvention:
         return (u - mean) / std
 
     def describe(self) -> str:
-        lo = [round(-m / s, 3) + 0.0 for m, s in zip(self.mean, self.std)]  # + 0.0: no -0.0
+        mean = [m + 0.0 for m in self.mean]  # + 0.0 prints -0.0 as 0.0
+        lo = [round(-m / s, 3) + 0.0 for m, s in zip(self.mean, self.std)]
         hi = [round((1 - m) / s, 3) for m, s in zip(self.mean, self.std)]
         rng = f"[{lo[0]}, {hi[0]}]" if len(set(lo)) == 1 and len(set(hi)) == 1 else f"from {lo} to {hi}"
-        return f"data-free probes: inputs = (pixels in [0, 1] - mean {list(self.mean)}) / std {list(self.std)}, " \
+        return f"data-free probes: inputs = (pixels in [0, 1] - mean {mean}) / std {list(self.std)}, " \
                f"i.e. {rng} ({self.source})"
 
 
@@ -172,7 +173,7 @@ def resolve_convention(model: torch.nn.Module, channels: int, input_range: tuple
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
             raise ValueError(f"input_range must be (low, high) with high > low, got {tuple(input_range)}")
-        return InputConvention((-lo / (hi - lo) + 0.0,) * channels, (1 / (hi - lo),) * channels,  # + 0.0: no -0.0
+        return InputConvention((-lo / (hi - lo),) * channels, (1 / (hi - lo),) * channels,
                                f"given input_range ({lo:g}, {hi:g})")
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if cfg.get("mean") is not None and cfg.get("std") is not None and len(cfg["mean"]) in (1, channels):
