@@ -35,7 +35,7 @@ Per cell:
   scan's (16 + 2 * 8 * 8 roll images).
 * Target "<= 10% flagged unless they carry position": frac <= 0.10 or margin >= 0.10.
 
-Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--jsonl ...] [--out ...]``;
+Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--device cuda] [--jsonl ...] [--out ...]``;
 ``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell. The
 published table: ``--from-jsonl --extra-jsonl benchmarks/results/detector_validity_carried.jsonl
 benchmarks/results/detector_validity_info.jsonl`` (cells rerun for the later columns, same seed and
@@ -214,8 +214,13 @@ def _chans(x: torch.Tensor, c: int) -> torch.Tensor:
     return x if x.shape[1] == c else x.expand(-1, c, -1, -1).contiguous()
 
 
+def _dev(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, epochs: int, lr: float, batch: int,
           seed: int = 0) -> nn.Module:
+    """AdamW, one-cycle; batches drawn on the CPU and moved to the model's device."""
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=5e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.25)
@@ -225,8 +230,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, epochs
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch):
             idx = perm[i:i + batch]
-            digit, half = model(_chans(x[idx], chans))
-            loss = F.cross_entropy(digit, y[idx, 0]) + F.cross_entropy(half, y[idx, 1])
+            xb, yb = x[idx].to(_dev(model)), y[idx].to(_dev(model))
+            digit, half = model(_chans(xb, chans))
+            loss = F.cross_entropy(digit, yb[:, 0]) + F.cross_entropy(half, yb[:, 1])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -249,7 +255,7 @@ class Silencer:
 
             def hook(module, inputs, output, idx=idx):
                 output = output.clone()
-                output[:, idx] = 0
+                output[:, idx.to(output.device)] = 0
                 return output
             self.handles.append(model.get_submodule(name).register_forward_hook(hook))
 
@@ -269,8 +275,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, bat
     model.eval()
     out = np.zeros(4)
     for i in range(0, len(x), batch):
-        heads = model(_chans(x[i:i + batch], chans))
-        for h, (logits, target) in enumerate(zip(heads, y[i:i + batch].T)):
+        heads = model(_chans(x[i:i + batch].to(_dev(model)), chans))
+        for h, (logits, target) in enumerate(zip(heads, y[i:i + batch].to(_dev(model)).T)):
             out[h] += (logits.argmax(1) == target).sum().item()
             out[2 + h] += math.log(logits.shape[1]) * len(target) - F.cross_entropy(logits, target, reduction="sum").item()
     return out / len(x)
@@ -320,19 +326,29 @@ def selectivity(d: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- cells
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn, *a, **k):
+    _sync()
     t = time.perf_counter()
     r = fn(*a, **k)
+    _sync()
     return r, time.perf_counter() - t
 
 
 @torch.no_grad()
 def _forward_time(model, x, repeats=3) -> float:
+    x = x.to(_dev(model))
     model(x)
     best = math.inf
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         model(x)
+        _sync()
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -362,18 +378,21 @@ def _layer_counts(report) -> dict[str, int]:
 
 
 def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: int = 0,
-                        single_channel: bool = False, free_selectivity: bool = True) -> dict:
+                        single_channel: bool = False, free_selectivity: bool = True, device: str = "cpu") -> dict:
+    """One digits cell's row. The data stays on the CPU (the scans get CPU images, as the callbacks'
+    calibration sample is); the model trains and is scanned on ``device``."""
     t0 = time.perf_counter()
     epochs, lr, batch, copies = budget(arch, size)
     xtr, ytr, xte, yte, free_conv = dataset(size, convention, copies, seed)
     model, chans = build(arch, size, seed)
+    model.to(device)
     _, t_train = _timed(train, model, xtr, ytr, chans, epochs, lr, batch, seed)
     base = evaluate(model, xte, yte, chans)
     sample = _chans(xtr[:SAMPLE], chans)
     input_size = tuple(sample.shape[1:])
     pairs = conv_bn_pairs(model, input_size)
     row = dict(arch=arch, convention=convention, size=size, seed=seed, threads=torch.get_num_threads(),
-               train_images=len(xtr), test_images=len(xte),
+               **_device_field(device), train_images=len(xtr), test_images=len(xte),
                epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4),
                info_digit=round(base[2], 4), info_half=round(base[3], 4))
     report, t_scan = _timed(find_pans, model, data=sample)
@@ -532,11 +551,11 @@ def _half_eta2(model, pairs, report, x, y, chans, batch: int = 200) -> np.ndarra
     try:
         model.eval()
         for i in range(0, len(x), batch):
-            model(_chans(x[i:i + batch], chans))
+            model(_chans(x[i:i + batch].to(_dev(model)), chans))
     finally:
         for h in handles:
             h.remove()
-    r = torch.cat([torch.cat(pooled[n]) for n in names], dim=1).double()  # (N, channels)
+    r = torch.cat([torch.cat(pooled[n]) for n in names], dim=1).double().cpu()  # (N, channels)
     half = y[:, 1].bool()
     total = ((r - r.mean(0)) ** 2).sum(0)
     between = sum(m.sum() * (r[m].mean(0) - r.mean(0)) ** 2 for m in (half, ~half))
@@ -573,15 +592,15 @@ def photos(size: int, n: int = SAMPLE) -> torch.Tensor:
     return torch.stack(out)
 
 
-def measure_lite0_cell(size: int, log=print) -> dict:
+def measure_lite0_cell(size: int, log=print, device: str = "cpu") -> dict:
     from pan_repair.models.pretrained import load_efficientnet_lite0
 
     t0 = time.perf_counter()
-    model = load_efficientnet_lite0()
+    model = load_efficientnet_lite0().to(device)
     sample = photos(size)
     input_size = tuple(sample.shape[1:])
     report, t_scan = _timed(find_pans, model, data=sample)
-    row = dict(arch="lite0", convention="photos [-1,1]", size=size, filters=report.total_filters, pans=report.count,
+    row = dict(arch="lite0", convention="photos [-1,1]", size=size, **_device_field(device), filters=report.total_filters, pans=report.count,
                frac=round(report.fraction, 4), kinds=_kinds(report), layers=_layer_counts(report),
                dep=_dep(report), scan_s=round(t_scan, 3), unmeasured=sorted(report.unmeasured),
                assumptions=report.assumptions)
@@ -760,11 +779,16 @@ def default_cells() -> list[str]:
     return cells
 
 
-def run_cell(cell: str, single: set[str], log=print, seed: int = 0) -> dict:
+def _device_field(device: str) -> dict:
+    """``{"device": <GPU name>}`` for a CUDA cell; nothing for the CPU (rows without it ran on the CPU)."""
+    return {"device": torch.cuda.get_device_name(torch.device(device))} if str(device).startswith("cuda") else {}
+
+
+def run_cell(cell: str, single: set[str], log=print, seed: int = 0, device: str = "cpu") -> dict:
     arch, conv, size = cell.split(":")
     if arch == "lite0":
-        return measure_lite0_cell(int(size), log)
-    return measure_digits_cell(arch, conv, int(size), log, seed=seed, single_channel=cell in single)
+        return measure_lite0_cell(int(size), log, device)
+    return measure_digits_cell(arch, conv, int(size), log, seed=seed, single_channel=cell in single, device=device)
 
 
 def main(argv=None) -> None:
@@ -774,6 +798,7 @@ def main(argv=None) -> None:
                    help="cells that also get the single-channel selectivity analysis")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="seed of the digits cells' data, initialisation and training")
+    p.add_argument("--device", default="cpu", help="where the models train and are scanned (cpu, cuda)")
     p.add_argument("--jsonl", default="benchmarks/results/detector_validity.jsonl")
     p.add_argument("--out", default="benchmarks/results/detector_validity.md")
     p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
@@ -794,7 +819,7 @@ def main(argv=None) -> None:
             if cell in done:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {cell}", file=sys.stderr, flush=True)
-            row = run_cell(cell, set(a.single_channel), seed=a.seed)
+            row = run_cell(cell, set(a.single_channel), seed=a.seed, device=a.device)
             with open(a.jsonl, "a") as f:
                 f.write(json.dumps(row, default=_plain) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in ("single_channel", "assumptions", "layers")},
