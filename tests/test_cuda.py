@@ -66,15 +66,29 @@ def test_data_free_scan_on_cuda_agrees_and_circular_twin_has_none(trained):
     assert find_pans(gpu_model, (1, 30, 30), input_range=(0, 1)).count == 0  # 30 px: off the stride grid
 
 
+def _devices(ns):
+    """A callback recording the device types of the module's parameters and buffers after each training
+    step (Lightning moves the module back to the CPU when the fit ends)."""
+
+    class Devices(ns.pl.Callback):
+        seen: set[str] = set()
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.seen |= {t.device.type for t in [*pl_module.parameters(), *pl_module.buffers()]}
+    return Devices()
+
+
 @pytest.mark.parametrize("namespace", list(NAMESPACES))
 def test_every_callback_trains_a_gpu_run_through(namespace, tmp_path, recwarn):
     ns = NAMESPACES[namespace]
     monitor = ns.callbacks.PANMonitor(every_n_epochs=1, border_threshold=THRESHOLD)
     pruning = ns.callbacks.PANPruning(model_attr="model", border_threshold=THRESHOLD, make_pruning_permanent=False)
     regularizer = ns.callbacks.PANRegularizer(weight=0.5, every=1, model_attr="model")
-    net, trainer = _fit(ns, tmp_path, [monitor, pruning, regularizer], accelerator="gpu")
+    devices = _devices(ns)
+    net, trainer = _fit(ns, tmp_path, [monitor, pruning, regularizer, devices], accelerator="gpu")
     assert trainer.current_epoch == 2 and net.steps == 6
-    assert next(net.parameters()).is_cuda
+    assert devices.seen == {"cuda"}  # pruning masks included
+    assert any(name.endswith("weight_mask") for name, _ in net.named_buffers())
     assert [s["epoch"] for s in monitor.history.scans] == [0, 1]
     assert monitor.calibration.device.type == "cpu" and monitor.calibration.shape[1:] == INPUT
     assert [r["epoch"] for r in pruning.rounds] == [0, 1] and pruning.pruned
@@ -87,10 +101,10 @@ def test_every_callback_trains_a_gpu_run_through(namespace, tmp_path, recwarn):
 @pytest.mark.parametrize("mode", ["replicate", "full"])
 def test_padding_switch_mid_run_on_cuda(mode, tmp_path):
     ns = NAMESPACES["lightning.pytorch"]
-    switch = ns.callbacks.PaddingSwitch(mode, at_epoch=1, model_attr="model")
-    net, trainer = _fit(ns, tmp_path, [switch], accelerator="gpu")
-    assert trainer.current_epoch == 2 and net.steps == 6
+    switch, devices = ns.callbacks.PaddingSwitch(mode, at_epoch=1, model_attr="model"), _devices(ns)
+    net, trainer = _fit(ns, tmp_path, [switch, devices], accelerator="gpu")
+    assert trainer.current_epoch == 2 and net.steps == 6 and devices.seen == {"cuda"}
     assert switch.switched == ["features.0", "features.3", "features.6"]
     assert all(net.model.features[i].padding_mode == mode for i in (0, 3, 6))
     grown = 30 if mode == "full" else 24  # full: + 2 px per 3x3 conv
-    assert net.model.features(torch.zeros(1, *INPUT, device="cuda")).shape[-2:] == (grown, grown)
+    assert net.model.features(torch.zeros(1, *INPUT)).shape[-2:] == (grown, grown)
