@@ -831,6 +831,10 @@ def main(argv=None) -> None:
     for f in [a.jsonl, *a.extra_jsonl]:  # a later file's row updates the cell's (same seed, same training)
         for r in map(json.loads, Path(f).read_text().splitlines()):
             rows[_key(r)] = {**rows.get(_key(r), {}), **r}
+    devices = sorted({r["device"] for r in rows.values() if r.get("device")})
+    if devices:  # the machine above only tabulated them
+        header = header.replace("Machine: ", f"Cells trained and scanned on {', '.join(devices)} (the rows' "
+                                "device); tabulated on: ")
     text = table(list(rows.values()), f"{header}; {threads_used(list(rows.values()))}") + "\n" + \
         summary(list(rows.values()))
     if Path(a.notes).exists():

@@ -1,4 +1,4 @@
-"""Do the validity matrix's verdicts survive another seed and another thread count?
+"""Do the validity matrix's verdicts survive another seed, another thread count, another device?
 
 Reads JSON-lines files written by ``benchmarks/detector_validity.py`` (the matrix, and reruns of some of
 its cells with ``--seed`` / ``--threads`` into files of their own) and tabulates, per cell and run: the PAN
@@ -7,7 +7,7 @@ fraction, the margin (flagged selectivity minus random), the circular twin's PAN
 cells whose verdicts agree across every run that has them.
 
 Usage: ``python benchmarks/detector_validity_stability.py RUN.jsonl [RUN.jsonl ...] [--out FILE]``
-(the first file is the reference; a run is named by its rows' seed and threads).
+(the first file is the reference; a run is named by its rows' seed and threads, and device where a GPU trained it).
 """
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ def _key(r: dict) -> str:
 def _run_name(rows: list[dict], path: str) -> str:
     seeds = {r.get("seed", 0) for r in rows if r["arch"] != "lite0"}
     threads = {r.get("threads", 1) for r in rows if r["arch"] != "lite0"}
-    return (f"seed {','.join(map(str, sorted(seeds))) or '-'}, {','.join(map(str, sorted(threads)))} thread(s) "
-            f"({Path(path).name})")
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    where = f"{', '.join(devices)}, " if devices else ""
+    return (f"seed {','.join(map(str, sorted(seeds))) or '-'}, {where}{','.join(map(str, sorted(threads)))} "
+            f"thread(s) ({Path(path).name})")
 
 
 def _cell(r: dict) -> str:
@@ -92,11 +94,14 @@ def main(argv=None) -> None:
     text = tabulate(a.runs)
     if a.out:
         Path(a.out).write_text(
-            "## Validity matrix: verdicts over seeds and thread counts (benchmarks/detector_validity_stability.py)\n\n"
+            "## Validity matrix: verdicts over seeds, thread counts and devices "
+            "(benchmarks/detector_validity_stability.py)\n\n"
             f"`python benchmarks/detector_validity_stability.py {' '.join(a.runs)}`, {time.strftime('%Y-%m-%d')}. "
             "The reruns: `python benchmarks/detector_validity.py --cells <the cells below> --seed S --threads T "
-            "--jsonl <file>` (one row per cell; a seed draws the canvases, the initialisation and the training "
-            "order; two threads change the floating-point order of the training's sums).\n\n" + text)
+            "[--device cuda] --jsonl <file>` (one row per cell; a seed draws the canvases, the initialisation and "
+            "the training order; two threads change the floating-point order of the training's sums; a GPU "
+            "trains and scans in its own arithmetic, cuDNN's convolutions in TF32, from the same canvases and "
+            "initialisation).\n\n" + text)
     print(text)
 
 
