@@ -22,7 +22,7 @@ log=$out/log.txt
   $py benchmarks/scan_speed.py --device cuda --size 64
   $py benchmarks/scan_speed.py --device cuda --size 224 --data
   echo "## monitor_overhead (GPU)"
-  $py benchmarks/monitor_overhead.py --accelerator gpu --epochs 3 --repeats 2
+  $py benchmarks/monitor_overhead.py --accelerator gpu --epochs 20 --repeats 2  # a GPU epoch here is 0.3 s
 } 2>&1 | tee -a "$log"
 
 # the matrix: longest-processing-time split by the cells' CPU seconds, cheapest first within a worker
