@@ -10,7 +10,9 @@ Target (issue #13): a scan costs at most 2x one forward of its probe batch. On t
 runs its forwards channels-last (faster oneDNN convolutions); the plain forward is the model as
 users call it (contiguous images), and the last column sets the scan against a channels-last
 forward too.
-Run: ``.venv/bin/python benchmarks/scan_speed.py [--size 224] [--models resnet18 ...] [--data] [--threads N]``
+Run: ``.venv/bin/python benchmarks/scan_speed.py [--size 224] [--models resnet18 ...] [--data] [--threads N]
+[--device cuda] [--profile]``; ``--profile`` then prints where one scan's time goes (``torch.profiler``: the
+operations' host time, and on a GPU the kernels launched and their device time).
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--data", action="store_true", help="scan on 16 photos instead of data-free")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="after the table, profile one scan of each model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,6 +76,7 @@ def main() -> None:
     print("| model | probe images | forward (s) | scan (s) | scan / forward | PANs | channels-last forward (s) | "
           "scan / it |")
     print("|---|---|---|---|---|---|---|---|")
+    profiles: list[str] = []
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name).eval().to(args.device)
@@ -94,8 +98,35 @@ def main() -> None:
             scn.append(timed(scan))
             fcl.append(timed(lambda: forward(last)))
         forward_s, seconds, last_s = min(fwd), min(scn), min(fcl)
-        print(f"| {name} | {len(images)} | {forward_s:.2f} | {seconds:.2f} | {seconds / forward_s:.2f}x | "
-              f"{report.count} | {last_s:.2f} | {seconds / last_s:.2f}x |", flush=True)
+        print(f"| {name} | {len(images)} | {forward_s:.4f} | {seconds:.3f} | {seconds / forward_s:.2f}x | "
+              f"{report.count} | {last_s:.4f} | {seconds / last_s:.2f}x |", flush=True)
+        if args.profile:
+            profiles.append(f"{name}: " + profile(scan))
+    for line in profiles:
+        print(line)
+
+
+def profile(scan) -> str:
+    """One scan under ``torch.profiler``: host time of the operations, the CUDA kernels and their
+    device time, the operations of most host time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        scan()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    host = sum(e.self_cpu_time_total for e in events) / 1e3
+    on_device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = sum(e.count for e in on_device)
+    device = sum(e.self_device_time_total for e in on_device) / 1e3
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+    return (f"host {host:.1f} ms in {sum(e.count for e in events)} operations"
+            + (f"; {kernels} CUDA kernels, {device:.1f} ms of device time" if cuda else "")
+            + "; most host time: " + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e3:.1f} ms ({e.count})" for e in top))
 
 
 if __name__ == "__main__":
