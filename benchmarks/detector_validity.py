@@ -831,6 +831,8 @@ def main(argv=None) -> None:
     for f in [a.jsonl, *a.extra_jsonl]:  # a later file's row updates the cell's (same seed, same training)
         for r in map(json.loads, Path(f).read_text().splitlines()):
             rows[_key(r)] = {**rows.get(_key(r), {}), **r}
+    order = {c: i for i, c in enumerate(default_cells())}  # the matrix's order, whichever worker wrote a row first
+    rows = dict(sorted(rows.items(), key=lambda kv: order.get(kv[0], len(order))))
     devices = sorted({r["device"] for r in rows.values() if r.get("device")})
     if devices:  # the machine above only tabulated them
         header = header.replace("Machine: ", f"Cells trained and scanned on {', '.join(devices)} (the rows' "
