@@ -59,7 +59,7 @@ from torch import nn
 
 from pan_repair import SmallCNN, convert_padding, find_pans
 from pan_repair.layers import conv_bn_pairs
-from pan_repair.layers.module_state import structural_copy
+from pan_repair.layers.module_state import device_dtype, structural_copy
 
 CONVENTIONS = ("norm", "black", "white", "noisy")
 SIZES = (32, 64, 96, 100, 224)
@@ -214,10 +214,6 @@ def _chans(x: torch.Tensor, c: int) -> torch.Tensor:
     return x if x.shape[1] == c else x.expand(-1, c, -1, -1).contiguous()
 
 
-def _dev(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, epochs: int, lr: float, batch: int,
           seed: int = 0) -> nn.Module:
     """AdamW, one-cycle; batches drawn on the CPU and moved to the model's device."""
@@ -230,7 +226,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, epochs
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch):
             idx = perm[i:i + batch]
-            xb, yb = x[idx].to(_dev(model)), y[idx].to(_dev(model))
+            xb, yb = x[idx].to(device_dtype(model)[0]), y[idx].to(device_dtype(model)[0])
             digit, half = model(_chans(xb, chans))
             loss = F.cross_entropy(digit, yb[:, 0]) + F.cross_entropy(half, yb[:, 1])
             opt.zero_grad(set_to_none=True)
@@ -275,8 +271,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chans: int, bat
     model.eval()
     out = np.zeros(4)
     for i in range(0, len(x), batch):
-        heads = model(_chans(x[i:i + batch].to(_dev(model)), chans))
-        for h, (logits, target) in enumerate(zip(heads, y[i:i + batch].to(_dev(model)).T)):
+        heads = model(_chans(x[i:i + batch].to(device_dtype(model)[0]), chans))
+        for h, (logits, target) in enumerate(zip(heads, y[i:i + batch].to(device_dtype(model)[0]).T)):
             out[h] += (logits.argmax(1) == target).sum().item()
             out[2 + h] += math.log(logits.shape[1]) * len(target) - F.cross_entropy(logits, target, reduction="sum").item()
     return out / len(x)
@@ -341,7 +337,7 @@ def _timed(fn, *a, **k):
 
 @torch.no_grad()
 def _forward_time(model, x, repeats=3) -> float:
-    x = x.to(_dev(model))
+    x = x.to(device_dtype(model)[0])
     model(x)
     best = math.inf
     for _ in range(repeats):
@@ -551,7 +547,7 @@ def _half_eta2(model, pairs, report, x, y, chans, batch: int = 200) -> np.ndarra
     try:
         model.eval()
         for i in range(0, len(x), batch):
-            model(_chans(x[i:i + batch].to(_dev(model)), chans))
+            model(_chans(x[i:i + batch].to(device_dtype(model)[0]), chans))
     finally:
         for h in handles:
             h.remove()

@@ -71,7 +71,8 @@ def _devices(ns):
     step (Lightning moves the module back to the CPU when the fit ends)."""
 
     class Devices(ns.pl.Callback):
-        seen: set[str] = set()
+        def __init__(self) -> None:
+            self.seen: set[str] = set()
 
         def on_train_batch_end(self, trainer, pl_module, *args):
             self.seen |= {t.device.type for t in [*pl_module.parameters(), *pl_module.buffers()]}
