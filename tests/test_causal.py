@@ -138,6 +138,15 @@ def test_circular_net_reports_no_pans(nets):
         assert report.count == 0, report.pans
 
 
+def test_a_data_free_scan_probes_at_the_black_background_the_net_was_trained_on(nets):
+    """Digits on black in [0, 1]: zero padding looks like the background, so the first layer cannot see
+    the border (on data its border scores are at most 0.07). Uniform mid-grey-ish probes made it score
+    0.86; probes on a canvas at the level its stem BatchNorm implies score it as the data does."""
+    report = find_pans(nets["zeros"], (1, CANVAS, CANVAS), input_range=(0, 1), dependence=False)
+    assert any("canvas is at 0.0" in a for a in report.assumptions), report.assumptions
+    assert max(report.scores["features.0"]["border"]) < 0.2, report.scores["features.0"]["border"]
+
+
 def test_silencing_detected_pans_hurts_the_position_head(nets):
     model, x, y = nets["zeros"], nets["x"], nets["y"]
     report = find_pans(model, data=nets["x_train"][:16])

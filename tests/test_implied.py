@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from pan_repair import SmallCNN, find_pans
+from pan_repair.detect.detector import probe_batch
 from pan_repair.detect.forward import prepass
 from pan_repair.detect.implied import MISMATCH, implied_pixel_level
 from pan_repair.detect.probes import resolve_convention
@@ -73,6 +74,37 @@ def test_a_data_free_report_notes_a_background_unlike_its_mid_grey_canvas():
     # scans on the model's own images check nothing: they measure its inputs
     assert not any(NOTE in a for a in find_pans(dark, data=canvases(0.05, n=8), dependence=False,
                                                   n_patterns=2).assumptions)
+
+
+def _ring(x: torch.Tensor) -> torch.Tensor:
+    """The outermost pixels of every image (N, C, H, W) -> (N, border pixels)."""
+    return torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1).flatten(1)
+
+
+@pytest.mark.parametrize("level", [0.05, 0.95])
+def test_a_data_free_scan_probes_on_a_canvas_at_the_level_the_stem_implies(level):
+    """A model trained on dark (light) backgrounds is probed on dark (light) canvases, and its border
+    score reads those textured canvases, not uniform images at levels it never saw."""
+    model = with_statistics(SmallCNN(1, 10), canvases(level))
+    u = level_of(model, (1, 32, 32), input_range=(0, 1))[0]
+    probes = probe_batch(model, (1, 32, 32), input_range=(0, 1), n_patterns=2, n_positions=3)
+    border_images = probes[:2]  # then the rolls of the same canvases
+    assert _ring(border_images).mean(dim=1) == pytest.approx(torch.full((2,), u), abs=0.02)
+    assert probes.flatten(1).std(dim=1).min() > 0.05  # textured, no uniform image left
+    report = find_pans(model, (1, 32, 32), input_range=(0, 1), dependence=False, n_patterns=2)
+    assert any(f"canvas is at {u:.2f}" in a for a in report.assumptions)
+    # the model's declared convention is honoured: the same canvases in [0, 255]
+    scaled = with_statistics(SmallCNN(1, 10), 255 * canvases(level))
+    assert _ring(probe_batch(scaled, (1, 32, 32), input_range=(0, 255), n_patterns=2)[:2] / 255).mean() == \
+        pytest.approx(u, abs=0.02)
+
+
+def test_a_mid_grey_model_keeps_the_uniform_border_probes():
+    model = with_statistics(SmallCNN(1, 10), canvases(0.45))
+    probes = probe_batch(model, (1, 32, 32), input_range=(0, 1), n_patterns=2, n_positions=3)
+    uniform = probes[:4].flatten(1)
+    assert (uniform.std(dim=1) == 0).all() and uniform[:2, 0].min() >= 0.7 and uniform[2:, 0].max() <= 0.3
+    assert _ring(probes[4:]).mean() == pytest.approx(0.5, abs=0.02)
 
 
 def test_no_note_without_statistics_to_read():

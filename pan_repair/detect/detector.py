@@ -8,15 +8,18 @@ images. Without data, on synthetic probes in the model's declared input conventi
 textures on a flat mid-grey canvas, built as pixels in [0, 1] and normalised like the model's inputs.
 The assumption is checked against the model itself: where its stem conv feeds a trained BatchNorm,
 whose running mean implies the training images' mean pixel level under the convention
-(:func:`pan_repair.detect.implied.implied_pixel_level`), a level at least 0.2 from the canvas's 0.5
-(a dark or light background, another normalisation) adds a note to ``report.assumptions``.
+(:func:`pan_repair.detect.implied.implied_pixel_level`), a level ``u`` at least 0.2 from the canvas's
+0.5 (a dark or light background, another normalisation) puts the textures on a canvas at ``u``
+(clipped to [0, 1]) and the border score on those textured canvases instead of on uniform images
+(as on data: the images' own border is what the padding's edge is compared with), and
+``report.assumptions`` says so.
 
 For every output channel ``c`` of every 2-D convolution (eval mode, no gradients; the model is left
 exactly as found):
 
 * *border score* ``b_c`` (only for layers whose own padding is a constant frame: zeros,
   ``ConstantPad2d``, TF-"same"). On the layer's real input ``x`` (from the data images, or the
-  uniform probes without data), the padding's own effect is
+  uniform probes without data; the textured canvases where they follow the stem), the padding's own effect is
   ``D = conv(pad_zero(x)) - conv(pad_replicate(x))`` (bias cancels); it lives on the border only.
   Per padded side ``s``: ``rms_s`` of ``D`` on the outermost output line, corners excluded, over the
   images; ``b_c = max_s rms_s / u_c`` with the channel's unit ``u_c = max(sigma_c, kappa_c)``:
@@ -81,7 +84,7 @@ from ..layers.module_state import device_dtype
 from ..layers.padding import conv_layers, untrained_bn, unsupported_layers
 from .dependence import DEPENDENCE_IMAGES, padding_dependence
 from .forward import Prepass, check_input, prepass, run_model, scan_memory_format, total_stride
-from .implied import convention_note
+from .implied import stem_level
 from .position import layer_eta2, twin_eta2
 from .probes import calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
 from .recorder import LayerStats, inspection
@@ -197,17 +200,20 @@ def _probes(model: nn.Module, input_size: tuple[int, int, int], images: torch.Te
             seed: int, assumptions: list[str], convention: dict[str, Any],
             pre: Prepass | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The images of the border score and the base images of the rolls: the data and canvases
-    made of it, or uniform probes and textures in the input convention (checked against the
-    model's stem statistics when ``pre`` names them, see :mod:`.implied`)."""
+    made of it, or uniform probes and textures in the input convention; where the model's stem
+    statistics (``pre`` names the stem, see :mod:`.implied`) imply another mean pixel level than
+    the mid-grey canvas, textures on a canvas at that level, which the border score reads too."""
     if images is not None:
         assumptions.append(f"measured on {len(images)} data images")
         return images, data_canvases(images, n_patterns, seed)
     conv = resolve_convention(model, input_size[0], **convention)
     assumptions.append(conv.describe())
-    note = None if pre is None else convention_note(model, pre.stem, pre.feeds_bn, conv, input_size)
-    if note is not None:
-        assumptions.append(note)
-    return synthetic_images(input_size, conv, n_patterns, seed=seed)
+    level = None if pre is None else stem_level(model, pre.stem, pre.feeds_bn, conv, input_size)
+    if level is None:
+        return synthetic_images(input_size, conv, n_patterns, seed=seed)
+    assumptions.append(level[1])
+    _, canvases = synthetic_images(input_size, conv, n_patterns, seed=seed, canvas=level[0])
+    return canvases, canvases
 
 
 def probe_batch(model: nn.Module, input_size: tuple[int, int, int] | None = None, *, data: Any = None,
@@ -218,9 +224,9 @@ def probe_batch(model: nn.Module, input_size: tuple[int, int, int] | None = None
     images = calibration_images(data, max_images) if data is not None else None
     input_size = _resolve_size(model, input_size, images, [])
     check_input(model, input_size)
-    stride = total_stride(model, input_size, *device_dtype(model))
-    border, base = _probes(model, input_size, images, n_patterns, seed, [], convention)
-    return torch.cat([border, roll_grid(base, n_positions, stride).images])
+    pre = prepass(model, input_size, *device_dtype(model))
+    border, base = _probes(model, input_size, images, n_patterns, seed, [], convention, pre)
+    return torch.cat([border, roll_grid(base, n_positions, pre.stride).images])
 
 
 def find_pans(
@@ -251,7 +257,8 @@ def find_pans(
         data: the model's own images: a tensor (N, C, H, W), a ``DataLoader`` or a ``Dataset``;
             up to ``max_images`` are used. Without it, synthetic probes in the input convention.
         input_range, mean, std: the input convention of data-free probes (see
-            :func:`pan_repair.detect.probes.resolve_convention`); ignored with ``data``.
+            :func:`pan_repair.detect.probes.resolve_convention`; their canvas follows the level the
+            stem's BatchNorm implies where it is far from mid-grey); ignored with ``data``.
         border_threshold: minimum border score (units of the channel's std or content response) of a border PAN; default
             :data:`DEFAULT_DATA_BORDER_THRESHOLD` with data, :data:`DEFAULT_BORDER_THRESHOLD` on probes.
         position_threshold: minimum position score (share of variance, [0, 1]); default

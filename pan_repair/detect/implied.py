@@ -1,7 +1,8 @@
 """What a trained model remembers of its inputs: the mean pixel level of its training images,
 implied by the running mean of the BatchNorm its stem convolution feeds. A data-free scan checks
 the input convention it assumed against it (the probes' canvas is mid-grey, pixels 0.5): a model
-trained on dark or light backgrounds, or with another normalisation, says so here."""
+trained on dark or light backgrounds, or with another normalisation, says so here, and the
+probes follow it (:func:`stem_level`)."""
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,8 @@ from ..layers.module_state import device_dtype
 from ..layers.padding import untrained_bn
 from .probes import CANVAS, InputConvention
 
-#: a data-free scan notes a mismatch when the implied mean pixel level is this far from the probes'
-#: mid-grey canvas (pixels in [0, 1]). Measured: digits canvases on black (0.04), on white (0.96), on
+#: a data-free scan notes a mismatch, and probes at the implied level, when that level is this far
+#: from the probes' mid-grey canvas (pixels in [0, 1]). Measured: digits canvases on black (0.04), on white (0.96), on
 #: a noisy background (0.28) are all noted; the pretrained Lite0 in its own convention (0.46) is not
 MISMATCH = 0.2
 
@@ -49,12 +50,13 @@ def implied_pixel_level(conv: nn.Module, bn: nn.Module, convention: InputConvent
     return u, r2
 
 
-def convention_note(model: nn.Module, stem: str | None, feeds_bn: dict[str, nn.Module],
-                    convention: InputConvention, input_size: tuple[int, int, int]) -> str | None:
-    """The assumption a data-free report adds where the model's own statistics contradict its
-    assumed convention (:func:`implied_pixel_level` ``u`` at least :data:`MISMATCH` from mid-grey;
-    the fit's R^2 is quoted: a low one says the stem's statistics follow from no single level, itself
-    a sign of another convention), else None."""
+def stem_level(model: nn.Module, stem: str | None, feeds_bn: dict[str, nn.Module], convention: InputConvention,
+               input_size: tuple[int, int, int]) -> tuple[float, str] | None:
+    """Where the model's own statistics contradict the probes' mid-grey canvas
+    (:func:`implied_pixel_level` ``u`` at least :data:`MISMATCH` from :data:`CANVAS`): the canvas
+    level to probe at instead (``u`` clipped to [0, 1]) and the assumption the report records (it
+    quotes the fit's R^2: a low one says no single level explains the stem's statistics, itself a
+    sign of another convention). None where they agree or there is nothing to read."""
     if stem is None or stem not in feeds_bn:
         return None
     found = implied_pixel_level(model.get_submodule(stem), feeds_bn[stem], convention, input_size)
@@ -63,6 +65,8 @@ def convention_note(model: nn.Module, stem: str | None, feeds_bn: dict[str, nn.M
     u, r2 = found
     if abs(u - CANVAS) < MISMATCH:
         return None
-    return (f"the stem's BatchNorm ({stem}) implies training images averaging {u:.2f} in pixels under this convention "
-            f"(R^2 {r2:.2f}), unlike the probes' mid-grey canvas ({CANVAS}): another background or normalisation; "
-            "data-free scores can be far off: scan on a few of the model's own images (data=, CLI --data)")
+    level = min(max(u, 0.0), 1.0)
+    return level, (f"the stem's BatchNorm ({stem}) implies training images averaging {u:.2f} in pixels under this "
+                   f"convention (R^2 {r2:.2f}), unlike a mid-grey canvas ({CANVAS}): the probes' canvas is at "
+                   f"{level:.2f} and the border score is measured on the textured canvases, not on uniform images; "
+                   "data-free scores remain an estimate: scan on a few of the model's own images (data=, CLI --data)")

@@ -233,13 +233,13 @@ CANVAS = 0.5
 
 
 def synthetic_images(input_size: tuple[int, int, int], convention: InputConvention, n_patterns: int,
-                     n_constants: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     n_constants: int = 4, seed: int = 0, canvas: float = CANVAS) -> tuple[torch.Tensor, torch.Tensor]:
     """Data-free probes in the model's input convention: ``n_constants`` uniform images (pixel
     levels ``u = 0.5 + a``, ``a`` in [0.2, 0.4] per channel: bright half first, then their
     complements ``1 - u``) and ``n_patterns``
-    content images (a smooth random texture of a third of the side, unit std around mid-grey, clipped
-    to pixels in [0, 1], centred on
-    a flat mid-grey canvas with faint noise, std 0.02). Own generator: the global RNG is untouched."""
+    content images (a smooth random texture of a third of the side, unit std around ``canvas``,
+    clipped to pixels in [0, 1], centred on a flat canvas at ``canvas`` (default mid-grey) with
+    faint noise, std 0.02). Own generator: the global RNG is untouched."""
     c, h, w = input_size
     gen = torch.Generator().manual_seed(seed)
     levels = 0.7 + 0.2 * torch.rand(n_constants // 2, c, 1, 1, generator=gen)  # away from mid-grey
@@ -247,10 +247,10 @@ def synthetic_images(input_size: tuple[int, int, int], convention: InputConventi
     ph, pw = _pattern_side(h), _pattern_side(w)
     canvases = []
     for _ in range(n_patterns):
-        canvas = CANVAS + 0.02 * torch.randn(c, h, w, generator=gen)
+        image = canvas + 0.02 * torch.randn(c, h, w, generator=gen)
         top, left = (h - ph) // 2, (w - pw) // 2
-        canvas[:, top:top + ph, left:left + pw] = CANVAS + 0.5 * _texture(gen, c, ph, pw)
-        canvases.append(canvas.clamp(0, 1))
+        image[:, top:top + ph, left:left + pw] = canvas + 0.5 * _texture(gen, c, ph, pw)
+        canvases.append(image.clamp(0, 1))
     return convention.to_input(constants.contiguous()), convention.to_input(torch.stack(canvases))
 
 

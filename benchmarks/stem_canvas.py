@@ -1,0 +1,154 @@
+"""Data-free scans at the level the model's stem implies (issue 13): before and after.
+
+``find_pans`` without data probes in the declared input convention. Where the BatchNorm the stem conv
+feeds implies training images averaging a pixel level ``u`` at least
+:data:`~pan_repair.detect.implied.MISMATCH` from mid-grey (:func:`pan_repair.detect.implied.stem_level`),
+it now puts its textures on a canvas at ``u`` and measures the border score on those textured canvases
+(as on data) instead of on uniform images at 0.1-0.3 and 0.7-0.9. *Before*: the same call with the stem's
+level ignored (mid-grey canvas, uniform border images; the note alone), the detector otherwise unchanged.
+
+Cells: digits cells of the validity matrix (``benchmarks/detector_validity.py``: same data, networks,
+training, seed and selectivity), trained here (``--cache DIR`` keeps the trained weights). Per cell:
+fraction flagged and causal margin (half-head minus digit-head drop when the flagged channels are
+silenced, minus the same for as many random channels of the same layers, mean of 5 draws) for the
+data-free scan before and after, and the data scan's fraction (16 training images) with the share of
+the data-free flags the data scan flags too.
+
+Usage: ``python benchmarks/stem_canvas.py --cells resnet18:black:96 ... [--cache DIR] [--jsonl ...]``;
+``--from-jsonl`` tabulates an earlier run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import detector_validity as dv
+
+from pan_repair import find_pans
+from pan_repair.layers import conv_bn_pairs
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def trained(arch: str, convention: str, size: int, cache: Path | None):
+    """The matrix cell's network, trained as the matrix trains it (or loaded from ``cache``), and its data."""
+    epochs, lr, batch, copies = dv.budget(arch, size)
+    xtr, ytr, xte, yte, free_conv = dv.dataset(size, convention, copies, 0)
+    model, chans = dv.build(arch, size, 0)
+    path = None if cache is None else cache / f"{arch}_{convention}_{size}.pt"
+    if path is not None and path.exists():
+        model.load_state_dict(torch.load(path))
+    else:
+        dv.train(model, xtr, ytr, chans, epochs, lr, batch, 0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+    return model.eval(), chans, xtr, xte, yte, free_conv
+
+
+def scan_row(model, report, pairs, xte, yte, chans, base) -> dict:
+    chs = dv._pans(report)
+    row = dict(frac=round(report.fraction, 4), kinds=dv._kinds(report))
+    if chs:
+        d = dv.drops(model, pairs, chs, xte, yte, chans, base)
+        r, _ = dv.random_drops(model, pairs, chs, xte, yte, chans, base)
+        row.update(margin=round(dv.selectivity(d) - dv.selectivity(r), 4),
+                   drop_flagged=[round(float(v), 4) for v in d[:2]], drop_random=[round(float(v), 4) for v in r[:2]])
+    return row
+
+
+def measure(cell: str, cache: Path | None) -> dict:
+    arch, convention, size = cell.split(":")
+    t0 = time.perf_counter()
+    model, chans, xtr, xte, yte, free_conv = trained(arch, convention, int(size), cache)
+    base = dv.evaluate(model, xte, yte, chans)
+    sample = dv._chans(xtr[:dv.SAMPLE], chans)
+    input_size = tuple(sample.shape[1:])
+    pairs = conv_bn_pairs(model, input_size)
+    with mock.patch("pan_repair.detect.detector.stem_level", return_value=None):
+        before = find_pans(model, input_size, dependence=False, **free_conv)
+    after = find_pans(model, input_size, dependence=False, **free_conv)
+    data = find_pans(model, data=sample, dependence=False)
+    on_data = set(dv._pans(data))
+    flagged = dv._pans(after)
+    row = dict(arch=arch, convention=convention, size=int(size), threads=torch.get_num_threads(),
+               acc_digit=round(float(base[0]), 4), acc_half=round(float(base[1]), 4),
+               level=next((a.split("averaging ")[1].split(" ")[0] for a in after.assumptions if "averaging" in a), None),
+               before=scan_row(model, before, pairs, xte, yte, chans, base),
+               after=scan_row(model, after, pairs, xte, yte, chans, base),
+               data_frac=round(data.fraction, 4),
+               after_on_data=round(sum(c in on_data for c in flagged) / len(flagged), 3) if flagged else None)
+    row["cell_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _scan(s: dict) -> str:
+    m = s.get("margin")
+    return f"{_pct(s['frac'])} ({'-' if m is None else f'{m:+.2f}'})"
+
+
+def _over(scan: dict) -> bool:
+    """Over the matrix's fraction target without the margin that would excuse it."""
+    return scan["frac"] > dv.FRACTION_TARGET and (scan.get("margin") or 0.0) < dv.MARGIN_TARGET
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["# Data-free scans at the level the stem implies (benchmarks/stem_canvas.py)", "",
+             f"{dv.machine()}, {dv.threads_used(rows)}; seed 0 (the validity matrix's networks).", "",
+             "Fraction flagged (causal margin: half minus digit drop, flagged vs as many random same-layer "
+             "channels; - where none flagged). *before*: mid-grey canvas and uniform border images; *after*: "
+             "canvas at the implied level, border score on the textured canvases. *data*: the data scan's "
+             "fraction (16 training images); *shared*: share of the after-flags the data scan flags too.", "",
+             "| cell | digit / half acc | implied level | before | after | data | shared |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        shared = "-" if r["after_on_data"] is None else _pct(r["after_on_data"])
+        lines.append(f"| {r['arch']} {r['convention']} {r['size']} px | {r['acc_digit']:.2f} / {r['acc_half']:.2f} | "
+                     f"{r['level'] or '-'} | {_scan(r['before'])} | {_scan(r['after'])} | {_pct(r['data_frac'])} | "
+                     f"{shared} |")
+    n_before = sum(_over(r["before"]) for r in rows)
+    n_after = sum(_over(r["after"]) for r in rows)
+    lines += ["", f"Over {dv.FRACTION_TARGET:.0%} flagged without a margin of {dv.MARGIN_TARGET}: "
+                  f"{n_before} of {len(rows)} cells before, {n_after} after. Fractions before "
+                  f"{_pct(min(r['before']['frac'] for r in rows))}-{_pct(max(r['before']['frac'] for r in rows))}, "
+                  f"after {_pct(min(r['after']['frac'] for r in rows))}-{_pct(max(r['after']['frac'] for r in rows))}, "
+                  f"on data {_pct(min(r['data_frac'] for r in rows))}-{_pct(max(r['data_frac'] for r in rows))}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", nargs="+", default=[])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=None, help="folder of trained weights (read, and written)")
+    ap.add_argument("--jsonl", type=Path, default=RESULTS / "stem_canvas.jsonl")
+    ap.add_argument("--out", type=Path, default=RESULTS / "stem_canvas.md")
+    ap.add_argument("--from-jsonl", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not args.from_jsonl:
+        for cell in args.cells:
+            row = measure(cell, args.cache)
+            print(json.dumps(row), flush=True)
+            with args.jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
+    order = {c: i for i, c in enumerate(dv.default_cells())}
+    rows.sort(key=lambda r: order.get(f"{r['arch']}:{r['convention']}:{r['size']}", len(order)))
+    args.out.write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
