@@ -37,16 +37,17 @@ from pan_repair.layers import conv_bn_pairs
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def trained(arch: str, convention: str, size: int, cache: Path | None):
+def trained(arch: str, convention: str, size: int, cache: Path | None, seed: int = 0):
     """The matrix cell's network, trained as the matrix trains it (or loaded from ``cache``), and its data."""
     epochs, lr, batch, copies = dv.budget(arch, size)
-    xtr, ytr, xte, yte, free_conv = dv.dataset(size, convention, copies, 0)
-    model, chans = dv.build(arch, size, 0)
-    path = None if cache is None else cache / f"{arch}_{convention}_{size}.pt"
+    xtr, ytr, xte, yte, free_conv = dv.dataset(size, convention, copies, seed)
+    model, chans = dv.build(arch, size, seed)
+    suffix = "" if seed == 0 else f"_seed{seed}"
+    path = None if cache is None else cache / f"{arch}_{convention}_{size}{suffix}.pt"
     if path is not None and path.exists():
         model.load_state_dict(torch.load(path))
     else:
-        dv.train(model, xtr, ytr, chans, epochs, lr, batch, 0)
+        dv.train(model, xtr, ytr, chans, epochs, lr, batch, seed)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
@@ -64,10 +65,10 @@ def scan_row(model, report, pairs, xte, yte, chans, base) -> dict:
     return row
 
 
-def measure(cell: str, cache: Path | None) -> dict:
+def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     arch, convention, size = cell.split(":")
     t0 = time.perf_counter()
-    model, chans, xtr, xte, yte, free_conv = trained(arch, convention, int(size), cache)
+    model, chans, xtr, xte, yte, free_conv = trained(arch, convention, int(size), cache, seed)
     base = dv.evaluate(model, xte, yte, chans)
     sample = dv._chans(xtr[:dv.SAMPLE], chans)
     input_size = tuple(sample.shape[1:])
@@ -78,7 +79,7 @@ def measure(cell: str, cache: Path | None) -> dict:
     data = find_pans(model, data=sample, dependence=False)
     on_data = set(dv._pans(data))
     flagged = dv._pans(after)
-    row = dict(arch=arch, convention=convention, size=int(size), threads=torch.get_num_threads(),
+    row = dict(arch=arch, convention=convention, size=int(size), seed=seed, threads=torch.get_num_threads(),
                acc_digit=round(float(base[0]), 4), acc_half=round(float(base[1]), 4),
                level=next((a.split("averaging ")[1].split(" ")[0] for a in after.assumptions if "averaging" in a), None),
                before=scan_row(model, before, pairs, xte, yte, chans, base),
@@ -103,34 +104,49 @@ def _over(scan: dict) -> bool:
     return scan["frac"] > dv.FRACTION_TARGET and (scan.get("margin") or 0.0) < dv.MARGIN_TARGET
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["# Data-free scans at the level the stem implies (benchmarks/stem_canvas.py)", "",
-             f"{dv.machine()}, {dv.threads_used(rows)}; seed 0 (the validity matrix's networks).", "",
-             "Fraction flagged (causal margin: half minus digit drop, flagged vs as many random same-layer "
-             "channels; - where none flagged). *before*: mid-grey canvas and uniform border images; *after*: "
-             "canvas at the implied level, border score on the textured canvases. *data*: the data scan's "
-             "fraction (16 training images); *shared*: share of the after-flags the data scan flags too.", "",
-             "| cell | digit / half acc | implied level | before | after | data | shared |",
+def _section(rows: list[dict]) -> list[str]:
+    lines = ["| cell | digit / half acc | implied level | before | after | data | shared |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         shared = "-" if r["after_on_data"] is None else _pct(r["after_on_data"])
         lines.append(f"| {r['arch']} {r['convention']} {r['size']} px | {r['acc_digit']:.2f} / {r['acc_half']:.2f} | "
                      f"{r['level'] or '-'} | {_scan(r['before'])} | {_scan(r['after'])} | {_pct(r['data_frac'])} | "
                      f"{shared} |")
-    n_before = sum(_over(r["before"]) for r in rows)
-    n_after = sum(_over(r["after"]) for r in rows)
-    lines += ["", f"Over {dv.FRACTION_TARGET:.0%} flagged without a margin of {dv.MARGIN_TARGET}: "
-                  f"{n_before} of {len(rows)} cells before, {n_after} after. Fractions before "
-                  f"{_pct(min(r['before']['frac'] for r in rows))}-{_pct(max(r['before']['frac'] for r in rows))}, "
-                  f"after {_pct(min(r['after']['frac'] for r in rows))}-{_pct(max(r['after']['frac'] for r in rows))}, "
-                  f"on data {_pct(min(r['data_frac'] for r in rows))}-{_pct(max(r['data_frac'] for r in rows))}."]
-    return "\n".join(lines) + "\n"
+
+    def span(values) -> str:
+        values = list(values)
+        return f"{_pct(min(values))}-{_pct(max(values))}"
+
+    return lines + ["", f"Over {dv.FRACTION_TARGET:.0%} flagged without a margin of {dv.MARGIN_TARGET}: "
+                        f"{sum(_over(r['before']) for r in rows)} of {len(rows)} cells before, "
+                        f"{sum(_over(r['after']) for r in rows)} after. Fractions before "
+                        f"{span(r['before']['frac'] for r in rows)}, after {span(r['after']['frac'] for r in rows)}, "
+                        f"on data {span(r['data_frac'] for r in rows)}.", ""]
+
+
+def table(rows: list[dict]) -> str:
+    """One section per (seed, threads) run, cells in the matrix's order."""
+    lines = ["# Data-free scans at the level the stem implies (benchmarks/stem_canvas.py)", "",
+             f"{dv.machine()}. Seed 0 with 1 thread trains the validity matrix's networks.", "",
+             "Fraction flagged (causal margin: half minus digit drop, flagged vs as many random same-layer "
+             "channels; - where none flagged). *before*: mid-grey canvas and uniform border images; *after*: "
+             "canvas at the implied level, border score on the textured canvases. *data*: the data scan's "
+             "fraction (16 training images); *shared*: share of the after-flags the data scan flags too.", ""]
+    order = {c: i for i, c in enumerate(dv.default_cells())}
+    runs: dict[tuple[int, int], list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r.get("seed", 0), r["threads"]), []).append(r)
+    for (seed, threads), run in sorted(runs.items()):
+        run.sort(key=lambda r: order.get(f"{r['arch']}:{r['convention']}:{r['size']}", len(order)))
+        lines += [f"## Seed {seed}, {threads} thread(s): {len(run)} cells", ""] + _section(run)
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", nargs="+", default=[])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the cells' data, initialisation and training")
     ap.add_argument("--cache", type=Path, default=None, help="folder of trained weights (read, and written)")
     ap.add_argument("--jsonl", type=Path, default=RESULTS / "stem_canvas.jsonl")
     ap.add_argument("--out", type=Path, default=RESULTS / "stem_canvas.md")
@@ -139,13 +155,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if not args.from_jsonl:
         for cell in args.cells:
-            row = measure(cell, args.cache)
+            row = measure(cell, args.cache, args.seed)
             print(json.dumps(row), flush=True)
             with args.jsonl.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
-    order = {c: i for i, c in enumerate(dv.default_cells())}
-    rows.sort(key=lambda r: order.get(f"{r['arch']}:{r['convention']}:{r['size']}", len(order)))
     args.out.write_text(table(rows))
     print(table(rows))
 
