@@ -32,7 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import detector_validity as dv
 
 from pan_repair import find_pans
+from pan_repair.detect.forward import prepass
+from pan_repair.detect.implied import stem_level
+from pan_repair.detect.probes import resolve_convention
 from pan_repair.layers import conv_bn_pairs
+from pan_repair.layers.module_state import device_dtype
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,6 +56,14 @@ def trained(arch: str, convention: str, size: int, cache: Path | None, seed: int
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
     return model.eval(), chans, xtr, xte, yte, free_conv
+
+
+def probe_level(model, input_size: tuple[int, int, int], convention: dict) -> str | None:
+    """The canvas level the data-free scan probes at (2 decimals), None where it stays mid-grey."""
+    pre = prepass(model, input_size, *device_dtype(model))
+    found = stem_level(model, pre.stem, pre.feeds_bn, resolve_convention(model, input_size[0], **convention),
+                       input_size)
+    return None if found is None else f"{found[0]:.2f}"
 
 
 def scan_row(model, report, pairs, xte, yte, chans, base) -> dict:
@@ -81,7 +93,7 @@ def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     flagged = dv._pans(after)
     row = dict(arch=arch, convention=convention, size=int(size), seed=seed, threads=torch.get_num_threads(),
                acc_digit=round(float(base[0]), 4), acc_half=round(float(base[1]), 4),
-               level=next((a.split("averaging ")[1].split(" ")[0] for a in after.assumptions if "averaging" in a), None),
+               level=probe_level(model, input_size, free_conv),
                before=scan_row(model, before, pairs, xte, yte, chans, base),
                after=scan_row(model, after, pairs, xte, yte, chans, base),
                data_frac=round(data.fraction, 4),
