@@ -218,57 +218,93 @@ def _vs_control(results: list[dict]) -> dict[str, float]:
     return {r["name"]: r["acc"] - control for r in results}
 
 
+#: the columns of a table: (key of a row's figures, header); ``test_acc`` only with a test placement
+COLUMNS = [("name", "repair"), ("acc", "val. acc. %"), ("test_acc", None), ("d_base", "vs baseline (pts)"),
+           ("d_control", "vs fine-tune only (pts)"), ("pans", "PANs after (border / position)"),
+           ("removed", "baseline PANs removed %"), ("reliance", "flips → replicate %"),
+           ("shift", "output shift → replicate %"), ("border_gap", "border acc. gap (pts)"),
+           ("edge_gap", "paired edge gap (pts)"), ("wall", "wall (s)")]
+
+
+def _columns(bed: Testbed) -> list[tuple[str, str]]:
+    return [(k, f"acc. {bed.test_placement} %" if k == "test_acc" else h) for k, h in COLUMNS
+            if k != "test_acc" or bed.test_placement]
+
+
+def figures(results: list[dict]) -> list[dict]:
+    """One seed's measured dicts as the figures of its table (percent, points, counts, seconds)."""
+    base, vs = results[0]["acc"], _vs_control(results)
+    out = []
+    for r in results:
+        border = sum(p.kind == "border" for p in r["after"].pans)
+        out.append({"name": r["name"], "acc": 100 * r["acc"], "d_base": 100 * (r["acc"] - base),
+                     "d_control": 100 * vs[r["name"]], "count": r["after"].count, "border": border,
+                     "removed": 100 * _removed(r), "reliance": 100 * r["reliance"], "shift": 100 * r["shift"],
+                     "border_gap": 100 * r["border_gap"], "edge_gap": 100 * r["edge_gap"], "wall": r["wall"],
+                     **({"test_acc": 100 * r["test_acc"]} if "test_acc" in r else {})})
+    return out
+
+
 def _header(bed: Testbed) -> list[str]:
-    names = ["repair", "val. acc. %", *([f"acc. {bed.test_placement} %"] if bed.test_placement else []),
-             "vs baseline (pts)", "vs fine-tune only (pts)", "PANs after (border / position)",
-             "baseline PANs removed %", "flips → replicate %", "output shift → replicate %",
-             "border acc. gap (pts)", "paired edge gap (pts)", "wall (s)"]
+    names = [h for _, h in _columns(bed)]
     return [f"| {' | '.join(names)} |", "|---" * len(names) + "|"]
 
 
-def seed_table(bed: Testbed, results: list[dict]) -> list[str]:
-    """One seed's rows, in the column order of :func:`_header`."""
-    base, vs = results[0]["acc"], _vs_control(results)
+def _signed(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:+.1f}"
+
+
+def seed_table(bed: Testbed, rows_: list[dict]) -> list[str]:
+    """One seed's rows (:func:`figures`), in the column order of :func:`_header`."""
     lines = _header(bed)
-    for r in results:
-        border = sum(p.kind == "border" for p in r["after"].pans)
-        dc = "-" if math.isnan(vs[r["name"]]) else f"{100 * vs[r['name']]:+.1f}"
-        test = f"{100 * r['test_acc']:.1f} | " if bed.test_placement else ""
-        lines.append(f"| {r['name']} | {100 * r['acc']:.1f} | {test}{100 * (r['acc'] - base):+.1f} | {dc} | "
-                     f"{r['after'].count} ({border} / {r['after'].count - border}) | {100 * _removed(r):.1f} | "
-                     f"{100 * r['reliance']:.1f} | {100 * r['shift']:.1f} | {100 * r['border_gap']:.1f} | "
-                     f"{100 * r['edge_gap']:.1f} | {r['wall']:.0f} |")
+    for f in rows_:
+        cells = {"name": f["name"], "pans": f"{f['count']} ({f['border']} / {f['count'] - f['border']})",
+                 "d_base": _signed(f["d_base"]), "d_control": _signed(f["d_control"]), "wall": f"{f['wall']:.0f}",
+                 **{k: f"{f[k]:.1f}" for k in ("acc", "test_acc", "removed", "reliance", "shift", "border_gap",
+                                                "edge_gap") if k in f}}
+        lines.append(f"| {' | '.join(cells[k] for k, _ in _columns(bed))} |")
     return lines
 
 
 def mean_table(bed: Testbed, per_seed: list[list[dict]]) -> list[str]:
-    """Means over seeds (per-seed accuracies and PAN counts in parentheses)."""
+    """Means over seeds of their :func:`figures` (per-seed accuracies and PAN counts in parentheses)."""
     lines = _header(bed)
-    vs = [_vs_control(results) for results in per_seed]
-    for i, r0 in enumerate(per_seed[0]):
-        rs = [results[i] for results in per_seed]
+    for i, f0 in enumerate(per_seed[0]):
+        fs = [rows_[i] for rows_ in per_seed]
 
-        def mean(f):
-            return statistics.mean(f(r) for r in rs)
+        def mean(key: str) -> float:
+            return statistics.mean(f[key] for f in fs)
 
-        def acc(key):  # "mean (seed / seed / ...)", in %
-            return f"{100 * mean(lambda r: r[key]):.1f} ({' / '.join(f'{100 * r[key]:.1f}' for r in rs)})"
+        def acc(key: str) -> str:  # "mean (seed / seed / ...)"
+            return f"{mean(key):.1f} ({' / '.join(f'{f[key]:.1f}' for f in fs)})"
 
-        name = r0["name"]
-        dc = statistics.mean(v[name] for v in vs)
-        dc = "-" if math.isnan(dc) else f"{100 * dc:+.1f}"
-        border = mean(lambda r: sum(p.kind == "border" for p in r["after"].pans))
-        count = mean(lambda r: r["after"].count)
-        test = f"{acc('test_acc')} | " if bed.test_placement else ""
-        counts = " / ".join(str(r["after"].count) for r in rs)
-        lines.append(
-            f"| {name} | {acc('acc')} | {test}"
-            f"{100 * statistics.mean(r['acc'] - res[0]['acc'] for r, res in zip(rs, per_seed)):+.1f} | {dc} | "
-            f"{count:.1f} ({border:.1f} / {count - border:.1f}; {counts}) | "
-            f"{100 * mean(_removed):.1f} | {100 * mean(lambda r: r['reliance']):.1f} | "
-            f"{100 * mean(lambda r: r['shift']):.1f} | {100 * mean(lambda r: r['border_gap']):.1f} | "
-            f"{100 * mean(lambda r: r['edge_gap']):.1f} | {mean(lambda r: r['wall']):.0f} |")
+        count, border = mean("count"), mean("border")
+        counts = " / ".join(str(f["count"]) for f in fs)
+        cells = {"name": f0["name"], "acc": acc("acc"), "test_acc": acc("test_acc") if "test_acc" in f0 else "",
+                 "d_base": _signed(mean("d_base")), "d_control": _signed(mean("d_control")),
+                 "pans": f"{count:.1f} ({border:.1f} / {count - border:.1f}; {counts})", "wall": f"{mean('wall'):.0f}",
+                 **{k: f"{mean(k):.1f}" for k in ("removed", "reliance", "shift", "border_gap", "edge_gap")}}
+        lines.append(f"| {' | '.join(cells[k] for k, _ in _columns(bed))} |")
     return lines
+
+
+def read_seed_tables(bed: Testbed, text: str) -> dict[int, list[dict]]:
+    """The ``## Seed N`` tables of an earlier results file, back as :func:`figures` (as rounded there)."""
+    keys = {h: k for k, h in _columns(bed)}
+    out: dict[int, list[dict]] = {}
+    for section in text.split("\n## Seed ")[1:]:
+        seed = int(section.split("\n", 1)[0])
+        table = [line for line in section.split("\n") if line.startswith("| ")]
+        header = [keys[h.strip()] for h in table[0].strip("|").split("|")]
+        found = []
+        for line in table[1:]:
+            cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+            count, kinds = cells.pop("pans").split(" (")
+            f = {"name": cells.pop("name"), "count": int(count), "border": int(kinds.split(" / ")[0])}
+            f.update({k: float("nan") if v == "-" else float(v) for k, v in cells.items()})
+            found.append(f)
+        out[seed] = found
+    return out
 
 
 def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> None:
@@ -284,6 +320,8 @@ def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> N
     parser.add_argument("--only", nargs="+", default=None, help="rows to run (names as in the table)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="results file (default: the testbed's)")
+    parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="FILE",
+                        help="tabulate the seed tables of earlier results files (runs nothing)")
     args = parser.parse_args(argv)
     bed = beds[args.task]
     for key in ("epochs", "lr", "ft_epochs", "ft_lr", "out"):
@@ -297,20 +335,27 @@ def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> N
             parser.error(f"unknown rows {unknown}; choose from {names}")
         names = [n for n in names if n in args.only]
     start = time.perf_counter()
-    train, val = load(bed, "train", args.limit), load(bed, "val", args.limit)
-    test = load(bed, "val", args.limit, bed.test_placement) if bed.test_placement else None
-    per_seed = [run_seed(bed, args, seed, names, train, val, test) for seed in args.seeds]
-    lines = [
-        f"# {bed.title}\n",
-        f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
-        f"Machine: {machine()}; "
-        f"{len(train.x)} training / {len(val.x)} validation images; baseline {args.epochs} epochs Adam {args.lr}, "
-        f"each repair fine-tuned {args.ft_epochs} epochs Adam {args.ft_lr}"
-        f"{', rates annealed by a cosine' if bed.cosine else ''}; seeds {args.seeds}. "
-        f"Total {time.perf_counter() - start:.0f} s.\n",
-    ]
+    if args.combine:
+        found = {seed: rows_ for path in args.combine for seed, rows_ in read_seed_tables(bed, path.read_text()).items()}
+        args.seeds, per_seed = sorted(found), [found[seed] for seed in sorted(found)]
+        what = (f"the seed tables of {', '.join(p.as_posix() for p in args.combine)} (each seed's run, "
+                "machine and threads as stated there; means of their rounded figures).\n")
+        lines = [f"# {bed.title}\n", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`: {what}"]
+    else:
+        train, val = load(bed, "train", args.limit), load(bed, "val", args.limit)
+        test = load(bed, "val", args.limit, bed.test_placement) if bed.test_placement else None
+        per_seed = [figures(run_seed(bed, args, seed, names, train, val, test)) for seed in args.seeds]
+        lines = [
+            f"# {bed.title}\n",
+            f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
+            f"Machine: {machine()}; "
+            f"{len(train.x)} training / {len(val.x)} validation images; baseline {args.epochs} epochs Adam {args.lr}, "
+            f"each repair fine-tuned {args.ft_epochs} epochs Adam {args.ft_lr}"
+            f"{', rates annealed by a cosine' if bed.cosine else ''}; seeds {args.seeds}. "
+            f"Total {time.perf_counter() - start:.0f} s.\n",
+        ]
     if len(per_seed) > 1:
         lines += ["## Means over the seeds\n", *mean_table(bed, per_seed), ""]
-    for seed, results in zip(args.seeds, per_seed):
-        lines += [f"## Seed {seed}\n", *seed_table(bed, results), ""]
+    for seed, rows_ in zip(args.seeds, per_seed):
+        lines += [f"## Seed {seed}\n", *seed_table(bed, rows_), ""]
     publish("\n".join(lines), args.out)

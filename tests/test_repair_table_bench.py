@@ -46,6 +46,23 @@ def test_table_rows_and_measured_columns(tmp_path, name, task, seeds, min_pans):
         assert float(rows["prune PANs"]["baseline PANs removed %"]) == 100.0  # all masked, none detected again
         assert float(rows["replicate"]["flips → replicate %"]) == 0.0  # already replicate: switching changes nothing
         assert float(rows["replicate"]["output shift → replicate %"]) == 0.0
+    if len(seeds) > 1:  # the seeds' tables, each from a file of its own, tabulated again
+        parts = out.read_text().split("\n## Seed ")
+        for seed, part in zip(seeds, parts[1:]):
+            (tmp_path / f"seed{seed}.md").write_text(f"# one seed\n\n## Seed {part}")
+        combined = tmp_path / "combined.md"
+        bench.main(["--task", task, "--out", str(combined), "--combine",
+                    *(str(tmp_path / f"seed{s}.md") for s in seeds)])
+        again = _tables(combined.read_text())
+        assert list(again) == list(tables)
+        for row, cells in tables["Means over the seeds"].items():
+            for column, cell in cells.items():
+                mine = again["Means over the seeds"][row][column]
+                if column in ("repair", "PANs after (border / position)"):
+                    assert mine == cell
+                elif cell != "-":  # means of rounded figures, rounded: within a last digit
+                    digit = 1.01 if column == "wall (s)" else 0.101
+                    assert float(mine.split()[0]) == pytest.approx(float(cell.split()[0]), abs=digit, nan_ok=True)
     with pytest.raises(SystemExit):
         bench.main(["--only", "no such row"])
     with pytest.raises(SystemExit):
