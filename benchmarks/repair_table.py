@@ -266,24 +266,28 @@ def seed_table(bed: Testbed, rows_: list[dict]) -> list[str]:
     return lines
 
 
+def _mean(fs: list[dict], key: str) -> float:
+    return statistics.mean(f[key] for f in fs)
+
+
+def _with_seeds(fs: list[dict], key: str) -> str:
+    """``mean (seed / seed / ...)`` of one figure."""
+    return f"{_mean(fs, key):.1f} ({' / '.join(f'{f[key]:.1f}' for f in fs)})"
+
+
 def mean_table(bed: Testbed, per_seed: list[list[dict]]) -> list[str]:
     """Means over seeds of their :func:`figures` (per-seed accuracies and PAN counts in parentheses)."""
     lines = _header(bed)
     for i, f0 in enumerate(per_seed[0]):
         fs = [rows_[i] for rows_ in per_seed]
-
-        def mean(key: str) -> float:
-            return statistics.mean(f[key] for f in fs)
-
-        def acc(key: str) -> str:  # "mean (seed / seed / ...)"
-            return f"{mean(key):.1f} ({' / '.join(f'{f[key]:.1f}' for f in fs)})"
-
-        count, border = mean("count"), mean("border")
+        count, border = _mean(fs, "count"), _mean(fs, "border")
         counts = " / ".join(str(f["count"]) for f in fs)
-        cells = {"name": f0["name"], "acc": acc("acc"), "test_acc": acc("test_acc") if "test_acc" in f0 else "",
-                 "d_base": _signed(mean("d_base")), "d_control": _signed(mean("d_control")),
-                 "pans": f"{count:.1f} ({border:.1f} / {count - border:.1f}; {counts})", "wall": f"{mean('wall'):.0f}",
-                 **{k: f"{mean(k):.1f}" for k in ("removed", "reliance", "shift", "border_gap", "edge_gap")}}
+        cells = {"name": f0["name"], "acc": _with_seeds(fs, "acc"),
+                 "test_acc": _with_seeds(fs, "test_acc") if "test_acc" in f0 else "",
+                 "d_base": _signed(_mean(fs, "d_base")), "d_control": _signed(_mean(fs, "d_control")),
+                 "pans": f"{count:.1f} ({border:.1f} / {count - border:.1f}; {counts})",
+                 "wall": f"{_mean(fs, 'wall'):.0f}",
+                 **{k: f"{_mean(fs, k):.1f}" for k in ("removed", "reliance", "shift", "border_gap", "edge_gap")}}
         lines.append(f"| {' | '.join(cells[k] for k, _ in _columns(bed))} |")
     return lines
 
@@ -348,11 +352,10 @@ def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> N
         lines = [
             f"# {bed.title}\n",
             f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`  ",
-            f"Machine: {machine()}; "
-            f"{len(train.x)} training / {len(val.x)} validation images; baseline {args.epochs} epochs Adam {args.lr}, "
-            f"each repair fine-tuned {args.ft_epochs} epochs Adam {args.ft_lr}"
-            f"{', rates annealed by a cosine' if bed.cosine else ''}; seeds {args.seeds}. "
-            f"Total {time.perf_counter() - start:.0f} s.\n",
+            (f"Machine: {machine()}; {len(train.x)} training / {len(val.x)} validation images; baseline "
+             f"{args.epochs} epochs Adam {args.lr}, each repair fine-tuned {args.ft_epochs} epochs Adam {args.ft_lr}"
+             f"{', rates annealed by a cosine' if bed.cosine else ''}; seeds {args.seeds}. "
+             f"Total {time.perf_counter() - start:.0f} s.\n"),
         ]
     if len(per_seed) > 1:
         lines += ["## Means over the seeds\n", *mean_table(bed, per_seed), ""]
