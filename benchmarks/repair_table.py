@@ -340,8 +340,18 @@ def main(beds: dict[str, Testbed], doc: str, argv: list[str] | None = None) -> N
         names = [n for n in names if n in args.only]
     start = time.perf_counter()
     if args.combine:
-        found = {seed: rows_ for path in args.combine for seed, rows_ in read_seed_tables(bed, path.read_text()).items()}
+        found: dict[int, list[dict]] = {}
+        for path in args.combine:
+            try:
+                tables = read_seed_tables(bed, path.read_text())
+            except (OSError, KeyError, ValueError, IndexError) as err:
+                parser.error(f"--combine {path}: not a results file of this testbed ({type(err).__name__}: {err})")
+            if not tables:
+                parser.error(f"--combine {path}: no '## Seed N' table in it")
+            found.update(tables)
         args.seeds, per_seed = sorted(found), [found[seed] for seed in sorted(found)]
+        if len({tuple(f["name"] for f in rows_) for rows_ in per_seed}) > 1:
+            parser.error("--combine: the seeds' tables have different rows")
         what = (f"the seed tables of {', '.join(p.as_posix() for p in args.combine)} (each seed's run, "
                 "machine and threads as stated there; means of their rounded figures).\n")
         lines = [f"# {bed.title}\n", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`: {what}"]
