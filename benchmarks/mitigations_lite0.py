@@ -8,17 +8,16 @@ are measured where the detector finds hundreds: here, and on a ResNet trained fr
 (benchmarks/mitigations_resnet.py). Procedure, rows and columns: benchmarks/repair_table.py.
 
 **Task.** Digits (all 10 classes; digit 64 px = scale 8) at random places on a 128x128 noisy
-canvas, as 3 channels; 1078 training and 360 validation images. At 128 px find_pans rolls its
-textures to only 3 places per axis at Lite0's total stride 32, and warns that the position scores
-are unreliable (5 places needed 191 px with the detector of that run): the position-PAN counts
-below are rough. The border scores, from constant probes, do not depend on the rolls, and border
-PANs are 90% of the count; 128 px keeps a run near 1 h on the CPU.
+canvas, as 3 channels; 1078 training and 360 validation images. At 128 px the detector's rolls are
+off Lite0's stride-32 grid, so position is counted beyond its circular twin's; 97-99% of the
+baselines' PANs are border PANs. 128 px keeps a seed near 25 min on one CPU thread.
 
 **Baseline.** :func:`pan_repair.load_efficientnet_lite0` with a new 10-class head (seeded),
 fine-tuned 3 epochs at Adam 1e-3 (constant); each repair then fine-tuned 2 epochs at 3e-4.
 
 Run: ``.venv/bin/python benchmarks/mitigations_lite0.py [--seeds 0 ...] [--only NAME ...]
-[--out benchmarks/results/mitigations_lite0.md]``. About 1 h a seed on 2 CPU cores.
+[--out benchmarks/results/mitigations_lite0.md]``; seeds run as separate processes are tabulated
+together by ``--combine FILE ...`` (their ``## Seed N`` tables; runs nothing).
 """
 from __future__ import annotations
 

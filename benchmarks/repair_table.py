@@ -245,6 +245,10 @@ def figures(results: list[dict]) -> list[dict]:
     return out
 
 
+#: figures printed with one decimal (percent or points) besides the accuracies
+_DECIMAL = ("removed", "reliance", "shift", "border_gap", "edge_gap")
+
+
 def _header(bed: Testbed) -> list[str]:
     names = [h for _, h in _columns(bed)]
     return [f"| {' | '.join(names)} |", "|---" * len(names) + "|"]
@@ -260,8 +264,7 @@ def seed_table(bed: Testbed, rows_: list[dict]) -> list[str]:
     for f in rows_:
         cells = {"name": f["name"], "pans": f"{f['count']} ({f['border']} / {f['count'] - f['border']})",
                  "d_base": _signed(f["d_base"]), "d_control": _signed(f["d_control"]), "wall": f"{f['wall']:.0f}",
-                 **{k: f"{f[k]:.1f}" for k in ("acc", "test_acc", "removed", "reliance", "shift", "border_gap",
-                                                "edge_gap") if k in f}}
+                 **{k: f"{f[k]:.1f}" for k in ("acc", "test_acc", *_DECIMAL) if k in f}}
         lines.append(f"| {' | '.join(cells[k] for k, _ in _columns(bed))} |")
     return lines
 
@@ -287,7 +290,7 @@ def mean_table(bed: Testbed, per_seed: list[list[dict]]) -> list[str]:
                  "d_base": _signed(_mean(fs, "d_base")), "d_control": _signed(_mean(fs, "d_control")),
                  "pans": f"{count:.1f} ({border:.1f} / {count - border:.1f}; {counts})",
                  "wall": f"{_mean(fs, 'wall'):.0f}",
-                 **{k: f"{_mean(fs, k):.1f}" for k in ("removed", "reliance", "shift", "border_gap", "edge_gap")}}
+                 **{k: f"{_mean(fs, k):.1f}" for k in _DECIMAL}}
         lines.append(f"| {' | '.join(cells[k] for k, _ in _columns(bed))} |")
     return lines
 

@@ -64,9 +64,8 @@ def test_table_rows_and_measured_columns(tmp_path, name, task, seeds, min_pans):
                     digit = 1.01 if column == "wall (s)" else 0.101
                     assert float(mine.split()[0]) == pytest.approx(float(cell.split()[0]), abs=digit, nan_ok=True)
         (tmp_path / "other.md").write_text((tmp_path / f"seed{seeds[1]}.md").read_text().replace("| prune PANs", "| x"))
-        for bad in (tmp_path / "missing.md", tmp_path / "seed0.md.nothing", tmp_path / "other.md"):
-            if bad.name.endswith("nothing"):
-                bad.write_text("# no tables\n")
+        (tmp_path / "no_tables.md").write_text("# no tables\n")
+        for bad in (tmp_path / "missing.md", tmp_path / "no_tables.md", tmp_path / "other.md"):
             with pytest.raises(SystemExit):
                 bench.main(["--task", task, "--combine", str(tmp_path / f"seed{seeds[0]}.md"), str(bad)])
     with pytest.raises(SystemExit):
