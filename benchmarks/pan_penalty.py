@@ -43,11 +43,12 @@ BATCH, EPOCHS, LR = 32, 6, 3e-3
 #: name -> PANPenalty keyword arguments (None: the plain training)
 SETTINGS = {
     "none": None,
-    "default (border, weight 0.03, every 8)": dict(),
-    "border, weight 0.03, every 4": dict(every=4),
-    "border, weight 0.1, every 4": dict(weight=0.1, every=4),
-    "border, weight 1, every 4": dict(weight=1.0, every=4),
-    "border + position, weight 0.03, every 4": dict(position_weight=1.0, every=4),
+    "default (border, margin 0.7, weight 0.03, every 16)": dict(),
+    "every 8": dict(every=8),
+    "every 4": dict(every=4),
+    "weight 0.1": dict(weight=0.1),
+    "border + position (weight 1), every 8": dict(position_weight=1.0, every=8),
+    "former default (margin 1.35, every 8)": dict(border_margin=1.35, every=8),
 }
 
 

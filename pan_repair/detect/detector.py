@@ -86,11 +86,12 @@ from .dependence import DEPENDENCE_IMAGES, padding_dependence
 from .forward import Prepass, check_input, prepass, run_model, scan_memory_format, total_stride
 from .implied import stem_level
 from .position import layer_eta2, twin_eta2
-from .probes import calibration_images, data_canvases, resolve_convention, roll_grid, synthetic_images
+from .probes import (ProbeBatch, calibration_images, data_canvases, resolve_convention, roll_grid,
+                     synthetic_images)
 from .recorder import LayerStats, inspection
 from .report import SIDES, LayerInfo, Pan, PanReport
 
-__all__ = ["find_pans", "probe_batch", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
+__all__ = ["find_pans", "probe_batch", "scan_probes", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
            "DEFAULT_DATA_BORDER_THRESHOLD", "DEFAULT_DATA_POSITION_THRESHOLD"]
 
 #: Default threshold on the border score (units ``u_c``) on synthetic probes: Tukey's far-out
@@ -216,17 +217,30 @@ def _probes(model: nn.Module, input_size: tuple[int, int, int], images: torch.Te
     return canvases, canvases
 
 
-def probe_batch(model: nn.Module, input_size: tuple[int, int, int] | None = None, *, data: Any = None,
+def scan_probes(model: nn.Module, input_size: tuple[int, int, int] | None = None, *, data: Any = None,
                 n_patterns: int = 8, n_positions: int = 8, max_images: int = 16, seed: int = 0,
-                **convention: Any) -> torch.Tensor:
-    """The images :func:`find_pans` runs ``model`` on (border images, then the rolls), e.g. to
-    time a plain forward of them."""
+                **convention: Any) -> ProbeBatch:
+    """The images :func:`find_pans` runs ``model`` on, with its arguments: border images, then
+    the rolls, and the images of the content response (``convention``: ``input_range``,
+    ``mean``, ``std``, as :func:`find_pans` takes them)."""
     images = calibration_images(data, max_images) if data is not None else None
     input_size = _resolve_size(model, input_size, images, [])
     check_input(model, input_size)
     pre = prepass(model, input_size, *device_dtype(model))
     border, base = _probes(model, input_size, images, n_patterns, seed, [], convention, pre)
-    return torch.cat([border, roll_grid(base, n_positions, pre.stride).images])
+    grid = roll_grid(base, n_positions, pre.stride)
+    content = None if images is not None else len(border) + grid.centred()
+    return ProbeBatch(torch.cat([border, grid.images]), len(border), grid.n_patterns, grid.n_positions,
+                      grid.distances, content)
+
+
+def probe_batch(model: nn.Module, input_size: tuple[int, int, int] | None = None, *, data: Any = None,
+                n_patterns: int = 8, n_positions: int = 8, max_images: int = 16, seed: int = 0,
+                **convention: Any) -> torch.Tensor:
+    """The images :func:`find_pans` runs ``model`` on (border images, then the rolls), e.g. to
+    time a plain forward of them: :func:`scan_probes`' images."""
+    return scan_probes(model, input_size, data=data, n_patterns=n_patterns, n_positions=n_positions,
+                       max_images=max_images, seed=seed, **convention).images
 
 
 def find_pans(

@@ -1,40 +1,32 @@
-"""Synthetic probe images: the detector needs no dataset.
+"""The images a scan runs a model on, and the input conventions that make them.
 
-The probe batch has three parts (in this order):
+* **Border images**: the model's own images (``data=``), or data-free, uniform images in the
+  model's input convention (:func:`synthetic_images`, :func:`resolve_convention`: pixel levels
+  0.7-0.9 and their complements) or, where the stem's BatchNorm implies another background level
+  (:mod:`.implied`), the textured canvases at that level.
+* **Base images**: an object on a flat canvas, a third of the side: textures
+  (:func:`synthetic_images`) or crops of the data on its own background (:func:`data_canvases`).
+* **Rolls** (:func:`roll_grid`, :class:`RollGrid`): each base image rolled circularly along rows
+  and along columns, from the centre towards both edges.
 
-* ``n_constants`` spatially constant images with random per-channel levels: first the
-  bright ones (positive mean level ``c``), then their negatives ``-c``. On a constant input every interior activation is spatially
-  constant, so any border response comes from padding.
-* ``2 x n_positions`` *scale* images: a small random smooth texture (side/8, unit std) on a
-  flat canvas with faint noise (std 0.1), rolled as below. The detector measures the channel
-  scale of convolutions without a (trained) BatchNorm on the constants and these images.
-* ``n_patterns x 2 axes x n_positions`` *placement* images: a random smooth texture of an
-  object's size (side/3) centred on a flat canvas with faint noise (std 0.1), of a contrast that
-  gives the image about unit std, like a normalised input (weak, detail-sized textures leave
-  position-encoding channels silent: measured on digits CNNs, where they scored channels that
-  carry the position head at 0.04-0.3 instead of 0.8-0.95), the whole
-  image rolled circularly by ``k * step`` pixels (k centred on 0) along rows (axis 0,
-  vertical) or columns (axis 1, horizontal), never so far that the texture wraps: the
-  texture stays whole, from the centre to the edge. With ``step`` a multiple of the network's total stride,
-  a padding-free (circular) network with global pooling is exactly invariant to these
-  rolls; a response that changes with the roll encodes where content lies relative to
-  the border.
+:class:`ProbeBatch` lays them out for the PAN penalty (:mod:`pan_repair.repair.regularizer`);
+:func:`pan_repair.detect.detector.scan_probes` builds it as :func:`~pan_repair.find_pans` does.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ProbeBatch", "make_probes", "CANVAS", "InputConvention", "resolve_convention", "calibration_images",
+__all__ = ["ProbeBatch", "CANVAS", "InputConvention", "resolve_convention", "calibration_images",
            "synthetic_images", "data_canvases", "RollGrid", "roll_grid"]
 
 
 @dataclass
 class ProbeBatch:
-    """Probe images and their layout (see module docstring)."""
+    """A scan's images in one tensor: ``n_constants`` border images, then the rolls of
+    ``n_patterns`` base images, ordered pattern, axis, roll (``n_positions`` a side)."""
 
     images: torch.Tensor
     n_constants: int
@@ -43,15 +35,12 @@ class ProbeBatch:
     #: per position: distance from the pattern's centre to the nearest edge, as a fraction
     #: of the side (0.5 = centred, 0 = straddling the edge)
     distances: torch.Tensor
-    #: scale images between the constants and the placements
-    n_scale: int = 0
+    #: indices in ``images`` of the images the content response is measured on (None: the
+    #: border images; data-free uniform border images have none, the centred rolls serve)
+    content: torch.Tensor | None = None
 
     def placement_slice(self) -> slice:
-        return slice(self.n_constants + self.n_scale, self.images.shape[0])
-
-    def centred(self) -> torch.Tensor:
-        """Indices in ``images`` of each base image unmoved (its roll 0 along rows)."""
-        return torch.arange(self.n_patterns) * 2 * self.n_positions + self.n_positions // 2
+        return slice(self.n_constants, self.images.shape[0])
 
     def grid(self, values: torch.Tensor) -> torch.Tensor:
         """Reshape per-image ``values`` (B, ...) of the placement part to (P, 2, Q, ...)."""
@@ -68,50 +57,6 @@ def _texture(gen: torch.Generator, channels: int, h: int, w: int) -> torch.Tenso
 
 def _pattern_side(side: int) -> int:
     return max(3, side // 3)  # an object, not a detail
-
-
-def make_probes(input_size: tuple[int, int, int], n_patterns: int = 8, n_positions: int = 8,
-                stride: tuple[int, int] = (1, 1), n_constants: int = 4, seed: int = 0) -> ProbeBatch:
-    """Build the probe batch for ``input_size = (C, H, W)``; deterministic in ``seed``.
-
-    The roll step is the largest multiple of ``stride`` (the network's total stride, rows and
-    columns) that fits about ``n_positions`` placements between the two edges.
-    Uses its own ``torch.Generator``: the global RNG state is not touched.
-    """
-    c, h, w = input_size
-    if n_constants % 2 or n_constants < 2:
-        raise ValueError(f"n_constants must be an even number >= 2, got {n_constants}")
-    if n_patterns < 2 or n_positions < 2:
-        raise ValueError("n_patterns and n_positions must be >= 2")
-    ph, pw = _pattern_side(h), _pattern_side(w)
-    contrast = math.sqrt(h * w / (ph * pw))  # image std about 1, like a normalised input
-    room = ((h - ph) // 2, (w - pw) // 2)  # how far the texture can move from the centre
-    step = tuple(max(s, 2 * r // (n_positions - 1) // s * s) for r, s in zip(room, stride))
-    reach = min(r // s for r, s in zip(room, step))
-    if reach < 1:
-        raise ValueError(f"input size {h}x{w} is too small to move content by the network's "
-                         f"total stride {tuple(stride)}")
-    shifts = range(-reach, reach + 1)
-    n_positions = len(shifts)
-    gen = torch.Generator().manual_seed(seed)
-    levels = torch.randn(n_constants // 2, c, 1, 1, generator=gen)
-    levels = levels * torch.where(levels.mean(dim=1, keepdim=True) < 0, -1.0, 1.0)  # bright first
-    constants = torch.cat([levels, -levels]).expand(n_constants, c, h, w)
-
-    def rolled(side_h: int, side_w: int, gain: float) -> list[torch.Tensor]:
-        canvas = 0.1 * torch.randn(c, h, w, generator=gen)
-        top, left = (h - side_h) // 2, (w - side_w) // 2
-        canvas[:, top:top + side_h, left:left + side_w] = _texture(gen, c, side_h, side_w) * gain
-        return [torch.roll(canvas, k * shift, dims=dim)
-                for dim, shift in ((-2, step[0]), (-1, step[1])) for k in shifts]
-
-    scale = rolled(max(3, h // 8), max(3, w // 8), 1.0)
-    placements = [image for _ in range(n_patterns) for image in rolled(ph, pw, contrast)]
-    images = torch.cat([constants, torch.stack(scale), torch.stack(placements)])
-
-    frac = 0.5 + torch.tensor(shifts, dtype=torch.float32) * step[0] / h
-    distances = torch.minimum(frac, 1 - frac)
-    return ProbeBatch(images.contiguous(), n_constants, n_patterns, n_positions, distances, len(scale))
 
 
 # ------------------------------------------------------------------ input conventions and data

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
-from ..layers.border_geometry import border_windows, clean_range, strip
+from ..layers.border_geometry import border_effects, clean_range
 from ..layers.module_state import device_dtype, eval_mode
-from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, untrained_bn
 
 #: elementwise temporaries of the statistics (relu, square) are made this many bytes at a time, in
 #: one reused buffer: a full-size temporary of a large activation costs more (fresh memory, page
@@ -50,29 +49,16 @@ class LayerStats:
 
 @torch.no_grad()
 def border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per side and channel: rms of the padding's own effect ``D`` on the outermost line (corners
-    excluded), and its
-    mean over the images flagged ``bright`` (first half of the batch)."""
-    weight = effective_weight(conv)
-    windows = border_windows(tuple(x.shape[-2:]), conv, padding)
-    c = conv.out_channels
-    rms = torch.zeros(4, c, device=x.device, dtype=torch.float32)
+    """Per side and channel (4, C): rms of the padding's own effect ``D`` on the outermost line
+    (corners excluded, :func:`~pan_repair.layers.border_geometry.border_effects`), and its mean
+    over the images flagged ``bright`` (first half of the batch); 0 on a side without padding."""
+    rms = torch.zeros(4, conv.out_channels, device=x.device, dtype=torch.float32)
     mean = torch.zeros_like(rms)
-    # sides whose strips have one shape (top and bottom, left and right, usually) share a conv
-    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, tuple]]] = {}
-    for i, (rows, cols, line) in enumerate(windows):
-        if rows is None or cols is None:
-            continue
-        part = strip(x, rows, cols, padding)
-        groups.setdefault(tuple(part.shape), []).append((i, part, line))
-    n = len(x)
-    for members in groups.values():
-        strips = torch.cat([part for _, part, _ in members]) if len(members) > 1 else members[0][1]
-        out = F.conv2d(strips, weight, None, conv.stride, 0, conv.dilation, conv.groups)
-        for k, (i, _, (row, col)) in enumerate(members):
-            d = out[k * n:(k + 1) * n, :, row, col].float()
+    for i, d in enumerate(border_effects(x, conv, padding)):
+        if d is not None:
+            d = d.float()
             rms[i] = d.pow(2).mean(dim=(0, 2)).sqrt()
-            mean[i] = d[: n // 2].mean(dim=(0, 2))
+            mean[i] = d[: len(x) // 2].mean(dim=(0, 2))
     return rms, mean
 
 

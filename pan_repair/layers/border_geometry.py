@@ -5,6 +5,7 @@ All coordinates are in the *unpadded* input: row/column ``-1`` is the first padd
 For each side, the padding's own effect on the outermost output line is
 ``D = conv(pad_constant(strip)) - conv(pad_replicate(strip))`` over a strip of the input just
 wide enough for that line (:func:`border_windows`, :func:`strip`); the bias cancels.
+:func:`border_effects` computes it for all four sides, differentiably.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .padding import Padding
+from .padding import Padding, effective_weight
 
-__all__ = ["strip", "clean_range", "side_windows", "border_windows", "SIDE_ORDER"]
+__all__ = ["strip", "clean_range", "side_windows", "border_windows", "border_effects", "SIDE_ORDER"]
 
 #: order of the sides in :func:`border_windows` and in every per-side (4, C) tensor
 SIDE_ORDER = ("top", "bottom", "left", "right")
@@ -79,3 +80,25 @@ def border_windows(size: tuple[int, int], conv: nn.Conv2d, padding: Padding
     inner_rows = clean_range(h, k[0], s[0], d[0], top, bottom)
     return [(top_w, full_cols, (0, inner_cols)), (bottom_w, full_cols, (-1, inner_cols)),
             (full_rows, left_w, (inner_rows, 0)), (full_rows, right_w, (inner_rows, -1))]
+
+
+def border_effects(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> list[torch.Tensor | None]:
+    """Per side (:data:`SIDE_ORDER`): the padding's own effect ``D`` (N, C_out, L) on the outermost
+    output line of ``conv`` applied to ``x`` (N, C_in, H, W) padded by ``padding`` (corners
+    excluded; ``L`` the line's length), None where that line touches no padding. Differentiable in
+    ``x`` and the weights. Sides whose strips have one shape (top and bottom, left and right,
+    usually) share one convolution."""
+    weight = effective_weight(conv)
+    n = len(x)
+    out: list[torch.Tensor | None] = [None] * 4
+    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, tuple]]] = {}
+    for i, (rows, cols, line) in enumerate(border_windows(tuple(x.shape[-2:]), conv, padding)):
+        if rows is not None and cols is not None:
+            part = strip(x, rows, cols, padding)
+            groups.setdefault(tuple(part.shape), []).append((i, part, line))
+    for members in groups.values():
+        strips = torch.cat([part for _, part, _ in members]) if len(members) > 1 else members[0][1]
+        d = F.conv2d(strips, weight, None, conv.stride, 0, conv.dilation, conv.groups)
+        for k, (i, _, (row, col)) in enumerate(members):
+            out[i] = d[k * n:(k + 1) * n, :, row, col]
+    return out

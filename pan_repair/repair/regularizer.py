@@ -1,9 +1,11 @@
 """A differentiable penalty on what the detector measures, to add to the training loss.
 
 **The penalty** (:func:`detector_penalty`; :class:`PANPenalty` caches its probes and spaces it
-out). One eval-mode forward of the detector's own probes (:func:`pan_repair.detect.probes.make_probes`,
-the constant images, and the placement images when the position term is on); for every conv
-``l`` and output channel ``c`` it recomputes the detector's two scores (:mod:`pan_repair.detect.detector`)
+out). One eval-mode forward of the images :func:`~pan_repair.find_pans` runs
+(:func:`pan_repair.detect.detector.scan_probes`: data-free, uniform images in the input
+convention or textured canvases at the level the stem implies, and the centred textures; the
+model's own images when given; the rolls too when the position term is on); for every conv ``l``
+and output channel ``c`` it recomputes the detector's two scores (:mod:`pan_repair.detect.detector`)
 with gradients and hinges them:
 
 ``penalty = weight * (border_weight * B + position_weight * P)``
@@ -11,35 +13,36 @@ with gradients and hinges them:
 * ``B = (1 / C_total) sum_{l,c} sum_s relu(b_lcs - border_margin)^2``; ``b_lcs = rms(D) / u_c``
   is the detector's border score of side ``s``: ``D = conv(pad_zero(x)) - conv(pad_replicate(x))``
   on the outermost output line (corners excluded), ``x`` the conv's input under the border
-  images (the uniform probes, or the model's own images when given); ``u_c = max(sigma_c,
-  kappa_c)``: ``sigma_c`` the running std of the BatchNorm the conv feeds (else the conv
-  output's std over the probes), ``kappa_c`` the content response on the border images (0 on
-  uniform probes), detached, floored at 5% of the layer median.
-  The strip geometry is shared with the detector (:mod:`pan_repair.layers.border_geometry`).
+  images; ``u_c = max(sigma_c, kappa_c)``: ``sigma_c`` the running std of the BatchNorm the conv
+  feeds (else the conv output's std over the images run), ``kappa_c`` the content response (on
+  the centred textures data-free, on the border images with data), detached, floored at 5% of
+  the layer median. The strip geometry is shared with the detector
+  (:func:`pan_repair.layers.border_geometry.border_effects`).
 * ``P = (1 / C_total) sum_{l,c} sum_a relu(eta2_lca - position_margin)^2``; ``eta2`` in [0, 1] the
-  detector's position score of roll axis ``a``: share of the variance of the globally pooled
-  ``relu(bn(conv))`` over patterns x rolls explained by the roll.
+  detector's position score of roll axis ``a`` (without the border-free twin): share of the
+  variance of the globally pooled ``relu(bn(conv))`` over patterns x rolls explained by the roll.
 
-Channels below the margins (defaults: half the detector's thresholds, 1.35 and 0.45) cost
-nothing; ``C_total`` counts every channel of the measured convs. Tested: with a margin just
-above the largest score ``find_pans`` reports the term is exactly 0, just below it positive.
-BatchNorm uses its running statistics (differentiable in weight and bias; buffers untouched);
-every module's mode is restored; hooks removed; the global RNG untouched.
+Channels below the margins (defaults: half the detector's thresholds: 0.7 and 0.45 on probes,
+1.25 and 0.3 on data) cost nothing; ``C_total`` counts every channel of the measured convs.
+Tested: with a margin just above the largest border score ``find_pans`` reports the term is
+exactly 0, just below it positive. BatchNorm uses its running statistics (differentiable in
+weight and bias; buffers untouched); every module's mode is restored; hooks removed; the global
+RNG untouched.
 
 **Defaults** (``PANPenalty(input_size)``): border term only (``border_weight=1``,
-``position_weight=0``), ``weight=0.03``, ``every=8`` (computed on every 8th call, times 8), a bank
-of 16 probe batches ``make_probes(seed=seed + i)`` with 2 patterns each, used in turn.
+``position_weight=0``), ``weight=0.03``, ``every=16`` (computed on every 16th call, times 16), a
+bank of 16 probe batches (seeds ``seed + i``, 2 patterns each) used in turn.
 
-**Measured** (``benchmarks/pan_penalty.py``, ``benchmarks/results/pan_penalty.md``): 10-class
-digits (x3, random place on 48x48), resnet10t layout at 1/4 width with output stride 8 (780
-filters), Adam 3e-3 annealed to 0 by a cosine over 6 epochs, 5 seeds, 1 CPU thread. Plain: 65.8
-PANs on average (34-104), 95.9% validation accuracy, 76 ms a step. Default (every 8th step):
-3.4 PANs (95% fewer; no border PAN left), 95.2%, 1.08x the step time. Every 4th step: 2.0 PANs,
-96.0% (every seed within 0.8 points of its plain run), 1.15x. Weight 0.1: 1.8 PANs, 95.4%;
-weight 1: 2.4 PANs, 93.3% (both every 4th step): with Adam a small weight removes the PANs as
-well as a large one (Adam normalises the update of parameters the task hardly drives) and costs
-less accuracy. At a constant learning rate the final accuracy swings by 10-20 points between epochs
-(the 1-point comparison needs the annealed schedule).
+**Measured** (``benchmarks/pan_penalty.py``, ``benchmarks/results/pan_penalty.md``, 2026-12-01):
+10-class digits (x3, random place on 48x48), resnet10t layout at 1/4 width with output stride 8
+(780 filters), Adam 3e-3 annealed to 0 by a cosine over 6 epochs, 5 seeds, PANs counted
+data-free. One CPU thread: plain 168.2 PANs a run, 95.7%; the default 1.4 PANs (-99%), 95.9%,
+1.03x the step time. Two threads (other networks: the sums' order changes): plain 162.0, 95.8%;
+the default 3.6 (-98%), 95.5%, 1.05-1.07x. Every 8th step 1.6 / 2.4 PANs at 1.07-1.14x; the
+former margin 1.35 (every 8th step) left 26.8 / 25.6. With Adam a small weight removes the PANs
+as well as a large one (Adam normalises the update of parameters the task hardly drives) and
+costs less accuracy. At a constant learning rate the final accuracy swings by 10-20 points
+between epochs (the 1-point comparison needs the annealed schedule).
 
 **Placement probes** (``probes="placement"``: :func:`pan_penalty`, :mod:`pan_repair.repair.placement_probes`:
 :func:`~pan_repair.repair.placement_probes.make_placement_probes`,
@@ -62,13 +65,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..detect.detector import DEFAULT_POSITION_THRESHOLD, border_unit
-from ..detect.forward import total_stride
-from ..detect.probes import ProbeBatch, data_canvases, make_probes, roll_grid
+from ..detect.detector import (DEFAULT_BORDER_THRESHOLD, DEFAULT_DATA_BORDER_THRESHOLD,
+                               DEFAULT_DATA_POSITION_THRESHOLD, DEFAULT_POSITION_THRESHOLD, border_unit,
+                               scan_probes)
+from ..detect.forward import Prepass, prepass, total_stride
+from ..detect.implied import stem_level
+from ..detect.probes import ProbeBatch, data_canvases, resolve_convention, roll_grid
 from ..detect.recorder import content_scale
-from ..layers.border_geometry import border_windows, strip
+from ..layers.border_geometry import border_effects
 from ..layers.module_state import device_dtype, eval_mode
-from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, effective_weight, untrained_bn
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, untrained_bn
 from .placement_probes import N_CONSTANTS, STYLES, PlacementProbes, make_placement_probes, roll_axes
 
 __all__ = ["pan_penalty", "detector_penalty", "PANPenalty"]
@@ -97,18 +103,9 @@ def position_term(pooled: torch.Tensor, probes: PlacementProbes) -> torch.Tensor
 
 def _border_d2(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> torch.Tensor:
     """Per side and channel (4, C): mean of ``D^2`` over the images and the outermost output
-    line (corners excluded), as the detector's ``_border_deviation`` but differentiable."""
-    weight = effective_weight(conv)
-    windows = border_windows(tuple(x.shape[-2:]), conv, padding)
-    out = []
-    for rows, cols, (row, col) in windows:
-        if rows is None or cols is None:
-            out.append(x.new_zeros(conv.out_channels, dtype=torch.float32))
-            continue
-        dev = F.conv2d(strip(x, rows, cols, padding), weight, None, conv.stride, 0, conv.dilation,
-                       conv.groups)[:, :, row, col]
-        out.append(dev.float().pow(2).mean(dim=(0, 2)))
-    return torch.stack(out)
+    line (corners excluded), the square of the detector's ``border_deviation``, differentiable."""
+    return torch.stack([x.new_zeros(conv.out_channels, dtype=torch.float32) if d is None else
+                        d.float().pow(2).mean(dim=(0, 2)) for d in border_effects(x, conv, padding)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,8 +285,9 @@ class _DetectorCapture:
     constant probes (per side, differentiable), the response the detector pools (``relu(bn(y))``
     for a conv feeding a BatchNorm, ``y`` otherwise) and the BatchNorm each conv feeds."""
 
-    def __init__(self, model: nn.Module, convs: list[str], n_constants: int, border: bool) -> None:
-        self.n_constants, self.border = n_constants, border
+    def __init__(self, model: nn.Module, convs: list[str], n_constants: int, content: torch.Tensor,
+                 border: bool) -> None:
+        self.n_constants, self.content_index, self.border = n_constants, content, border
         self.d2: dict[str, torch.Tensor] = {}       # (4, C) mean D^2 per side
         self.content: dict[str, torch.Tensor | None] = {}  # (C,) content response on the border images
         self.outputs: dict[str, torch.Tensor] = {}  # conv outputs
@@ -312,7 +310,7 @@ class _DetectorCapture:
             padding, x = self._pads.resolve(module, inputs[0])
             if padding.makes_border:
                 self.d2[name] = _border_d2(x[: self.n_constants], module, padding)
-                self.content[name] = content_scale(output.detach(), torch.arange(self.n_constants),
+                self.content[name] = content_scale(output.detach(), self.content_index,
                                                    tuple(x.shape[-2:]), module, padding)
         return hook
 
@@ -331,32 +329,38 @@ def _hinge(score: torch.Tensor, margin: float) -> torch.Tensor:
 def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
                      input_size: tuple[int, int, int] | None = None, layers: Iterable[str] | None = None,
                      border_weight: float = 1.0, position_weight: float = 1.0,
-                     border_margin: float = 1.35,
+                     border_margin: float = 0.5 * DEFAULT_BORDER_THRESHOLD,
                      position_margin: float = 0.5 * DEFAULT_POSITION_THRESHOLD,
-                     n_patterns: int = 2, n_positions: int = 8, seed: int = 0) -> torch.Tensor:
-    """The detector's two scores on synthetic probes, made differentiable and hinged (the border
-    score is :func:`pan_repair.find_pans`' on the same uniform probes; the position score is its
-    eta^2 on the centred textures of :func:`~pan_repair.detect.probes.make_probes`, without the
-    border-free twin's correction, which a training-time penalty need not pay for):
+                     n_patterns: int = 2, n_positions: int = 8, seed: int = 0,
+                     input_range: tuple[float, float] | None = None, mean: float | tuple[float, ...] | None = None,
+                     std: float | tuple[float, ...] | None = None) -> torch.Tensor:
+    """The detector's two scores on its own images, made differentiable and hinged (the border
+    score is :func:`pan_repair.find_pans`' on the same images; the position score is its eta^2 on
+    the same rolls, without the border-free twin's correction, which a training-time penalty need
+    not pay for):
 
     ``border_weight * mean_c sum_s relu(b_cs - border_margin)^2
     + position_weight * mean_c sum_a relu(eta2_ca - position_margin)^2``
 
     over the channels ``c`` of ``layers`` (default: every conv), sides ``s`` and roll axes ``a``.
     ``b_cs = sqrt(mean D^2) / u_c``: the detector's border score of one side (``D`` on the
-    border images: the uniform probes, or the model's own images; ``u_c = max(sigma_c, kappa_c)``
-    the detector's unit: ``sigma_c`` the running std of the BatchNorm the conv feeds, else the
-    conv output's std over the probes, ``kappa_c`` the channel's content response on the border
-    images (0 on uniform probes); detached; floored as in the detector); 0 for a conv
-    whose padding makes no border. ``eta2_ca``: the detector's position score of one axis, on
-    the response it pools (``relu(bn(conv))``). Channels below the margins cost nothing.
+    border images: uniform images in the input convention, textured canvases at the level the
+    stem implies, or the model's own images); ``u_c = max(sigma_c, kappa_c)`` the detector's
+    unit: ``sigma_c`` the running std of the BatchNorm the conv feeds, else the conv output's
+    std over the images run, ``kappa_c`` the channel's content response (on the probes'
+    ``content`` images: the centred textures data-free, else the border images); detached;
+    floored as in the detector); 0 for a conv whose padding makes no border. ``eta2_ca``: the
+    detector's position score of one axis, on the response it pools (``relu(bn(conv))``).
+    Channels below the margins cost nothing.
 
     Args:
-        probes: a :class:`~pan_repair.detect.probes.ProbeBatch` (the detector's construction; scale
-            images, if any, are skipped; its ``n_constants`` first images are the border images,
-            e.g. data: see :meth:`PANPenalty.detector_probes`); default ``make_probes(input_size,
-            n_patterns, n_positions, total stride, seed=seed)``. With ``position_weight == 0``
-            only its border images are run.
+        probes: a :class:`~pan_repair.detect.probes.ProbeBatch`: its ``n_constants`` first images
+            are the border images (e.g. data: see :meth:`PANPenalty.detector_probes`); default
+            :func:`~pan_repair.detect.detector.scan_probes` of ``input_size``, ``n_patterns``,
+            ``n_positions``, ``seed`` and the input convention (``input_range`` or ``mean`` /
+            ``std``, as :func:`~pan_repair.find_pans` takes it), the data-free probes
+            :func:`~pan_repair.find_pans` builds. With ``position_weight == 0`` only its border
+            and content images are run.
 
     The pass runs in eval mode (BatchNorm on its running statistics, which stay untouched; every
     module's mode restored after; hooks removed; the global RNG untouched).
@@ -370,9 +374,8 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
     if probes is None:
         if input_size is None:
             raise ValueError("detector_penalty needs probes or input_size")
-        input_size = tuple(int(v) for v in input_size)
-        stride = total_stride(model, input_size, device, dtype)
-        probes = make_probes(input_size, n_patterns, n_positions, stride, seed=seed)
+        probes = scan_probes(model, tuple(int(v) for v in input_size), n_patterns=n_patterns,
+                             n_positions=n_positions, seed=seed, input_range=input_range, mean=mean, std=std)
     convs = [n for n, _ in conv_layers(model)] if layers is None else _resolve(model, layers, "layers")
     if not convs:
         raise ValueError("the model has no 2-D convolution (nn.Conv2d)")
@@ -381,8 +384,14 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
         raise ValueError(f"layers must be convolutions: {', '.join(not_conv)}")
     nc = probes.n_constants
     place = probes.images[probes.placement_slice()]
-    images = probes.images[:nc] if position_weight == 0 else torch.cat([probes.images[:nc], place])
-    capture = _DetectorCapture(model, convs, nc, border_weight > 0)
+    content = torch.arange(nc) if probes.content is None else probes.content
+    if position_weight > 0:
+        images = probes.images
+    else:  # the border images, and the content images among the rolls
+        extra = content[content >= nc]
+        images = torch.cat([probes.images[:nc], probes.images[extra]])
+        content = torch.cat([content[content < nc], torch.arange(nc, nc + len(extra))])
+    capture = _DetectorCapture(model, convs, nc, content, border_weight > 0)
     try:
         with eval_mode(model):
             model(images.to(device, dtype))
@@ -426,7 +435,7 @@ _DATA_BORDER = 4
 
 #: PANPenalty's defaults per probe kind (None in its signature: taken from here)
 _DEFAULTS = {
-    "detector": dict(n_patterns=2, n_positions=8, every=8, bank=16, border_weight=1.0, weight=0.03),
+    "detector": dict(n_patterns=2, n_positions=8, every=16, bank=16, border_weight=1.0, weight=0.03),
     "placement": dict(n_patterns=4, n_positions=5, every=4, bank=64, border_weight=0.0, weight=1.0),
 }
 PROBE_KINDS = tuple(_DEFAULTS)
@@ -437,11 +446,14 @@ class PANPenalty:
 
     ``probes="detector"`` (default): ``weight * detector_penalty(...)`` (:func:`detector_penalty`:
     the detector's own probes, scores and responses, hinged at ``border_margin`` /
-    ``position_margin``). A bank of ``bank`` probe batches (``make_probes`` with seeds ``seed``,
-    ``seed + 1``, ...; ``n_patterns`` patterns each) is built lazily; call ``i`` uses batch
-    ``i mod bank``. ``position_weight`` (default 0) switches the position term on. ``weight``
-    defaults to 0.03 here (measured: accuracy within a point of plain training, 95% fewer PANs)
-    and to 1 with ``probes="placement"``; ``every`` to 8 here (1.08x the step time) and to 4.
+    ``position_margin``). A bank of ``bank`` probe batches (:meth:`detector_probes`: the probes
+    :func:`~pan_repair.find_pans` builds data-free in the input convention ``input_range`` or
+    ``mean`` / ``std``, with seeds ``seed``, ``seed + 1``, ...; ``n_patterns`` patterns each) is
+    built lazily; call ``i`` uses batch ``i mod bank``. ``position_weight`` (default 0) switches
+    the position term on. ``weight`` defaults to 0.03 here (measured: accuracy within a point of
+    plain training, 98-99% fewer PANs) and to 1 with ``probes="placement"``; ``every`` to 16 here
+    (1.03-1.07x the step time) and to 4. ``border_margin`` / ``position_margin`` default to half
+    the detector's thresholds (on probes, or on data once ``images`` are set).
 
     ``probes="placement"``: ``pan_penalty`` on :func:`make_placement_probes` (the earlier study,
     see the module docstring): a bank of ``bank`` patterns, ``n_patterns`` of them per call in a
@@ -452,7 +464,7 @@ class PANPenalty:
     ``images`` (or :meth:`set_images`; ``probes="detector"`` only): the model's own images, e.g.
     the training data's calibration sample ``PANRegularizer`` keeps: the scores are then measured
     on them as ``find_pans(data=...)`` measures (border images and canvases made of the data),
-    not on the uniform probes.
+    not on synthetic probes.
 
     Both: ``every=k`` computes the penalty on every k-th call only, multiplied by k (same average
     gradient); the other calls return a constant zero without a probe pass. Deterministic in
@@ -472,13 +484,14 @@ class PANPenalty:
     def __init__(self, input_size: tuple[int, int, int], n_patterns: int | None = None,
                  n_positions: int | None = None, *, probes: str = "detector", weight: float | None = None,
                  border_weight: float | None = None, position_weight: float = 0.0,
-                 border_margin: float = 1.35,
-                 position_margin: float = 0.5 * DEFAULT_POSITION_THRESHOLD,
+                 border_margin: float | None = None, position_margin: float | None = None,
                  layers: Iterable[str] | None = None, border_layers: Iterable[str] | None = None,
                  axes: Iterable[int | str] = ("rows", "cols"), bank: int | None = None, every: int | None = None,
                  probe_size: int | None = None, pattern_size: int | None = None, level: float = 1.0,
                  seed: int = 0, style: str = "texture", contrast: float = 6.0, noise: float = 0.3,
-                 roll_stride: tuple[int, int] | None = None, images: torch.Tensor | None = None) -> None:
+                 roll_stride: tuple[int, int] | None = None, images: torch.Tensor | None = None,
+                 input_range: tuple[float, float] | None = None, mean: float | tuple[float, ...] | None = None,
+                 std: float | tuple[float, ...] | None = None) -> None:
         if probes not in _DEFAULTS:
             raise ValueError(f"unknown probes {probes!r}; expected one of {', '.join(PROBE_KINDS)}")
         d = _DEFAULTS[probes]
@@ -492,7 +505,8 @@ class PANPenalty:
             raise ValueError(f"every must be >= 1, got {every}")
         if n_patterns < 2 or (probes == "placement" and bank < n_patterns) or bank < 1:
             raise ValueError(f"need 2 <= n_patterns <= bank, got n_patterns={n_patterns}, bank={bank}")
-        if min(weight, border_weight, position_weight, border_margin, position_margin) < 0:
+        margins = [m for m in (border_margin, position_margin) if m is not None]
+        if min(weight, border_weight, position_weight, *margins) < 0:
             raise ValueError(f"weights and margins must be >= 0, got weight={weight}, "
                              f"border_weight={border_weight}, position_weight={position_weight}")
         placement_only = dict(border_layers=border_layers, probe_size=probe_size, pattern_size=pattern_size,
@@ -500,6 +514,10 @@ class PANPenalty:
         given = [k for k, v in placement_only.items() if v is not None]
         if probes == "detector" and given:
             raise ValueError(f"{', '.join(given)}: options of probes='placement' only")
+        self.convention = {k: v for k, v in dict(input_range=input_range, mean=mean, std=std).items() if v is not None}
+        if probes == "placement" and self.convention:
+            raise ValueError(f"{', '.join(self.convention)}: options of probes='detector' only")
+        resolve_convention(nn.Identity(), int(input_size[0]), **self.convention)  # a bad one fails here
         c, h, w = (int(v) for v in input_size)
         if probe_size is not None:
             h = w = int(probe_size)
@@ -510,7 +528,7 @@ class PANPenalty:
         self.border_layers = None if border_layers is None else list(border_layers)
         self.weight, self.border_weight = float(weight), float(border_weight)
         self.position_weight = float(position_weight)
-        self.border_margin, self.position_margin = float(border_margin), float(position_margin)
+        self._margins = (border_margin, position_margin)
         self.every, self.seed = int(every), seed
         if style not in STYLES:
             raise ValueError(f"unknown probe style {style!r}; expected one of {', '.join(STYLES)}")
@@ -519,12 +537,27 @@ class PANPenalty:
         self.roll_stride = None if roll_stride is None else tuple(int(v) for v in roll_stride)
         self.step = 0
         self._probes: PlacementProbes | None = None
-        self._bank: dict[int, ProbeBatch] = {}
-        self._stride: tuple[int, int] | None = None
+        self._bank: dict[int, tuple[float | None, ProbeBatch]] = {}  # i -> (canvas level, probes)
+        self._pre: Prepass | None = None
         self._order = torch.randperm(bank, generator=torch.Generator().manual_seed(seed)).tolist()
         self.images: torch.Tensor | None = None
         if images is not None:
             self.set_images(images)
+
+    @property
+    def border_margin(self) -> float:
+        """The border term's margin: as given, else half the detector's border threshold (on
+        probes, or on data once :attr:`images` are set)."""
+        given = self._margins[0]
+        return float(given) if given is not None else 0.5 * (
+            DEFAULT_BORDER_THRESHOLD if self.images is None else DEFAULT_DATA_BORDER_THRESHOLD)
+
+    @property
+    def position_margin(self) -> float:
+        """The position term's margin: as given, else half the detector's position threshold."""
+        given = self._margins[1]
+        return float(given) if given is not None else 0.5 * (
+            DEFAULT_POSITION_THRESHOLD if self.images is None else DEFAULT_DATA_POSITION_THRESHOLD)
 
     def set_images(self, images: torch.Tensor) -> None:
         """Measure on the model's own ``images`` (N, C, H, W) from now on (see
@@ -550,26 +583,35 @@ class PANPenalty:
         return self._probes
 
     def detector_probes(self, model: nn.Module, i: int) -> ProbeBatch:
-        """Probe batch ``i`` of the detector-probe bank (cached): ``make_probes(seed=seed + i)``;
-        with ``images``, as the detector measures on data: border images ``_DATA_BORDER`` of the
-        images in turn (batch ``i`` starts at image ``i * _DATA_BORDER``), and the position
-        canvases made of the images (:func:`~pan_repair.detect.probes.data_canvases`, ``seed + i``)
-        rolled as the detector rolls them."""
+        """Probe batch ``i`` of the detector-probe bank (cached). Data-free: the probes
+        :func:`~pan_repair.find_pans` builds (:func:`~pan_repair.detect.detector.scan_probes`,
+        seed ``seed + i``, the input convention given), rebuilt when the canvas level the stem's
+        BatchNorm implies (:func:`~pan_repair.detect.implied.stem_level`, to 0.05) has moved
+        since, as training moves it. With ``images``, as the detector measures on data: border
+        images ``_DATA_BORDER`` of the images in turn (batch ``i`` starts at image
+        ``i * _DATA_BORDER``), and the position canvases made of the images
+        (:func:`~pan_repair.detect.probes.data_canvases`, ``seed + i``) rolled as the detector
+        rolls them."""
         i %= self.bank
-        if i not in self._bank:
-            if self._stride is None:
-                self._stride = total_stride(model, self.input_size, *device_dtype(model))
-            if self.images is None:
-                self._bank[i] = make_probes(self.input_size, self.n_patterns, self.n_positions, self._stride,
-                                            seed=self.seed + i)
-            else:
+        if self._pre is None:
+            self._pre = prepass(model, self.input_size, *device_dtype(model))
+        if self.images is not None:
+            if i not in self._bank:
                 n = len(self.images)
                 border = self.images[[(i * _DATA_BORDER + k) % n for k in range(min(_DATA_BORDER, n))]]
                 turn = self.images[[(i * self.n_patterns + k) % n for k in range(n)]]  # other images first
-                grid = roll_grid(data_canvases(turn, self.n_patterns, self.seed + i), self.n_positions, self._stride)
-                self._bank[i] = ProbeBatch(torch.cat([border, grid.images]), len(border), grid.n_patterns,
-                                           grid.n_positions, grid.distances)
-        return self._bank[i]
+                grid = roll_grid(data_canvases(turn, self.n_patterns, self.seed + i), self.n_positions,
+                                 self._pre.stride)
+                self._bank[i] = (None, ProbeBatch(torch.cat([border, grid.images]), len(border), grid.n_patterns,
+                                                  grid.n_positions, grid.distances))
+            return self._bank[i][1]
+        convention = resolve_convention(model, self.input_size[0], **self.convention)
+        level = stem_level(model, self._pre.stem, self._pre.feeds_bn, convention, self.input_size)
+        key = None if level is None else round(level[0] * 20) / 20
+        if i not in self._bank or self._bank[i][0] != key:
+            self._bank[i] = (key, scan_probes(model, self.input_size, n_patterns=self.n_patterns,
+                                              n_positions=self.n_positions, seed=self.seed + i, **self.convention))
+        return self._bank[i][1]
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         step, self.step = self.step, self.step + 1
