@@ -19,7 +19,7 @@ epochs (Adam ``--ft-lr``; at most the original budget), then evaluated on the va
   filters of the same layers drawn uniformly at random (``random_report``). Each is also run
   with lowered thresholds (``LOW_THRESHOLDS``: border 1.0, position 0.5; marked "low thr.");
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.repair.regularizer.PANPenalty` at its
-  defaults (the detector's border score on its constant probes, weight 0.03, every 8th step);
+  defaults (the detector's border score on its own probes, margin 0.7, weight 0.03, every 16th step);
   ``PAN penalty, ink probes``: the placement penalty (``probes="placement"``) with digit-like
   "ink" probes (bright strokes on the data's dark noisy background, 8 patterns x 16 stride-1
   vertical placements every step, weight 0.5; ``PENALTY_INK``); ``PAN penalty, texture probes``:

@@ -19,7 +19,7 @@ without a repair (the control):
   (weight 0.5, every 2nd step); ``padding consistency, warm-up``: weight 0.5 on every step, warmed
   up linearly over the first quarter of the fine-tuning steps (``warmup``);
 * ``PAN penalty (default)``: fine-tuning with :class:`pan_repair.repair.regularizer.PANPenalty` (its
-  defaults: the detector's border score, weight 0.03, every 8th step); ``PAN penalty, every
+  defaults: the detector's border score, margin 0.7, weight 0.03, every 16th step); ``PAN penalty, every
   step``: the same on every step; ``PAN penalty, weight 1, every step``: ``weight=1, every=1``.
 
 **Columns.** Validation accuracy and its difference from the baseline and from ``fine-tune
