@@ -1,0 +1,47 @@
+"""border_effects: the padding's own effect on the four outermost output lines equals the full
+convolution of the zero-padded input minus that of the replicate-padded one, read on those lines
+(corners excluded), for random kernels, strides, dilations, groups and asymmetric pads."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pan_repair.layers.border_geometry import border_effects, clean_range
+from pan_repair.layers.padding import Padding
+
+
+def _reference(x, conv, padding):
+    left, right, top, bottom = padding.pads
+    pads = (left, right, top, bottom)
+    d = (F.conv2d(F.pad(x, pads, value=padding.value), conv.weight, None, conv.stride, 0, conv.dilation, conv.groups)
+         - F.conv2d(F.pad(x, pads, mode="replicate"), conv.weight, None, conv.stride, 0, conv.dilation, conv.groups))
+    (k0, k1), (s0, s1), (d0, d1) = conv.kernel_size, conv.stride, conv.dilation
+    h, w = x.shape[-2:]
+    rows = clean_range(h, k0, s0, d0, top, bottom)
+    cols = clean_range(w, k1, s1, d1, left, right)
+    last_row = (d.shape[-2] - 1) * s0 - top + d0 * (k0 - 1) >= h
+    last_col = (d.shape[-1] - 1) * s1 - left + d1 * (k1 - 1) >= w
+    return [d[:, :, 0, cols] if top else None, d[:, :, -1, cols] if bottom and last_row else None,
+            d[:, :, rows, 0] if left else None, d[:, :, rows, -1] if right and last_col else None]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_border_effects_match_the_full_difference(seed):
+    gen = torch.Generator().manual_seed(seed)
+    checked = 0
+    for _ in range(60):
+        r = lambda lo, hi: int(torch.randint(lo, hi, (), generator=gen))  # noqa: E731
+        g = r(1, 3)
+        conv = torch.nn.Conv2d(2 * g, 3 * g, (r(1, 6), r(1, 6)), (r(1, 4), r(1, 4)), 0, (r(1, 3), r(1, 3)), g).double()
+        x = torch.randn(2, 2 * g, r(4, 20), r(4, 20), generator=gen, dtype=torch.float64)
+        padding = Padding(tuple(r(0, 4) for _ in range(4)), "zeros", float(torch.randn((), generator=gen)))
+        try:
+            expected = _reference(x, conv, padding)
+        except RuntimeError:  # the kernel does not fit
+            continue
+        got = border_effects(x, conv, padding)
+        for side, (e, o) in enumerate(zip(expected, got)):
+            assert (e is None) == (o is None), (side, conv, padding)
+            if e is not None:
+                torch.testing.assert_close(o, e, rtol=0, atol=1e-10)
+                checked += 1
+    assert checked > 60
