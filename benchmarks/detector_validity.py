@@ -38,8 +38,9 @@ Per cell:
 Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--device cuda] [--jsonl ...] [--out ...]``;
 ``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell. The
 published table: ``--from-jsonl --extra-jsonl benchmarks/results/detector_validity_carried.jsonl
-benchmarks/results/detector_validity_info.jsonl`` (cells rerun for the later columns, same seed and
-threads: same networks, same flags).
+benchmarks/results/detector_validity_info.jsonl --free-from benchmarks/results/stem_canvas.jsonl`` (cells
+rerun for the later columns, same seed and threads: same networks, same flags; the data-free columns from
+``benchmarks/stem_canvas.py``'s scans of the same networks with the current probes, see :func:`overlay_free`).
 """
 from __future__ import annotations
 
@@ -388,7 +389,7 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: 
     input_size = tuple(sample.shape[1:])
     pairs = conv_bn_pairs(model, input_size)
     row = dict(arch=arch, convention=convention, size=size, seed=seed, threads=torch.get_num_threads(),
-               **_device_field(device), train_images=len(xtr), test_images=len(xte),
+               cpu=cpu_name(), **_device_field(device), train_images=len(xtr), test_images=len(xte),
                epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4),
                info_digit=round(base[2], 4), info_half=round(base[3], 4))
     report, t_scan = _timed(find_pans, model, data=sample)
@@ -596,7 +597,7 @@ def measure_lite0_cell(size: int, log=print, device: str = "cpu") -> dict:
     sample = photos(size)
     input_size = tuple(sample.shape[1:])
     report, t_scan = _timed(find_pans, model, data=sample)
-    row = dict(arch="lite0", convention="photos [-1,1]", size=size, **_device_field(device), filters=report.total_filters, pans=report.count,
+    row = dict(arch="lite0", convention="photos [-1,1]", size=size, cpu=cpu_name(), **_device_field(device), filters=report.total_filters, pans=report.count,
                frac=round(report.fraction, 4), kinds=_kinds(report), layers=_layer_counts(report),
                dep=_dep(report), scan_s=round(t_scan, 3), unmeasured=sorted(report.unmeasured),
                assumptions=report.assumptions)
@@ -616,19 +617,36 @@ def measure_lite0_cell(size: int, log=print, device: str = "cpu") -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- table
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
     import os
 
-    return (f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}, Python "
+    return (f"{cpu_name()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, Python "
             f"{platform.python_version()}, {platform.platform()}")
+
+
+def cpus_used(rows: list[dict]) -> str:
+    """Which CPU measured which cells, where rows record it (``cpu``; earlier rows do not)."""
+    named: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("cpu"):
+            named.setdefault(r["cpu"], []).append(_key(r))
+    if not named:
+        return ""
+    parts = [f"{cpu}: {len(cells)} cells ({', '.join(cells)})" for cpu, cells in sorted(named.items())]
+    return ("; cells measured on a recorded CPU: " + "; ".join(parts) +
+            (f"; the other {len(rows) - sum(map(len, named.values()))} on the CPU of the earlier sessions"
+             if len(rows) > sum(map(len, named.values())) else ""))
 
 
 def threads_used(rows: list[dict]) -> str:
@@ -664,8 +682,10 @@ def table(rows: list[dict], header: str = "") -> str:
             "### Two-head digits cells",
             "",
             "acc = test accuracy digit / half; PANs = data scan (16 training images) count / filters (fraction, "
-            "kinds b=border p=position); free = data-free scan in the convention; twin = circular twin's PANs "
-            "(data / data-free); drop = accuracy drop digit / half when silenced (flagged; random same-layer mean "
+            "kinds b=border p=position); free = data-free scan in the convention, its textures on a canvas at the "
+            "mean pixel level the stem's BatchNorm implies (what find_pans does now; benchmarks/stem_canvas.py's scan "
+            "of the same network; (g): the earlier mid-grey probes); twin = circular twin's PANs "
+            "(data / data-free, the data-free twin scanned with the mid-grey probes); drop = accuracy drop digit / half when silenced (flagged; random same-layer mean "
             "of 5); sel = half drop - digit drop; margin = sel(flagged) - sel(random); dep = find_pans "
             "padding_dependence output_shift / flip_rate of the half head (the model's figure is the larger head's); rep acc = replicate-switched "
             "test accuracy digit / half; scan = data-scan seconds, x = scan / plain forward of the 16 images, "
@@ -688,7 +708,7 @@ def table(rows: list[dict], header: str = "") -> str:
             lines.append(
                 f"| {r['arch']} | {r['convention']} | {r['size']} | {r['acc_digit']:.2f} / {r['acc_half']:.2f} "
                 f"| {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} ({r['free_frac']:.1%}, "
-                f"{fkinds}) | {r['twin_pans']} / {r['twin_free_pans']} "
+                f"{fkinds}){' (g)' if r.get('mid_grey') else ''} | {r['twin_pans']} / {r['twin_free_pans']} "
                 f"| {_pair(r.get('drop_flagged'))} | {_pair(r.get('drop_random'))}{' (ovl)' if r.get('random_overlap') else ''} "
                 f"| {_f(r.get('sel'), 3)} | {_f(r.get('margin'), 3)} | {_f(r.get('info_margin'), 3)} "
                 f"| {_f(r.get('eta_flagged'), 3)} / {_f(r.get('eta_layer'), 3)} | {_f(r.get('free_margin'), 3)} "
@@ -801,6 +821,9 @@ def main(argv=None) -> None:
     p.add_argument("--extra-jsonl", nargs="*", default=[],
                    help="more rows to tabulate (a row's fields replace those of the main file's row of the "
                         "same cell)")
+    p.add_argument("--free-from", default=None,
+                   help="benchmarks/stem_canvas.py rows whose data-free scan (after) replaces the free columns "
+                        "of the same networks")
     p.add_argument("--notes", default="benchmarks/results/detector_validity_notes.md",
                    help="appended to the results when it exists")
     a = p.parse_args(argv)
@@ -829,16 +852,46 @@ def main(argv=None) -> None:
             rows[_key(r)] = {**rows.get(_key(r), {}), **r}
     order = {c: i for i, c in enumerate(default_cells())}  # the matrix's order, whichever worker wrote a row first
     rows = dict(sorted(rows.items(), key=lambda kv: order.get(kv[0], len(order))))
+    if a.free_from:
+        overlay_free(rows, [json.loads(line) for line in Path(a.free_from).read_text().splitlines()])
     devices = sorted({r["device"] for r in rows.values() if r.get("device")})
     if devices:  # the machine above only tabulated them
         header = header.replace("Machine: ", f"Cells trained and scanned on {', '.join(devices)} (the rows' "
                                 "device); tabulated on: ")
-    text = table(list(rows.values()), f"{header}; {threads_used(list(rows.values()))}") + "\n" + \
+    cpus = cpus_used(list(rows.values()))
+    if cpus:  # the machine above only tabulated some of them
+        header = header.replace("Machine: ", "Tabulated on: ")
+    text = table(list(rows.values()), f"{header}; {threads_used(list(rows.values()))}{cpus}") + "\n" + \
         summary(list(rows.values()))
     if Path(a.notes).exists():
         text += "\n" + Path(a.notes).read_text()
     Path(a.out).write_text(text)
     print(text)
+
+
+#: what a data-free report's assumptions say when its probes sit on the stem's implied level
+CANVAS_NOTE = "the probes' canvas is at"
+
+
+def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
+    """Give each digits row the data-free scan ``find_pans`` makes now (canvas at the level the stem
+    implies), from the ``benchmarks/stem_canvas.py`` row of the same network: same cell, seed and
+    threads, and the same test accuracies (within half a test image, 1/1600: the files round
+    differently), the proof that training reproduced it. Rows without one keep the mid-grey scan they
+    were measured with and are marked ``mid_grey``; rows whose own data-free scan already probed at
+    the implied level (its assumptions say where the canvas is) stay as they are."""
+    same = {(f"{c['arch']}:{c['convention']}:{c['size']}", c.get("seed", 0), c["threads"]): c for c in canvas_rows}
+    for key, r in rows.items():
+        if r["arch"] == "lite0" or any(CANVAS_NOTE in a for a in r.get("free_assumptions") or []):
+            continue
+        c = same.get((key, r.get("seed") or 0, r.get("threads") or 1))
+        after = None if c is None or max(abs(c["acc_digit"] - r["acc_digit"]),
+                                         abs(c["acc_half"] - r["acc_half"])) >= 1 / 1600 else c["after"]
+        if after is None:
+            r["mid_grey"] = True
+            continue
+        r.update(free_pans=sum(after["kinds"].values()), free_frac=after["frac"], free_kinds=after["kinds"],
+                 free_margin=after.get("margin"), mid_grey=False)
 
 
 def _key(r: dict) -> str:
@@ -885,7 +938,8 @@ def summary(rows: list[dict]) -> str:
     free_met_margin = [_key(r) for r in rows if r.get("free_margin") is not None and r["free_margin"] >= MARGIN_TARGET]
     free_frac = [_key(r) for r in rows if r.get("free_frac", 0) > FRACTION_TARGET
                  and not (r.get("free_margin") is not None and r["free_margin"] >= MARGIN_TARGET)]
-    lines += ["", "Data-free scans (second column, not the targets' scan): margin >= +0.10 in "
+    grey = sum(1 for r in rows if r.get("mid_grey"))
+    lines += ["", f"Data-free scans (second column, not the targets' scan{f'; {grey} cells on mid-grey probes' if grey else ''}): margin >= +0.10 in "
               f"{len(free_met_margin)} of {len(free_met_margin) + len(free_missed_margin)} cells with flags; "
               f"> 10% flagged without selectivity in {len(free_frac)} cells ({', '.join(free_frac) or '-'})."]
     free_twin = [_key(r) for r in rows if r.get("twin_free_pans")]
