@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pan_repair import SmallCNN, convert_padding, find_pans
+from pan_repair.detect.implied import CANVAS_NOTE
 from pan_repair.layers import conv_bn_pairs
 from pan_repair.layers.module_state import device_dtype, structural_copy
 
@@ -644,9 +645,9 @@ def cpus_used(rows: list[dict]) -> str:
     if not named:
         return ""
     parts = [f"{cpu}: {len(cells)} cells ({', '.join(cells)})" for cpu, cells in sorted(named.items())]
+    other = len(rows) - sum(map(len, named.values()))
     return ("; cells measured on a recorded CPU: " + "; ".join(parts) +
-            (f"; the other {len(rows) - sum(map(len, named.values()))} on the CPU of the earlier sessions"
-             if len(rows) > sum(map(len, named.values())) else ""))
+            (f"; the other {other} on the CPU of the earlier sessions" if other else ""))
 
 
 def threads_used(rows: list[dict]) -> str:
@@ -870,10 +871,6 @@ def main(argv=None) -> None:
     print(text)
 
 
-#: what a data-free report's assumptions say when its probes sit on the stem's implied level
-CANVAS_NOTE = "the probes' canvas is at"
-
-
 def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
     """Give each digits row the data-free scan ``find_pans`` makes now (canvas at the level the stem
     implies), from the ``benchmarks/stem_canvas.py`` row of the same network: same cell, seed and
@@ -881,7 +878,7 @@ def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
     differently), the proof that training reproduced it. Rows without one keep the mid-grey scan they
     were measured with and are marked ``mid_grey``; rows whose own data-free scan already probed at
     the implied level (its assumptions say where the canvas is) stay as they are."""
-    same = {(f"{c['arch']}:{c['convention']}:{c['size']}", c.get("seed", 0), c["threads"]): c for c in canvas_rows}
+    same = {(_key(c), c.get("seed", 0), c["threads"]): c for c in canvas_rows}
     for key, r in rows.items():
         if r["arch"] == "lite0" or any(CANVAS_NOTE in a for a in r.get("free_assumptions") or []):
             continue

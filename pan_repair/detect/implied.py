@@ -16,6 +16,8 @@ from .probes import CANVAS, InputConvention
 #: from the probes' mid-grey canvas (pixels in [0, 1]). Measured: digits canvases on black (0.04), on white (0.96), on
 #: a noisy background (0.28) are all noted; the pretrained Lite0 in its own convention (0.46) is not
 MISMATCH = 0.2
+#: the words of the assumption that says the probes moved to the implied level (before the level)
+CANVAS_NOTE = "the probes' canvas is at"
 
 
 @torch.no_grad()
@@ -67,6 +69,6 @@ def stem_level(model: nn.Module, stem: str | None, feeds_bn: dict[str, nn.Module
         return None
     level = min(max(u, 0.0), 1.0)
     return level, (f"the stem's BatchNorm ({stem}) implies training images averaging {u:.2f} in pixels under this "
-                   f"convention (R^2 {r2:.2f}), unlike a mid-grey canvas ({CANVAS}): the probes' canvas is at "
+                   f"convention (R^2 {r2:.2f}), unlike a mid-grey canvas ({CANVAS}): {CANVAS_NOTE} "
                    f"{level:.2f} and the border score is measured on the textured canvases, not on uniform images; "
                    "data-free scores remain an estimate: scan on a few of the model's own images (data=, CLI --data)")
