@@ -560,6 +560,69 @@ def _half_eta2(model, pairs, report, x, y, chans, batch: int = 200) -> np.ndarra
     return (between / total.clamp_min(1e-12)).numpy()
 
 
+#: an oracle set is ``scale`` times as many channels per layer as the data scan flags there
+ORACLE_SCALES = (1, 4)
+
+
+def oracle_channels(half_eta: np.ndarray, report, channels: list[tuple[str, int]], scale: int) -> list[tuple[str, int]]:
+    """Per layer holding flagged ``channels``: ``scale`` times as many of its channels (at most all of
+    them), those of the highest half-label eta^2 (:func:`_half_eta2`, read off the test images and
+    labels): the set a detector would flag that knew which channels carry position."""
+    offset, start = 0, {}
+    for layer, s in report.scores.items():
+        start[layer] = offset
+        offset += len(s["position"])
+    per_layer: dict[str, int] = {}
+    for layer, _ in channels:
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+    pick = []
+    for layer, k in per_layer.items():
+        n = len(report.scores[layer]["position"])
+        eta = half_eta[start[layer]:start[layer] + n]
+        pick += [(layer, int(c)) for c in np.argsort(-eta, kind="stable")[:min(n, scale * k)]]
+    return pick
+
+
+def measure_oracle_cell(arch: str, convention: str, size: int, seed: int = 0, device: str = "cpu") -> dict:
+    """Can any channel set meet the margin target where the flagged set misses it? Trains the cell's
+    network again (same seed; the same network where it runs on the matrix row's CPU, as ``oracle_acc``
+    and ``oracle_pans`` show), flags with the data scan, measures the flagged set's margin on it, and
+    silences per layer ``scale`` times as many channels
+    as flagged there, those that carry the most position on the test images (:func:`oracle_channels`),
+    against as many random channels of the same layers. The oracle reads the test labels it is then
+    scored on: an upper bound for what a detector flagging that many could reach."""
+    t0 = time.perf_counter()
+    epochs, lr, batch, copies = budget(arch, size)
+    xtr, ytr, xte, yte, _ = dataset(size, convention, copies, seed)
+    model, chans = build(arch, size, seed)
+    model.to(device)
+    train(model, xtr, ytr, chans, epochs, lr, batch, seed)
+    base = evaluate(model, xte, yte, chans)
+    sample = _chans(xtr[:SAMPLE], chans)
+    pairs = conv_bn_pairs(model, tuple(sample.shape[1:]))
+    report = find_pans(model, data=sample, dependence=False)
+    row = dict(arch=arch, convention=convention, size=size, oracle_seed=seed, oracle_threads=torch.get_num_threads(),
+               oracle_cpu=cpu_name(), oracle_acc=[round(base[0], 4), round(base[1], 4)], oracle_pans=report.count)
+    chs = _pans(report)
+    if chs:
+        half_eta = _half_eta2(model, pairs, report, xte, yte, chans)
+        d = drops(model, pairs, chs, xte, yte, chans, base)
+        r, _ = random_drops(model, pairs, chs, xte, yte, chans, base)
+        row["oracle"] = {"flagged": dict(channels=len(chs), drop=[round(v, 4) for v in d[:2]],
+                                         drop_random=[round(v, 4) for v in r[:2]],
+                                         margin=round(selectivity(d) - selectivity(r), 4))}
+        for scale in ORACLE_SCALES:
+            pick = oracle_channels(half_eta, report, chs, scale)
+            d = drops(model, pairs, pick, xte, yte, chans, base)
+            r, _ = random_drops(model, pairs, pick, xte, yte, chans, base)
+            row["oracle"][str(scale)] = dict(
+                channels=len(pick), drop=[round(v, 4) for v in d[:2]], drop_random=[round(v, 4) for v in r[:2]],
+                margin=round(selectivity(d) - selectivity(r), 4),
+                info_margin=round(info_selectivity(d, base) - info_selectivity(r, base), 4))
+    row["oracle_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
 # ------------------------------------------------------------------------------------------------- Lite0
 def photos(size: int, n: int = SAMPLE) -> torch.Tensor:
     """``n`` real photos (scikit-image's bundled colour images, whole and as crops), in [-1, 1]."""
@@ -817,6 +880,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="seed of the digits cells' data, initialisation and training")
     p.add_argument("--device", default="cpu", help="where the models train and are scanned (cpu, cuda)")
+    p.add_argument("--oracle", action="store_true",
+                   help="measure only what the most position-carrying channels' silencing reaches "
+                        "(measure_oracle_cell; digits cells, a JSON-lines file of their own)")
     p.add_argument("--jsonl", default="benchmarks/results/detector_validity.jsonl")
     p.add_argument("--out", default="benchmarks/results/detector_validity.md")
     p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
@@ -840,6 +906,15 @@ def main(argv=None) -> None:
             if cell in done:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {cell}", file=sys.stderr, flush=True)
+            if a.oracle:
+                arch, conv, size = cell.split(":")
+                if arch == "lite0":
+                    p.error(f"--oracle needs a digits cell (two heads), not {cell}")
+                row = measure_oracle_cell(arch, conv, int(size), seed=a.seed, device=a.device)
+                with open(a.jsonl, "a") as f:
+                    f.write(json.dumps(row, default=_plain) + "\n")
+                print(json.dumps(row, default=_plain), file=sys.stderr, flush=True)
+                continue
             row = run_cell(cell, set(a.single_channel), seed=a.seed, device=a.device)
             with open(a.jsonl, "a") as f:
                 f.write(json.dumps(row, default=_plain) + "\n")
@@ -849,6 +924,9 @@ def main(argv=None) -> None:
             rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
             Path(a.out).write_text(table(rows, f"{header}; {threads_used(rows)}") + "\n")
     rows: dict[str, dict] = {}
+    if a.oracle:  # its rows tabulate beside the matrix's
+        a.extra_jsonl.append(a.jsonl)
+        a.jsonl = p.get_default("jsonl")
     for f in [a.jsonl, *a.extra_jsonl]:  # a later file's row updates the cell's (same seed, same training)
         for r in map(json.loads, Path(f).read_text().splitlines()):
             rows[_key(r)] = {**rows.get(_key(r), {}), **r}
@@ -864,7 +942,7 @@ def main(argv=None) -> None:
     if cpus:  # the machine above only tabulated some of them
         header = header.replace("Machine: ", "Tabulated on: ")
     text = table(list(rows.values()), f"{header}; {threads_used(list(rows.values()))}{cpus}") + "\n" + \
-        summary(list(rows.values()))
+        summary(list(rows.values())) + oracle_section(list(rows.values()))
     if Path(a.notes).exists():
         text += "\n" + Path(a.notes).read_text()
     Path(a.out).write_text(text)
@@ -890,6 +968,46 @@ def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
             continue
         r.update(free_pans=sum(after["kinds"].values()), free_frac=after["frac"], free_kinds=after["kinds"],
                  free_margin=after.get("margin"), mid_grey=False)
+
+
+def oracle_section(rows: list[dict]) -> str:
+    """The cells :func:`measure_oracle_cell` reran: the flagged set's margin beside what silencing as
+    many (and 4x as many) of the most position-carrying channels of the same layers reaches, on the
+    same network."""
+    measured = [r for r in rows if "oracle_acc" in r]
+    if not measured:
+        return ""
+    lines = ["### Could any set of that size meet the margin? (oracle)", "",
+             "The cell's network trained again (same seed; *matrix's* = the matrix row's test accuracies within "
+             "1/1600 and its PAN count, else another CPU's rounding trained another network) and scanned on its "
+             "data; silenced: the flagged channels, and per layer as many (x1) and 4x as many (x4) channels as "
+             "flagged there, those whose pooled response carries the most of the half label on the test images "
+             "(half eta2; the oracle reads the labels it is scored on: an upper bound for a detector flagging "
+             "that many), each against as many random channels of the same layers (mean of 5). Cells: channels, "
+             "drop digit / half, random drop digit / half, margin.", "",
+             "| cell | network | acc | flagged | oracle x1 | oracle x4 | +0.10 reached by: flagged / x1 / x4 |",
+             "|---|---|---|---|---|---|---|"]
+    counts = {k: 0 for k in ("flagged", *map(str, ORACLE_SCALES))}
+    n = 0
+    for r in measured:
+        same = (r.get("acc_digit") is not None and r["oracle_pans"] == r.get("pans")
+                and max(abs(r["oracle_acc"][0] - r["acc_digit"]), abs(r["oracle_acc"][1] - r["acc_half"])) < 1 / 1600)
+        o, net = r.get("oracle"), "matrix's" if same else "another"
+        if not o:
+            lines.append(f"| {_key(r)} | {net} | {_pair(r['oracle_acc'])} "
+                         "| nothing flagged | - | - | n/a |")
+            continue
+        n += 1
+        cols = [f"{v['channels']}, {_pair(v['drop'])}, {_pair(v['drop_random'])}, {v['margin']:+.3f}"
+                for v in o.values()]
+        ok = {k: v["margin"] >= MARGIN_TARGET for k, v in o.items()}
+        for k, v in ok.items():
+            counts[k] += v
+        lines.append(f"| {_key(r)} | {net} | {_pair(r['oracle_acc'])} | "
+                     f"{' | '.join(cols)} | {' / '.join(_ok(v) for v in ok.values())} |")
+    lines += ["", f"Of {n} networks with flags: margin >= +0.10 reached by the flagged set in {counts['flagged']}, "
+              + ", ".join(f"by the oracle x{s} in {counts[str(s)]}" for s in ORACLE_SCALES) + ".", ""]
+    return "\n".join(lines)
 
 
 def _key(r: dict) -> str:

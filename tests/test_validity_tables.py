@@ -61,3 +61,46 @@ def _table_fields() -> dict:
                 dep={"output_shift": 0.002, "flip_rate": 0.0}, rep_acc_digit=0.81, rep_acc_half=1.0, scan_s=1.56,
                 fwd16_s=0.06, fwd_scanbatch_s=0.6, targets={"twin0": True, "margin": True, "frac": True,
                                                               "trained": True})
+
+
+class _Report:
+    """What oracle_channels reads of a PanReport: the layers' scores, in network order."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.scores = {layer: {"position": [0.0] * n} for layer, n in sizes.items()}
+
+
+def test_oracle_takes_the_most_position_carrying_channels_of_the_flagged_layers():
+    import numpy as np
+
+    report = _Report({"a": 4, "b": 6, "c": 3})
+    eta = np.array([0.1, 0.9, 0.3, 0.5,                 # a
+                    0.2, 0.0, 0.8, 0.7, 0.6, 0.05,      # b
+                    0.99, 0.98, 0.97])                  # c: nothing flagged there, never picked
+    flagged = [("a", 0), ("b", 5), ("b", 4)]
+    assert bench.oracle_channels(eta, report, flagged, 1) == [("a", 1), ("b", 2), ("b", 3)]
+    assert bench.oracle_channels(eta, report, flagged, 4) == [
+        ("a", 1), ("a", 3), ("a", 2), ("a", 0),          # 4 asked, 4 in the layer
+        ("b", 2), ("b", 3), ("b", 4), ("b", 0), ("b", 5), ("b", 1)]  # 8 asked, 6 in the layer
+
+
+def _oracle_row(margins: tuple[float, float, float] | None, acc=(0.96, 1.0), pans=71) -> dict:
+    row = dict(arch="resnet18", convention="norm", size=64, oracle_acc=list(acc), oracle_pans=pans, acc_digit=0.96,
+               acc_half=1.0, pans=71, margin=0.0697)
+    if margins is not None:
+        row["oracle"] = {k: dict(channels=n, drop=[0.01, 0.0], drop_random=[0.08, 0.0], margin=m)
+                         for k, n, m in zip(("flagged", "1", "4"), (71, 71, 284), margins)}
+    return row
+
+
+def test_oracle_section_says_which_sets_reach_the_margin_and_whose_network_it_was():
+    text = bench.oracle_section([_oracle_row((0.07, 0.02, 0.31)), _oracle_row((0.12, 0.15, 0.2), acc=(0.95, 1.0)),
+                                 _oracle_row(None, pans=0), _row()])
+    lines = [line for line in text.splitlines() if line.startswith("| resnet18:norm:64")]
+    assert lines[0].startswith("| resnet18:norm:64 | matrix's | 0.96 / 1.00 | 71, 0.01 / 0.00, 0.08 / 0.00, +0.070 |")
+    assert lines[0].endswith("| **NO** / **NO** / yes |")
+    assert "| another |" in lines[1] and lines[1].endswith("| yes / yes / yes |")
+    assert "nothing flagged" in lines[2]
+    assert ("Of 2 networks with flags: margin >= +0.10 reached by the flagged set in 1, by the oracle x1 in 1, "
+            "by the oracle x4 in 2.") in text
+    assert bench.oracle_section([_row()]) == ""
