@@ -34,12 +34,16 @@ Per cell:
 * scan time (s) of the data scan and of a plain forward of the same 16 images and of a batch the size of the
   scan's (16 + 2 * 8 * 8 roll images).
 * Target "<= 10% flagged unless they carry position": frac <= 0.10 or margin >= 0.10.
+* ``--oracle`` (its own JSON-lines file, ``benchmarks/results/detector_validity_oracle.jsonl``): where the
+  margin is missed, can any set of that size reach it? The flagged set beside as many (and 4x as many)
+  channels per layer of the highest half-label eta2 (:func:`measure_oracle_cell`).
 
 Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--device cuda] [--jsonl ...] [--out ...]``;
 ``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell. The
 published table: ``--from-jsonl --extra-jsonl benchmarks/results/detector_validity_carried.jsonl
-benchmarks/results/detector_validity_info.jsonl --free-from benchmarks/results/stem_canvas.jsonl`` (cells
-rerun for the later columns, same seed and threads: same networks, same flags; the data-free columns from
+benchmarks/results/detector_validity_info.jsonl benchmarks/results/detector_validity_oracle.jsonl --free-from
+benchmarks/results/stem_canvas.jsonl`` (cells rerun for the later columns, same seed and threads: same
+networks, same flags; the data-free columns from
 ``benchmarks/stem_canvas.py``'s scans of the same networks with the current probes, see :func:`overlay_free`).
 """
 from __future__ import annotations
@@ -882,7 +886,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu", help="where the models train and are scanned (cpu, cuda)")
     p.add_argument("--oracle", action="store_true",
                    help="measure only what the most position-carrying channels' silencing reaches "
-                        "(measure_oracle_cell; digits cells, a JSON-lines file of their own)")
+                        "(measure_oracle_cell; digits cells; rows appended to "
+                        "benchmarks/results/detector_validity_oracle.jsonl unless --jsonl)")
     p.add_argument("--jsonl", default="benchmarks/results/detector_validity.jsonl")
     p.add_argument("--out", default="benchmarks/results/detector_validity.md")
     p.add_argument("--from-jsonl", action="store_true", help="only tabulate the JSON-lines file")
@@ -895,6 +900,8 @@ def main(argv=None) -> None:
     p.add_argument("--notes", default="benchmarks/results/detector_validity_notes.md",
                    help="appended to the results when it exists")
     a = p.parse_args(argv)
+    if a.oracle and a.jsonl == p.get_default("jsonl"):
+        a.jsonl = "benchmarks/results/detector_validity_oracle.jsonl"
     torch.set_num_threads(a.threads)
     header = "## Detector validity matrix (benchmarks/detector_validity.py)\n\nMachine: " + machine()
     if not a.from_jsonl:
@@ -923,10 +930,9 @@ def main(argv=None) -> None:
                   file=sys.stderr, flush=True)
             rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
             Path(a.out).write_text(table(rows, f"{header}; {threads_used(rows)}") + "\n")
+    if a.oracle:  # its rows join the published table's (--extra-jsonl)
+        return
     rows: dict[str, dict] = {}
-    if a.oracle:  # its rows tabulate beside the matrix's
-        a.extra_jsonl.append(a.jsonl)
-        a.jsonl = p.get_default("jsonl")
     for f in [a.jsonl, *a.extra_jsonl]:  # a later file's row updates the cell's (same seed, same training)
         for r in map(json.loads, Path(f).read_text().splitlines()):
             rows[_key(r)] = {**rows.get(_key(r), {}), **r}
