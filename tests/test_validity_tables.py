@@ -88,8 +88,8 @@ def _oracle_row(margins: tuple[float, float, float] | None, acc=(0.96, 1.0), pan
     row = dict(arch="resnet18", convention="norm", size=64, oracle_acc=list(acc), oracle_pans=pans, acc_digit=0.96,
                acc_half=1.0, pans=71, margin=0.0697)
     if margins is not None:
-        row["oracle"] = {k: dict(channels=n, drop=[0.01, 0.0], drop_random=[0.08, 0.0], margin=m)
-                         for k, n, m in zip(("flagged", "1", "4"), (71, 71, 284), margins)}
+        row["oracle"] = {k: dict(channels=n, drop=[0.01, half], drop_random=[0.08, 0.0], margin=m)
+                         for k, n, m, half in zip(("flagged", "1", "4"), (71, 71, 284), margins, (0.0, 0.01, 0.3))}
     return row
 
 
@@ -102,5 +102,6 @@ def test_oracle_section_says_which_sets_reach_the_margin_and_whose_network_it_wa
     assert "| another |" in lines[1] and lines[1].endswith("| yes / yes / yes |")
     assert "nothing flagged" in lines[2]
     assert ("Of 2 networks with flags: margin >= +0.10 reached by the flagged set in 1, by the oracle x1 in 1, "
-            "by the oracle x4 in 2.") in text
+            "by the oracle x4 in 2; the half head moved by 0.02 or more by the flagged set in 0, by the oracle x1 "
+            "in 0, by the oracle x4 in 2") in text
     assert bench.oracle_section([_row()]) == ""
