@@ -1018,7 +1018,7 @@ def oracle_section(rows: list[dict]) -> str:
               f"moved by 0.02 or more by the flagged set in {moved['flagged']}, "
               + ", ".join(f"by the oracle x{s} in {moved[str(s)]}" for s in ORACLE_SCALES)
               + " (a margin without that comes from the digit head).", ""]
-    return "\n".join(lines)
+    return "\n" + "\n".join(lines)
 
 
 def _key(r: dict) -> str:
