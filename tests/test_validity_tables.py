@@ -105,3 +105,14 @@ def test_oracle_section_says_which_sets_reach_the_margin_and_whose_network_it_wa
             "2 networks with flags; the half head moved by 0.02 or more by the flagged set in 0, the oracle x1 in 0, "
             "the oracle x4 in 2 (") in text
     assert bench.oracle_section([_row()]) == ""
+
+
+def test_oracle_section_shows_the_detector_ranked_set_where_a_run_measured_it():
+    row = _oracle_row((0.01, 0.02, 0.4))
+    row["oracle"]["ranked4"] = dict(channels=284, drop=[0.02, 0.25], drop_random=[0.05, 0.0], margin=0.28)
+    text = bench.oracle_section([row, _oracle_row((0.01, 0.02, 0.05))])
+    lines = [line for line in text.splitlines() if line.startswith("| resnet18:norm:64")]
+    assert "| 284, 0.02 / 0.25, 0.05 / 0.00, +0.280 |" in lines[0]
+    assert lines[0].endswith("| **NO** / **NO** / yes / yes |") and lines[1].endswith("| - | **NO** / **NO** / **NO** / - |")
+    assert "the oracle x4 in 1 of 2, the detector x4 in 1 of 1 networks with flags" in text
+    assert "the oracle x4 in 2, the detector x4 in 1 (" in text
