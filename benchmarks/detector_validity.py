@@ -49,6 +49,7 @@ networks, same flags; the data-free columns from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -301,13 +302,19 @@ def info_selectivity(d: np.ndarray, base: np.ndarray) -> float:
     return float(d[3] / max(base[3], 1e-6) - d[2] / max(base[2], 1e-6))
 
 
+def _per_layer(channels: list[tuple[str, int]]) -> dict[str, int]:
+    """How many of ``channels`` each layer holds, in first-seen order."""
+    counts: dict[str, int] = {}
+    for layer, _ in channels:
+        counts[layer] = counts.get(layer, 0) + 1
+    return counts
+
+
 def random_drops(model, pairs, channels, x, y, chans, base, draws=RANDOM_DRAWS, seed=1) -> tuple[np.ndarray, bool]:
     """Mean drop over ``draws`` sets of as many random channels of the same layers (unflagged ones where the
     layer has enough; ``overlap`` True when some layer had to draw among flagged ones too)."""
     gen = torch.Generator().manual_seed(seed)
-    per_layer: dict[str, int] = {}
-    for layer, _ in channels:
-        per_layer[layer] = per_layer.get(layer, 0) + 1
+    per_layer = _per_layer(channels)
     taken = set(channels)
     overlap = False
     out = []
@@ -379,20 +386,45 @@ def _layer_counts(report) -> dict[str, int]:
     return {layer: len(p) for layer, p in report.by_layer().items()}
 
 
-def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: int = 0,
-                        single_channel: bool = False, free_selectivity: bool = True, device: str = "cpu") -> dict:
-    """One digits cell's row. The data stays on the CPU (the scans get CPU images, as the callbacks'
-    calibration sample is); the model trains and is scanned on ``device``."""
-    t0 = time.perf_counter()
+@dataclasses.dataclass
+class TrainedCell:
+    """A digits cell's data, its network trained on ``device`` (same seed: same network on the same CPU),
+    the test results before silencing (``base``, :func:`evaluate`), the 16 scan images (``sample``) and
+    the conv -> BatchNorm pairs."""
+    model: nn.Module
+    chans: int
+    xtr: torch.Tensor
+    xte: torch.Tensor
+    yte: torch.Tensor
+    free_conv: dict
+    epochs: int
+    t_train: float
+    base: np.ndarray
+    sample: torch.Tensor
+    pairs: dict[str, str]
+
+
+def trained_cell(arch: str, convention: str, size: int, seed: int = 0, device: str = "cpu") -> TrainedCell:
+    """:class:`TrainedCell` of ``arch`` on ``convention`` canvases of ``size`` px."""
     epochs, lr, batch, copies = budget(arch, size)
     xtr, ytr, xte, yte, free_conv = dataset(size, convention, copies, seed)
     model, chans = build(arch, size, seed)
     model.to(device)
     _, t_train = _timed(train, model, xtr, ytr, chans, epochs, lr, batch, seed)
-    base = evaluate(model, xte, yte, chans)
     sample = _chans(xtr[:SAMPLE], chans)
+    return TrainedCell(model, chans, xtr, xte, yte, free_conv, epochs, t_train, evaluate(model, xte, yte, chans),
+                       sample, conv_bn_pairs(model, tuple(sample.shape[1:])))
+
+
+def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: int = 0,
+                        single_channel: bool = False, free_selectivity: bool = True, device: str = "cpu") -> dict:
+    """One digits cell's row. The data stays on the CPU (the scans get CPU images, as the callbacks'
+    calibration sample is); the model trains and is scanned on ``device``."""
+    t0 = time.perf_counter()
+    c = trained_cell(arch, convention, size, seed, device)
+    model, chans, xtr, xte, yte, free_conv = c.model, c.chans, c.xtr, c.xte, c.yte, c.free_conv
+    epochs, t_train, base, sample, pairs = c.epochs, c.t_train, c.base, c.sample, c.pairs
     input_size = tuple(sample.shape[1:])
-    pairs = conv_bn_pairs(model, input_size)
     row = dict(arch=arch, convention=convention, size=size, seed=seed, threads=torch.get_num_threads(),
                cpu=cpu_name(), **_device_field(device), train_images=len(xtr), test_images=len(xte),
                epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4),
@@ -517,15 +549,21 @@ def single_channel_analysis(model, pairs, report, x, y, chans, base, free, half_
     }
 
 
+def _layer_starts(report) -> dict[str, int]:
+    """Each layer's first index in the per-channel vectors over ``report.scores`` (network order)."""
+    starts, offset = {}, 0
+    for layer, s in report.scores.items():
+        starts[layer] = offset
+        offset += len(s["position"])
+    return starts
+
+
 def carried_position(half_eta: np.ndarray, report, channels: list[tuple[str, int]]) -> dict:
     """Mean half-label eta^2 (:func:`_half_eta2`) of the flagged channels, and its expectation for as
     many random unflagged channels of the same layers (each flagged channel's layer-mates' mean):
     how much more position the flagged channels carry than their layers' other channels. Unlike
     silencing, it tells where a network's position is redundant (the head survives either set)."""
-    offset, start = 0, {}
-    for layer, s in report.scores.items():
-        start[layer] = offset
-        offset += len(s["position"])
+    start = _layer_starts(report)
     flagged = set(channels)
     own, mates = [], []
     for layer, ch in channels:
@@ -573,15 +611,9 @@ def oracle_channels(half_eta: np.ndarray, report, channels: list[tuple[str, int]
     them), those of the highest half-label eta^2 (:func:`_half_eta2`, read off the test images and
     labels): the set a detector would flag that knew which channels carry position. (Given the
     detector's own position scores instead: the set a lower threshold would flag, about.)"""
-    offset, start = 0, {}
-    for layer, s in report.scores.items():
-        start[layer] = offset
-        offset += len(s["position"])
-    per_layer: dict[str, int] = {}
-    for layer, _ in channels:
-        per_layer[layer] = per_layer.get(layer, 0) + 1
+    start = _layer_starts(report)
     pick = []
-    for layer, k in per_layer.items():
+    for layer, k in _per_layer(channels).items():
         n = len(report.scores[layer]["position"])
         eta = half_eta[start[layer]:start[layer] + n]
         pick += [(layer, int(c)) for c in np.argsort(-eta, kind="stable")[:min(n, scale * k)]]
@@ -597,29 +629,19 @@ def measure_oracle_cell(arch: str, convention: str, size: int, seed: int = 0, de
     against as many random channels of the same layers. The oracle reads the test labels it is then
     scored on: an upper bound for what a detector flagging that many could reach."""
     t0 = time.perf_counter()
-    epochs, lr, batch, copies = budget(arch, size)
-    xtr, ytr, xte, yte, _ = dataset(size, convention, copies, seed)
-    model, chans = build(arch, size, seed)
-    model.to(device)
-    train(model, xtr, ytr, chans, epochs, lr, batch, seed)
-    base = evaluate(model, xte, yte, chans)
-    sample = _chans(xtr[:SAMPLE], chans)
-    pairs = conv_bn_pairs(model, tuple(sample.shape[1:]))
-    report = find_pans(model, data=sample, dependence=False)
+    c = trained_cell(arch, convention, size, seed, device)
+    model, chans, xte, yte, base, pairs = c.model, c.chans, c.xte, c.yte, c.base, c.pairs
+    report = find_pans(model, data=c.sample, dependence=False)
     row = dict(arch=arch, convention=convention, size=size, oracle_seed=seed, oracle_threads=torch.get_num_threads(),
                oracle_cpu=cpu_name(), oracle_acc=[round(base[0], 4), round(base[1], 4)], oracle_pans=report.count)
     chs = _pans(report)
     if chs:
         half_eta = _half_eta2(model, pairs, report, xte, yte, chans)
-        d = drops(model, pairs, chs, xte, yte, chans, base)
-        r, _ = random_drops(model, pairs, chs, xte, yte, chans, base)
-        row["oracle"] = {"flagged": dict(channels=len(chs), drop=[round(v, 4) for v in d[:2]],
-                                         drop_random=[round(v, 4) for v in r[:2]],
-                                         margin=round(selectivity(d) - selectivity(r), 4))}
         position = np.concatenate([np.asarray(v["position"]) for v in report.scores.values()])
-        sets = [(str(scale), half_eta, scale) for scale in ORACLE_SCALES] + [("ranked4", position, 4)]
-        for key, score, scale in sets:  # ranked4: the detector's own position scores instead of the labels
-            pick = oracle_channels(score, report, chs, scale)
+        sets = {"flagged": chs, **{str(s): oracle_channels(half_eta, report, chs, s) for s in ORACLE_SCALES},
+                "ranked4": oracle_channels(position, report, chs, 4)}  # the detector's own scores, no labels
+        row["oracle"] = {}
+        for key, pick in sets.items():
             d = drops(model, pairs, pick, xte, yte, chans, base)
             r, _ = random_drops(model, pairs, pick, xte, yte, chans, base)
             row["oracle"][key] = dict(
@@ -921,19 +943,17 @@ def main(argv=None) -> None:
                 if arch == "lite0":
                     p.error(f"--oracle needs a digits cell (two heads), not {cell}")
                 row = measure_oracle_cell(arch, conv, int(size), seed=a.seed, device=a.device)
-                with open(a.jsonl, "a") as f:
-                    f.write(json.dumps(row, default=_plain) + "\n")
-                print(json.dumps(row, default=_plain), file=sys.stderr, flush=True)
-                continue
-            row = run_cell(cell, set(a.single_channel), seed=a.seed, device=a.device)
+            else:
+                row = run_cell(cell, set(a.single_channel), seed=a.seed, device=a.device)
             with open(a.jsonl, "a") as f:
                 f.write(json.dumps(row, default=_plain) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in ("single_channel", "assumptions", "layers")},
                              default=_plain),
                   file=sys.stderr, flush=True)
-            rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
-            Path(a.out).write_text(table(rows, f"{header}; {threads_used(rows)}") + "\n")
-    if a.oracle:  # its rows join the published table's (--extra-jsonl)
+            if not a.oracle:  # the oracle's rows join the published table's (--extra-jsonl)
+                rows = [json.loads(line) for line in Path(a.jsonl).read_text().splitlines()]
+                Path(a.out).write_text(table(rows, f"{header}; {threads_used(rows)}") + "\n")
+    if a.oracle:
         return
     rows: dict[str, dict] = {}
     for f in [a.jsonl, *a.extra_jsonl]:  # a later file's row updates the cell's (same seed, same training)
@@ -958,6 +978,12 @@ def main(argv=None) -> None:
     print(text)
 
 
+def _same_accuracies(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Test accuracies (digit, half) of two rows within half a test image (1/1600; the files round
+    differently): the proof that a re-run trained the same network."""
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1])) < 1 / 1600
+
+
 def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
     """Give each digits row the data-free scan ``find_pans`` makes now (canvas at the level the stem
     implies), from the ``benchmarks/stem_canvas.py`` row of the same network: same cell, seed and
@@ -970,8 +996,8 @@ def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
         if r["arch"] == "lite0" or any(CANVAS_NOTE in a for a in r.get("free_assumptions") or []):
             continue
         c = same.get((key, r.get("seed") or 0, r.get("threads") or 1))
-        after = None if c is None or max(abs(c["acc_digit"] - r["acc_digit"]),
-                                         abs(c["acc_half"] - r["acc_half"])) >= 1 / 1600 else c["after"]
+        after = None if c is None or not _same_accuracies((c["acc_digit"], c["acc_half"]),
+                                                          (r["acc_digit"], r["acc_half"])) else c["after"]
         if after is None:
             r["mid_grey"] = True
             continue
@@ -1005,7 +1031,7 @@ def oracle_section(rows: list[dict]) -> str:
     runs = dict(counts)
     for r in measured:
         same = (r.get("acc_digit") is not None and r["oracle_pans"] == r.get("pans")
-                and max(abs(r["oracle_acc"][0] - r["acc_digit"]), abs(r["oracle_acc"][1] - r["acc_half"])) < 1 / 1600)
+                and _same_accuracies(r["oracle_acc"], (r["acc_digit"], r["acc_half"])))
         o, net = r.get("oracle"), "matrix's" if same else "another"
         if not o:
             lines.append(f"| {_key(r)} | {net} | {_pair(r['oracle_acc'])} | nothing flagged | - | - | - | n/a |")
