@@ -98,8 +98,8 @@ def test_oracle_section_says_which_sets_reach_the_margin_and_whose_network_it_wa
                                  _oracle_row(None, pans=0), _row()])
     lines = [line for line in text.splitlines() if line.startswith("| resnet18:norm:64")]
     assert lines[0].startswith("| resnet18:norm:64 | matrix's | 0.96 / 1.00 | 71, 0.01 / 0.00, 0.08 / 0.00, +0.070 |")
-    assert lines[0].endswith("| - | **NO** / **NO** / yes / - |")
-    assert "| another |" in lines[1] and lines[1].endswith("| yes / yes / yes / - |")
+    assert lines[0].endswith("| - | - | - | **NO** / **NO** / yes / - / - / - |")
+    assert "| another |" in lines[1] and lines[1].endswith("| yes / yes / yes / - / - / - |")
     assert "nothing flagged" in lines[2]
     assert ("Margin >= +0.10 reached by the flagged set in 1 of 2, the oracle x1 in 1 of 2, the oracle x4 in 2 of "
             "2 networks with flags; the half head moved by 0.02 or more by the flagged set in 0, the oracle x1 in 0, "
@@ -113,6 +113,20 @@ def test_oracle_section_shows_the_detector_ranked_set_where_a_run_measured_it():
     text = bench.oracle_section([row, _oracle_row((0.01, 0.02, 0.05))])
     lines = [line for line in text.splitlines() if line.startswith("| resnet18:norm:64")]
     assert "| 284, 0.02 / 0.25, 0.05 / 0.00, +0.280 |" in lines[0]
-    assert lines[0].endswith("| **NO** / **NO** / yes / yes |") and lines[1].endswith("| - | **NO** / **NO** / **NO** / - |")
+    assert lines[0].endswith("| **NO** / **NO** / yes / yes / - / - |")
+    assert lines[1].endswith("| - | - | - | **NO** / **NO** / **NO** / - / - / - |")
     assert "the oracle x4 in 1 of 2, the detector x4 in 1 of 1 networks with flags" in text
     assert "the oracle x4 in 2, the detector x4 in 1 (" in text
+
+
+def test_oracle_section_shows_lower_thresholds_flags_and_their_share_of_the_filters():
+    row = _oracle_row((0.01, 0.02, 0.4))
+    row["oracle"]["t0.45"] = dict(channels=150, frac=0.0312, drop=[0.02, 0.2], drop_random=[0.04, 0.0], margin=0.22)
+    row["oracle"]["t0.3"] = dict(channels=600, frac=0.1249, drop=[0.1, 0.05], drop_random=[0.12, 0.0], margin=0.07)
+    text = bench.oracle_section([row])
+    line = next(line for line in text.splitlines() if line.startswith("| resnet18:norm:64"))
+    assert "| 150 (3.1%), 0.02 / 0.20, 0.04 / 0.00, +0.220 | 600 (12.5%), 0.10 / 0.05, 0.12 / 0.00, +0.070 |" in line
+    assert line.endswith("| **NO** / **NO** / yes / - / yes / **NO** |")
+    assert "the detector at 0.45 in 1 of 1, the detector at 0.3 in 0 of 1 networks with flags" in text
+    assert ("The detector at 0.45 flags over 10% of the filters without the margin in 0. The detector at 0.3 flags "
+            "over 10% of the filters without the margin in 1.") in text
