@@ -655,7 +655,8 @@ def measure_oracle_cell(arch: str, convention: str, size: int, seed: int = 0, de
                 channels=len(pick), frac=round(len(pick) / report.total_filters, 4),
                 drop=[round(v, 4) for v in d[:2]], drop_random=[round(v, 4) for v in r[:2]],
                 margin=round(selectivity(d) - selectivity(r), 4),
-                info_margin=round(info_selectivity(d, base) - info_selectivity(r, base), 4))
+                info_margin=round(info_selectivity(d, base) - info_selectivity(r, base), 4),
+                **carried_position(half_eta, report, pick))
     row["oracle_s"] = round(time.perf_counter() - t0, 1)
     return row
 
