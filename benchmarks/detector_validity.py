@@ -1017,7 +1017,9 @@ def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
 def oracle_section(rows: list[dict]) -> str:
     """The cells :func:`measure_oracle_cell` reran: the flagged set's margin beside what silencing as
     many (and 4x as many) of the most position-carrying channels of the same layers reaches, on the
-    same network; and, where measured, 4x as many ranked by the detector's own position score."""
+    same network; where measured, 4x as many ranked by the detector's own position score and the
+    detector's flags at lower position thresholds. Tallied apart for the cells whose matrix row
+    misses the margin and those where it meets it."""
     measured = [r for r in rows if "oracle_acc" in r]
     if not measured:
         return ""
@@ -1039,10 +1041,6 @@ def oracle_section(rows: list[dict]) -> str:
              + " | +0.10 reached by: flagged / x1 / x4 / detector x4 / "
              + " / ".join(f"at {t}" for t in SWEEP_THRESHOLDS) + " |",
              "|---" * (8 + len(SWEEP_THRESHOLDS)) + "|"]
-    counts = {k: 0 for k in keys}
-    moved = dict(counts)  # sets that move the half head by >= 0.02 at all
-    runs = dict(counts)
-    over = dict(counts)  # threshold sets over 10% of the filters without the margin
     for r in measured:
         same = (r.get("acc_digit") is not None and r["oracle_pans"] == r.get("pans")
                 and _same_accuracies(r["oracle_acc"], (r["acc_digit"], r["acc_half"])))
@@ -1054,27 +1052,36 @@ def oracle_section(rows: list[dict]) -> str:
         cols, oks = [], []
         for k in keys:
             v = o.get(k)
-            if v is None:
-                cols.append("-")
-                oks.append("-")
-                continue
-            share = f" ({100 * v['frac']:.1f}%)" if k.startswith("t") else ""
-            cols.append(f"{v['channels']}{share}, {_pair(v['drop'])}, {_pair(v['drop_random'])}, {v['margin']:+.3f}")
-            oks.append(_ok(v["margin"] >= MARGIN_TARGET))
-            runs[k] += 1
-            counts[k] += v["margin"] >= MARGIN_TARGET
-            moved[k] += v["drop"][1] >= 0.02
-            over[k] += v.get("frac", 0.0) > FRACTION_TARGET and v["margin"] < MARGIN_TARGET
+            share = "" if v is None or not k.startswith("t") else f" ({100 * v['frac']:.1f}%)"
+            cols.append("-" if v is None else
+                        f"{v['channels']}{share}, {_pair(v['drop'])}, {_pair(v['drop_random'])}, {v['margin']:+.3f}")
+            oks.append("-" if v is None else _ok(v["margin"] >= MARGIN_TARGET))
         lines.append(f"| {_key(r)} | {net} | {_pair(r['oracle_acc'])} | {' | '.join(cols)} | {' / '.join(oks)} |")
+    lines.append("")
+    meets = [r for r in measured if r.get("margin") is not None and r["margin"] >= MARGIN_TARGET]
+    misses = [r for r in measured if r not in meets]
+    for group, label in ((misses, "where the matrix's flagged set misses the margin"),
+                         (meets, "where it meets it")):
+        if any(r.get("oracle") for r in group):
+            lines += [f"{len(group)} cell{'s' * (len(group) != 1)} {label}: " + _oracle_tally(group, keys), ""]
+    return "\n" + "\n".join(lines)
+
+
+def _oracle_tally(rows: list[dict], keys: tuple[str, ...]) -> str:
+    """How many of ``rows``' oracle runs each silenced set meets the margin in, moves the half head
+    in, and (threshold sets) flags over 10% of the filters without the margin."""
     names = {"flagged": "the flagged set", **{str(s): f"the oracle x{s}" for s in ORACLE_SCALES},
              "ranked4": "the detector x4", **{f"t{t}": f"the detector at {t}" for t in SWEEP_THRESHOLDS}}
-    lines += ["", "Margin >= +0.10 reached by " + ", ".join(f"{names[k]} in {counts[k]} of {runs[k]}" for k in keys if runs[k])
-              + " networks with flags; the half head moved by 0.02 or more by "
-              + ", ".join(f"{names[k]} in {moved[k]}" for k in keys if runs[k])
-              + " (a margin without that comes from the digit head)."
-              + "".join(f" {names[k].capitalize()} flags over 10% of the filters without the margin in {over[k]}."
-                        for k in keys if k.startswith("t") and runs[k]), ""]
-    return "\n" + "\n".join(lines)
+    sets = {k: [r["oracle"][k] for r in rows if r.get("oracle") and k in r["oracle"]] for k in keys}
+    sets = {k: v for k, v in sets.items() if v}
+    reached = ", ".join(f"{names[k]} in {sum(v['margin'] >= MARGIN_TARGET for v in vs)} of {len(vs)}"
+                        for k, vs in sets.items())
+    moved = ", ".join(f"{names[k]} in {sum(v['drop'][1] >= 0.02 for v in vs)}" for k, vs in sets.items())
+    over = "".join(f" {names[k].capitalize()} flags over 10% of the filters without the margin in "
+                   f"{sum(v.get('frac', 0.0) > FRACTION_TARGET and v['margin'] < MARGIN_TARGET for v in vs)}."
+                   for k, vs in sets.items() if k.startswith("t"))
+    return (f"margin >= +0.10 reached by {reached} networks with flags; the half head moved by 0.02 or more by "
+            f"{moved} (a margin without that comes from the digit head).{over}")
 
 
 def _key(r: dict) -> str:

@@ -101,8 +101,8 @@ def test_oracle_section_says_which_sets_reach_the_margin_and_whose_network_it_wa
     assert lines[0].endswith("| - | - | - | **NO** / **NO** / yes / - / - / - |")
     assert "| another |" in lines[1] and lines[1].endswith("| yes / yes / yes / - / - / - |")
     assert "nothing flagged" in lines[2]
-    assert ("Margin >= +0.10 reached by the flagged set in 1 of 2, the oracle x1 in 1 of 2, the oracle x4 in 2 of "
-            "2 networks with flags; the half head moved by 0.02 or more by the flagged set in 0, the oracle x1 in 0, "
+    assert ("3 cells where the matrix's flagged set misses the margin: margin >= +0.10 reached by the flagged set "
+            "in 1 of 2, the oracle x1 in 1 of 2, the oracle x4 in 2 of 2 networks with flags; the half head moved by 0.02 or more by the flagged set in 0, the oracle x1 in 0, "
             "the oracle x4 in 2 (") in text
     assert bench.oracle_section([_row()]) == ""
 
@@ -130,3 +130,12 @@ def test_oracle_section_shows_lower_thresholds_flags_and_their_share_of_the_filt
     assert "the detector at 0.45 in 1 of 1, the detector at 0.3 in 0 of 1 networks with flags" in text
     assert ("The detector at 0.45 flags over 10% of the filters without the margin in 0. The detector at 0.3 flags "
             "over 10% of the filters without the margin in 1.") in text
+
+
+def test_oracle_section_tallies_cells_that_meet_the_margin_apart():
+    met = _oracle_row((0.3, 0.35, 0.5))
+    met["margin"] = 0.31
+    text = bench.oracle_section([_oracle_row((0.01, 0.02, 0.05)), met])
+    assert ("1 cell where the matrix's flagged set misses the margin: margin >= +0.10 reached by the flagged set in "
+            "0 of 1,") in text
+    assert "1 cell where it meets it: margin >= +0.10 reached by the flagged set in 1 of 1," in text
