@@ -36,7 +36,8 @@ Per cell:
 * Target "<= 10% flagged unless they carry position": frac <= 0.10 or margin >= 0.10.
 * ``--oracle`` (its own JSON-lines file, ``benchmarks/results/detector_validity_oracle.jsonl``): where the
   margin is missed, can any set of that size reach it? The flagged set beside as many (and 4x as many)
-  channels per layer of the highest half-label eta2 (:func:`measure_oracle_cell`).
+  channels per layer of the highest half-label eta2, and the scan's own flags at the lower position
+  thresholds :data:`SWEEP_THRESHOLDS` (:func:`measure_oracle_cell`).
 
 Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--device cuda] [--jsonl ...] [--out ...]``;
 ``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell. The
