@@ -608,6 +608,9 @@ ORACLE_SCALES = (1, 4)
 #: lower data position thresholds (the default is 0.6) whose flags the oracle silences too: what
 #: re-tuning the threshold would give on the same network, fraction of filters included
 SWEEP_THRESHOLDS = (0.45, 0.3)
+#: the oracle's silenced sets (keys of a row's ``oracle``), in table order, with their names in prose
+ORACLE_SETS = {"flagged": "the flagged set", **{str(s): f"the oracle x{s}" for s in ORACLE_SCALES},
+               "ranked4": "the detector x4", **{f"t{t}": f"the detector at {t}" for t in SWEEP_THRESHOLDS}}
 
 
 def oracle_channels(half_eta: np.ndarray, report, channels: list[tuple[str, int]], scale: int) -> list[tuple[str, int]]:
@@ -1024,7 +1027,6 @@ def oracle_section(rows: list[dict]) -> str:
     measured = [r for r in rows if "oracle_acc" in r]
     if not measured:
         return ""
-    keys = ("flagged", *map(str, ORACLE_SCALES), "ranked4", *(f"t{t}" for t in SWEEP_THRESHOLDS))
     lines = ["### Could any set of that size meet the margin? (oracle)", "",
              "The cell's network trained again (same seed; *matrix's* = the matrix row's test accuracies within "
              "1/1600 and its PAN count, else another CPU's rounding trained another network) and scanned on its "
@@ -1051,7 +1053,7 @@ def oracle_section(rows: list[dict]) -> str:
                          + " - |" * (3 + len(SWEEP_THRESHOLDS)) + " n/a |")
             continue
         cols, oks = [], []
-        for k in keys:
+        for k in ORACLE_SETS:
             v = o.get(k)
             share = "" if v is None or not k.startswith("t") else f" ({100 * v['frac']:.1f}%)"
             cols.append("-" if v is None else
@@ -1064,16 +1066,15 @@ def oracle_section(rows: list[dict]) -> str:
     for group, label in ((misses, "where the matrix's flagged set misses the margin"),
                          (meets, "where it meets it")):
         if any(r.get("oracle") for r in group):
-            lines += [f"{len(group)} cell{'s' * (len(group) != 1)} {label}: " + _oracle_tally(group, keys), ""]
+            lines += [f"{len(group)} cell{'s' * (len(group) != 1)} {label}: " + _oracle_tally(group), ""]
     return "\n" + "\n".join(lines)
 
 
-def _oracle_tally(rows: list[dict], keys: tuple[str, ...]) -> str:
+def _oracle_tally(rows: list[dict]) -> str:
     """How many of ``rows``' oracle runs each silenced set meets the margin in, moves the half head
     in, and (threshold sets) flags over 10% of the filters without the margin."""
-    names = {"flagged": "the flagged set", **{str(s): f"the oracle x{s}" for s in ORACLE_SCALES},
-             "ranked4": "the detector x4", **{f"t{t}": f"the detector at {t}" for t in SWEEP_THRESHOLDS}}
-    sets = {k: [r["oracle"][k] for r in rows if r.get("oracle") and k in r["oracle"]] for k in keys}
+    names = ORACLE_SETS
+    sets = {k: [r["oracle"][k] for r in rows if r.get("oracle") and k in r["oracle"]] for k in names}
     sets = {k: v for k, v in sets.items() if v}
     reached = ", ".join(f"{names[k]} in {sum(v['margin'] >= MARGIN_TARGET for v in vs)} of {len(vs)}"
                         for k, vs in sets.items())
