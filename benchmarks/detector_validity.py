@@ -418,9 +418,12 @@ def trained_cell(arch: str, convention: str, size: int, seed: int = 0, device: s
 
 
 def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: int = 0,
-                        single_channel: bool = False, free_selectivity: bool = True, device: str = "cpu") -> dict:
+                        single_channel: bool = False, free_selectivity: bool = True, device: str = "cpu",
+                        position_threshold: float | None = None, compare: tuple[float, ...] = ()) -> dict:
     """One digits cell's row. The data stays on the CPU (the scans get CPU images, as the callbacks'
-    calibration sample is); the model trains and is scanned on ``device``."""
+    calibration sample is); the model trains and is scanned on ``device``. ``position_threshold``:
+    the data scans' (default: ``find_pans``'); ``compare``: other position thresholds whose data
+    scan's flags are silenced too on the same network (``row["at"]["0.6"]``: :func:`set_figures`)."""
     t0 = time.perf_counter()
     c = trained_cell(arch, convention, size, seed, device)
     model, chans, xtr, xte, yte, free_conv = c.model, c.chans, c.xtr, c.xte, c.yte, c.free_conv
@@ -430,9 +433,9 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: 
                cpu=cpu_name(), **_device_field(device), train_images=len(xtr), test_images=len(xte),
                epochs=epochs, train_s=round(t_train, 1), acc_digit=round(base[0], 4), acc_half=round(base[1], 4),
                info_digit=round(base[2], 4), info_half=round(base[3], 4))
-    report, t_scan = _timed(find_pans, model, data=sample)
+    report, t_scan = _timed(find_pans, model, data=sample, position_threshold=position_threshold)
     n = report.total_filters
-    row.update(filters=n, pans=report.count, frac=round(report.fraction, 4), kinds=_kinds(report),
+    row.update(position_threshold=report.position_threshold, filters=n, pans=report.count, frac=round(report.fraction, 4), kinds=_kinds(report),
                layers=_layer_counts(report), dep=_dep(report), scan_s=round(t_scan, 3),
                unmeasured=sorted(report.unmeasured), assumptions=report.assumptions)
     roll = torch.cat([sample] * (1 + 2 * 8 * 8 // SAMPLE))[:SAMPLE + 2 * 8 * 8]
@@ -445,7 +448,7 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: 
     # circular twin
     twin = structural_copy(model, share=False)
     convert_padding(twin, "circular")
-    row["twin_pans"] = find_pans(twin, data=sample, dependence=False).count
+    row["twin_pans"] = find_pans(twin, data=sample, dependence=False, position_threshold=position_threshold).count
     row["twin_free_pans"] = find_pans(twin, input_size, dependence=False, **free_conv).count
     del twin
     # replicate-switched accuracy
@@ -472,9 +475,14 @@ def measure_digits_cell(arch: str, convention: str, size: int, log=print, seed: 
         row[key + "sel_random"] = round(selectivity(r), 4)
         row[key + "margin"] = round(selectivity(d) - selectivity(r), 4)
     chs = _pans(report)
-    half_eta = _half_eta2(model, pairs, report, xte, yte, chans) if chs or single_channel else None
+    others = {t: _pans(find_pans(model, data=sample, dependence=False, position_threshold=t)) for t in compare}
+    half_eta = (_half_eta2(model, pairs, report, xte, yte, chans)
+                if chs or single_channel or any(others.values()) else None)
     if chs:  # what the flagged channels carry, where silencing them may have no power
         row.update(carried_position(half_eta, report, chs))
+    if compare:
+        row["at"] = {str(t): set_figures(c, report, pick, half_eta) if pick else
+                     {"channels": 0, "frac": 0.0} for t, pick in others.items()}
     if single_channel:
         row["single_channel"] = single_channel_analysis(model, pairs, report, xte, yte, chans, base, free, half_eta)
     row["targets"] = targets(row)
@@ -627,6 +635,18 @@ def oracle_channels(half_eta: np.ndarray, report, channels: list[tuple[str, int]
     return pick
 
 
+def set_figures(c: "TrainedCell", report, pick: list[tuple[str, int]], half_eta: np.ndarray) -> dict:
+    """Silencing figures of the channel set ``pick`` of the trained cell ``c`` against as many random
+    channels of the same layers, and what it carries (:func:`carried_position`)."""
+    d = drops(c.model, c.pairs, pick, c.xte, c.yte, c.chans, c.base)
+    r, _ = random_drops(c.model, c.pairs, pick, c.xte, c.yte, c.chans, c.base)
+    return dict(channels=len(pick), frac=round(len(pick) / report.total_filters, 4),
+                drop=[round(v, 4) for v in d[:2]], drop_random=[round(v, 4) for v in r[:2]],
+                margin=round(selectivity(d) - selectivity(r), 4),
+                info_margin=round(info_selectivity(d, c.base) - info_selectivity(r, c.base), 4),
+                **carried_position(half_eta, report, pick))
+
+
 def measure_oracle_cell(arch: str, convention: str, size: int, seed: int = 0, device: str = "cpu") -> dict:
     """Can any channel set meet the margin target where the flagged set misses it? Trains the cell's
     network again (same seed; the same network where it runs on the matrix row's CPU, as ``oracle_acc``
@@ -651,16 +671,7 @@ def measure_oracle_cell(arch: str, convention: str, size: int, seed: int = 0, de
                 "ranked4": oracle_channels(position, report, chs, 4),  # the detector's own scores, no labels
                 **{f"t{t}": _pans(find_pans(model, data=c.sample, dependence=False, position_threshold=t))
                    for t in SWEEP_THRESHOLDS}}
-        row["oracle"] = {}
-        for key, pick in sets.items():
-            d = drops(model, pairs, pick, xte, yte, chans, base)
-            r, _ = random_drops(model, pairs, pick, xte, yte, chans, base)
-            row["oracle"][key] = dict(
-                channels=len(pick), frac=round(len(pick) / report.total_filters, 4),
-                drop=[round(v, 4) for v in d[:2]], drop_random=[round(v, 4) for v in r[:2]],
-                margin=round(selectivity(d) - selectivity(r), 4),
-                info_margin=round(info_selectivity(d, base) - info_selectivity(r, base), 4),
-                **carried_position(half_eta, report, pick))
+        row["oracle"] = {key: set_figures(c, report, pick, half_eta) for key, pick in sets.items()}
     row["oracle_s"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -695,15 +706,17 @@ def photos(size: int, n: int = SAMPLE) -> torch.Tensor:
     return torch.stack(out)
 
 
-def measure_lite0_cell(size: int, log=print, device: str = "cpu") -> dict:
+def measure_lite0_cell(size: int, log=print, device: str = "cpu", position_threshold: float | None = None,
+                       compare: tuple[float, ...] = ()) -> dict:
     from pan_repair.models.pretrained import load_efficientnet_lite0
 
     t0 = time.perf_counter()
     model = load_efficientnet_lite0().to(device)
     sample = photos(size)
     input_size = tuple(sample.shape[1:])
-    report, t_scan = _timed(find_pans, model, data=sample)
-    row = dict(arch="lite0", convention="photos [-1,1]", size=size, cpu=cpu_name(), **_device_field(device), filters=report.total_filters, pans=report.count,
+    report, t_scan = _timed(find_pans, model, data=sample, position_threshold=position_threshold)
+    row = dict(arch="lite0", convention="photos [-1,1]", size=size, cpu=cpu_name(), **_device_field(device),
+               position_threshold=report.position_threshold, filters=report.total_filters, pans=report.count,
                frac=round(report.fraction, 4), kinds=_kinds(report), layers=_layer_counts(report),
                dep=_dep(report), scan_s=round(t_scan, 3), unmeasured=sorted(report.unmeasured),
                assumptions=report.assumptions)
@@ -715,8 +728,12 @@ def measure_lite0_cell(size: int, log=print, device: str = "cpu") -> dict:
                free_s=round(t_free, 3), free_assumptions=free.assumptions)
     twin = structural_copy(model, share=False)
     convert_padding(twin, "circular")
-    row["twin_pans"] = find_pans(twin, data=sample, dependence=False).count
+    row["twin_pans"] = find_pans(twin, data=sample, dependence=False, position_threshold=position_threshold).count
     row["twin_free_pans"] = find_pans(twin, input_size, dependence=False).count
+    if compare:
+        row["at"] = {str(t): {"channels": (k := find_pans(model, data=sample, dependence=False,
+                                                          position_threshold=t).count),
+                              "frac": round(k / report.total_filters, 4)} for t in compare}
     row["targets"] = targets(row)
     row["cell_s"] = round(time.perf_counter() - t0, 1)
     return row
@@ -907,11 +924,13 @@ def _device_field(device: str) -> dict:
     return {"device": torch.cuda.get_device_name(torch.device(device))} if str(device).startswith("cuda") else {}
 
 
-def run_cell(cell: str, single: set[str], log=print, seed: int = 0, device: str = "cpu") -> dict:
+def run_cell(cell: str, single: set[str], log=print, seed: int = 0, device: str = "cpu",
+             position_threshold: float | None = None, compare: tuple[float, ...] = ()) -> dict:
     arch, conv, size = cell.split(":")
     if arch == "lite0":
-        return measure_lite0_cell(int(size), log, device)
-    return measure_digits_cell(arch, conv, int(size), log, seed=seed, single_channel=cell in single, device=device)
+        return measure_lite0_cell(int(size), log, device, position_threshold, compare)
+    return measure_digits_cell(arch, conv, int(size), log, seed=seed, single_channel=cell in single, device=device,
+                               position_threshold=position_threshold, compare=compare)
 
 
 def main(argv=None) -> None:
@@ -922,6 +941,10 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="seed of the digits cells' data, initialisation and training")
     p.add_argument("--device", default="cpu", help="where the models train and are scanned (cpu, cuda)")
+    p.add_argument("--position-threshold", type=float, default=None,
+                   help="the data scans' position threshold (default: find_pans' on data)")
+    p.add_argument("--compare", type=float, nargs="*", default=[],
+                   help="other position thresholds whose flags are silenced on the same networks (row['at'])")
     p.add_argument("--oracle", action="store_true",
                    help="measure only what the most position-carrying channels' silencing reaches "
                         "(measure_oracle_cell; digits cells; rows appended to "
@@ -957,7 +980,8 @@ def main(argv=None) -> None:
                     p.error(f"--oracle needs a digits cell (two heads), not {cell}")
                 row = measure_oracle_cell(arch, conv, int(size), seed=a.seed, device=a.device)
             else:
-                row = run_cell(cell, set(a.single_channel), seed=a.seed, device=a.device)
+                row = run_cell(cell, set(a.single_channel), seed=a.seed, device=a.device,
+                               position_threshold=a.position_threshold, compare=tuple(a.compare))
             with open(a.jsonl, "a") as f:
                 f.write(json.dumps(row, default=_plain) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in ("single_channel", "assumptions", "layers")},
