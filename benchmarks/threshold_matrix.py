@@ -106,6 +106,15 @@ def table(cells: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def sources(cells: dict[str, dict]) -> str:
+    """Which file and CPU measured how many cells."""
+    counts: dict[tuple[str, str], int] = {}
+    for c in cells.values():
+        key = (c["source"], c["cpu"] or "unrecorded CPU")
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{n} cells from {src} ({cpu})" for (src, cpu), n in counts.items())
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("jsonl", nargs="+", help="detector_validity.py rows (--compare or --oracle); later files win")
@@ -113,9 +122,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="the position threshold the oracle rows' flagged set was scanned at")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    cells = load(a.jsonl, a.oracle_default)
     text = ("## Validity targets per position threshold, same networks (benchmarks/threshold_matrix.py)\n\n"
-            "Cells: flagged channels (share of the filters), margin, verdict.\n\n"
-            + table(load(a.jsonl, a.oracle_default)) + "\n")
+            f"{sources(cells)}. Cells: flagged channels (share of the filters), margin, verdict (none: nothing "
+            "flagged; -: not silenced, Lite0 has no heads to silence).\n\n" + table(cells) + "\n")
     if a.out:
         Path(a.out).write_text(text)
     print(text)
