@@ -66,4 +66,4 @@ def test_a_later_file_replaces_an_earlier_ones_cell(tmp_path):
     assert cells["resnet18:norm:96"]["source"] == "oracle.jsonl"
     text = tm.table(cells)
     assert "| 0.45 | 2 | 0 | 2 | 0 | 0 |" in text and "| 0.3 | 1 | 0 | 0 | 1 | 1 |" in text
-    assert tm.sources(cells) == "1 cells from oracle.jsonl (Xeon); 1 cells from run.jsonl (Xeon)"
+    assert tm.sources(cells) == "1 cells from run.jsonl (Xeon); 1 cells from oracle.jsonl (Xeon)"
