@@ -85,7 +85,24 @@ def tally(cells: dict[str, dict], threshold: float) -> dict[str, int]:
                         for v in vs)}
 
 
-def table(cells: dict[str, dict]) -> str:
+def common(cells: dict[str, dict], thresholds: tuple[float, ...]) -> dict[str, dict]:
+    """The digits cells measured at every one of ``thresholds``: where thresholds compare on the same
+    networks."""
+    return {k: c for k, c in cells.items() if not k.startswith("lite0") and all(t in c["levels"] for t in thresholds)}
+
+
+def _tally_lines(cells: dict[str, dict], thresholds: list[float]) -> list[str]:
+    lines = ["| threshold | digits cells | nothing flagged | margin met | missed | over 10% without it |",
+             "|---|---|---|---|---|---|"]
+    for t in thresholds:
+        n = tally(cells, t)
+        lines.append(f"| {t:g} | {n['cells']} | {n['none']} | {n['met']} | {n['missed']} | {n['over']} |")
+    return lines
+
+
+def table(cells: dict[str, dict], same: tuple[float, ...] = ()) -> str:
+    """The per-cell table, the tally per threshold over every digits cell measured at it, and (``same``)
+    the tally over the cells measured at all of ``same``."""
     thresholds = sorted({t for c in cells.values() for t in c["levels"]}, reverse=True)
     lines = ["| cell | measured in | " + " | ".join(f"at {t:g}" for t in thresholds) + " |",
              "|---" * (2 + len(thresholds)) + "|"]
@@ -99,11 +116,12 @@ def table(cells: dict[str, dict]) -> str:
             margin = "" if v.get("margin") is None else f", {v['margin']:+.3f}"
             cols.append(f"{v.get('channels', 0)} ({100 * v.get('frac', 0.0):.1f}%){margin} {verdict(v)}")
         lines.append(f"| {key} | {c['source']} | " + " | ".join(cols) + " |")
-    lines += ["", "| threshold | digits cells | nothing flagged | margin met | missed | over 10% without it |",
-              "|---|---|---|---|---|---|"]
-    for t in thresholds:
-        n = tally({k: c for k, c in cells.items() if not k.startswith("lite0")}, t)
-        lines.append(f"| {t:g} | {n['cells']} | {n['none']} | {n['met']} | {n['missed']} | {n['over']} |")
+    lines += ["", "Every digits cell measured at each threshold:", ""]
+    lines += _tally_lines({k: c for k, c in cells.items() if not k.startswith("lite0")}, thresholds)
+    if same:
+        lines += ["", f"The same networks: the {len(common(cells, same))} digits cells measured at all of "
+                  + " / ".join(f"{t:g}" for t in same) + ":", ""]
+        lines += _tally_lines(common(cells, same), sorted(same, reverse=True))
     return "\n".join(lines)
 
 
@@ -121,12 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("jsonl", nargs="+", help="detector_validity.py rows (--compare or --oracle); later files win")
     p.add_argument("--oracle-default", type=float, default=0.6,
                    help="the position threshold the oracle rows' flagged set was scanned at")
+    p.add_argument("--same", type=float, nargs="*", default=[0.6, 0.5, 0.45],
+                   help="thresholds tallied again over only the cells measured at all of them")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     cells = load(a.jsonl, a.oracle_default)
     text = ("## Validity targets per position threshold, same networks (benchmarks/threshold_matrix.py)\n\n"
             f"{sources(cells)}. Cells: flagged channels (share of the filters), margin, verdict (none: nothing "
-            "flagged; -: not silenced, Lite0 has no heads to silence).\n\n" + table(cells) + "\n")
+            "flagged; -: not silenced, Lite0 has no heads to silence).\n\n" + table(cells, tuple(a.same)) + "\n")
     if a.out:
         Path(a.out).write_text(text)
     print(text)

@@ -67,3 +67,16 @@ def test_a_later_file_replaces_an_earlier_ones_cell(tmp_path):
     text = tm.table(cells)
     assert "| 0.45 | 2 | 0 | 2 | 0 | 0 |" in text and "| 0.3 | 1 | 0 | 0 | 1 | 1 |" in text
     assert tm.sources(cells) == "1 cells from run.jsonl (Xeon); 1 cells from oracle.jsonl (Xeon)"
+
+
+def test_the_same_networks_tally_keeps_only_cells_measured_at_every_threshold():
+    cells = {"resnet18:norm:64": {"source": "x", "levels": tm.by_threshold(_oracle_row())},          # 0.6, 0.45, 0.3
+             "resnet18:norm:96": {"source": "y", "levels": tm.by_threshold(_compare_row(size=96))},  # 0.6, 0.45
+             "lite0:photos:96": {"source": "y", "levels": {0.6: dict(channels=5, frac=0.1, margin=None),
+                                                           0.45: dict(channels=9, frac=0.2, margin=None)}}}
+    assert list(tm.common(cells, (0.6, 0.45))) == ["resnet18:norm:64", "resnet18:norm:96"]
+    assert list(tm.common(cells, (0.6, 0.3))) == ["resnet18:norm:64"]
+    text = tm.table(cells, same=(0.6, 0.3))
+    assert "The same networks: the 1 digits cells measured at all of 0.6 / 0.3:" in text
+    same = text.split("The same networks")[1]
+    assert "| 0.6 | 1 | 0 | 0 | 1 | 0 |" in same and "| 0.3 | 1 | 0 | 0 | 1 | 1 |" in same and "| 0.45 |" not in same
