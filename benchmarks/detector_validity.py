@@ -955,6 +955,9 @@ def main(argv=None) -> None:
     p.add_argument("--extra-jsonl", nargs="*", default=[],
                    help="more rows to tabulate (a row's fields replace those of the main file's row of the "
                         "same cell)")
+    p.add_argument("--at", type=float, default=None,
+                   help="tabulate every cell as flagged at this position threshold (at_threshold: its "
+                        "own scan or its --compare figures); a cell not measured there is an error")
     p.add_argument("--free-from", default=None,
                    help="benchmarks/stem_canvas.py rows whose data-free scan (after) replaces the free columns "
                         "of the same networks")
@@ -998,6 +1001,17 @@ def main(argv=None) -> None:
             rows[_key(r)] = {**rows.get(_key(r), {}), **r}
     order = {c: i for i, c in enumerate(default_cells())}  # the matrix's order, whichever worker wrote a row first
     rows = dict(sorted(rows.items(), key=lambda kv: order.get(kv[0], len(order))))
+    if a.at is not None:
+        promoted, errors = {}, []
+        for k, r in rows.items():
+            try:
+                promoted[k] = at_threshold(r, a.at)
+            except ValueError as e:
+                errors.append(str(e))
+        if errors:
+            p.error(f"--at {a.at}: {len(errors)} cells cannot be tabulated there, e.g. {errors[0]}")
+        rows = promoted
+        header += f"; data scans tabulated at position threshold {a.at:g}"
     if a.free_from:
         overlay_free(rows, [json.loads(line) for line in Path(a.free_from).read_text().splitlines()])
     devices = sorted({r["device"] for r in rows.values() if r.get("device")})
@@ -1110,6 +1124,44 @@ def _oracle_tally(rows: list[dict]) -> str:
             f"{moved} (a margin without that comes from the digit head).{over}")
 
 
+#: The data scans' position threshold of the rows written before rows recorded it (find_pans' default then).
+UNRECORDED_THRESHOLD = 0.6
+
+
+def at_threshold(row: dict, threshold: float) -> dict:
+    """``row`` as if its data scan had flagged at position ``threshold``: its own figures where it was
+    scanned there, else those of ``row["at"]`` (``--compare``) for the flag count, share, silencing
+    margins and carried position; the border PANs (``b >= border_threshold`` whatever the position
+    threshold) stay, the rest are position PANs. The circular twin's count carries over only to a
+    higher threshold, and only where it was 0 (its flags at a higher threshold are a subset of its
+    flags at the scan's). Raises ``ValueError`` where the row holds no figures at ``threshold``."""
+    if row.get("position_threshold", UNRECORDED_THRESHOLD) == threshold:
+        return row
+    v = (row.get("at") or {}).get(str(threshold))
+    if v is None:
+        raise ValueError(f"{_key(row)} was not measured at position threshold {threshold}")
+    if row.get("twin_pans") != 0 or threshold < row["position_threshold"]:
+        raise ValueError(f"{_key(row)}: the circular twin was scanned at {row['position_threshold']} "
+                         f"({row.get('twin_pans')} PANs), which says nothing of it at {threshold}")
+    border = (row.get("kinds") or {}).get("border", 0)
+    out = {k: val for k, val in row.items() if k not in ("layers", "random_overlap", "info_drop_flagged",
+                                                         "info_drop_random", "at", "single_channel")}
+    out.update(position_threshold=threshold, pans=v["channels"], frac=v["frac"],
+               kinds={"border": border, "position": v["channels"] - border})
+    for k in ("sel", "sel_random", "margin", "info_margin", "drop_flagged", "drop_random", "eta_flagged",
+              "eta_layer", "eta_margin"):
+        out.pop(k, None)
+    if v["channels"] and "drop" in v:  # Lite0's rows count flags only: no heads to silence
+        out.update(drop_flagged=v["drop"], drop_random=v["drop_random"], sel=round(v["drop"][1] - v["drop"][0], 4),
+                   sel_random=round(v["drop_random"][1] - v["drop_random"][0], 4), margin=v["margin"],
+                   info_margin=v["info_margin"],
+                   **{k: v[k] for k in ("eta_flagged", "eta_layer", "eta_margin") if k in v})
+    elif "acc_half" in row:
+        out["sel"] = None
+    out["targets"] = targets(out)
+    return out
+
+
 def _key(r: dict) -> str:
     return f"{r['arch']}:{r['convention'] if r['arch'] != 'lite0' else 'photos'}:{r['size']}"
 
@@ -1142,7 +1194,7 @@ def summary(rows: list[dict]) -> str:
         lines += ["", f"Half-label eta2 of the flagged channels above their layers' unflagged channels in "
                   f"{sum(d > 0 for d in diffs)} of the {len(carried)} trained cells where it was measured "
                   f"(by {min(diffs):+.3f} to {max(diffs):+.3f})."]
-    informed = [r for r in trained if r.get("info_margin") is not None and r["targets"].get("margin") is False]
+    informed = [r for r in trained if r.get("info_drop_flagged") is not None and r["targets"].get("margin") is False]
     if informed:
         half = ", ".join(f"{_key(r)} {r['info_drop_flagged'][1]:.3f} vs {r['info_drop_random'][1]:.3f} "
                          f"(info margin {r['info_margin']:+.2f})" for r in informed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from _scripts import benchmark
 
 bench = benchmark("detector_validity")
@@ -139,3 +141,37 @@ def test_oracle_section_tallies_cells_that_meet_the_margin_apart():
     assert ("1 cell where the matrix's flagged set misses the margin: margin >= +0.10 reached by the flagged set in "
             "0 of 1,") in text
     assert "1 cell where it meets it: margin >= +0.10 reached by the flagged set in 1 of 1," in text
+
+
+def _compare_row(twin_pans=0, **extra) -> dict:
+    """A matrix row scanned at 0.45 with 0.6 compared (row["at"]), as ``--compare`` writes it."""
+    row = {**_row(), **_table_fields(), "position_threshold": 0.45, "pans": 486, "frac": 0.1013, "twin_pans": twin_pans,
+           "kinds": {"border": 6, "position": 480}, "drop_flagged": [0.2, 0.5], "drop_random": [0.05, 0.1],
+           "sel": 0.3, "sel_random": 0.05, "margin": 0.25, "info_margin": 0.3, "eta_flagged": 0.4, "eta_layer": 0.1,
+           "eta_margin": 0.3, "layers": {"layer4.1.conv2": 200}, "random_overlap": False,
+           "at": {"0.6": dict(channels=211, frac=0.044, drop=[0.02, 0.03], drop_random=[0.0, 0.05], margin=-0.04,
+                              info_margin=0.01, eta_flagged=0.5, eta_layer=0.1, eta_margin=0.4),
+                  "0.5": dict(channels=0, frac=0.0)}}
+    return {**row, **extra}
+
+
+def test_at_threshold_takes_the_compared_flags_and_keeps_the_border_pans():
+    r = bench.at_threshold(_compare_row(), 0.6)
+    assert (r["position_threshold"], r["pans"], r["frac"]) == (0.6, 211, 0.044)
+    assert r["kinds"] == {"border": 6, "position": 205}
+    assert (r["drop_flagged"], r["margin"], r["sel"], r["sel_random"]) == ([0.02, 0.03], -0.04, 0.01, 0.05)
+    assert r["eta_margin"] == 0.4 and "layers" not in r and "at" not in r
+    assert r["targets"] == {"twin0": True, "trained": True, "margin": False, "frac": True}
+    nothing = bench.at_threshold(_compare_row(), 0.5)
+    assert nothing["pans"] == 0 and nothing["sel"] is None and "margin" not in nothing
+    assert nothing["targets"]["margin"] is None
+    assert bench.at_threshold(_compare_row(), 0.45)["margin"] == 0.25        # its own scan
+    assert bench.at_threshold(_row(**_table_fields()), 0.6)["pans"] == 275   # rows before the threshold was recorded
+
+
+def test_at_threshold_refuses_what_the_row_cannot_say():
+    for row, t in ((_compare_row(), 0.4),                     # never measured there
+                   (_compare_row(twin_pans=3), 0.6),          # the twin's count at 0.6 is unknown
+                   (_row(**_table_fields()), 0.45)):          # a 0.6 row says nothing of 0.45
+        with pytest.raises(ValueError, match="resnet18:black:96"):
+            bench.at_threshold(row, t)
