@@ -1126,6 +1126,11 @@ def _oracle_tally(rows: list[dict]) -> str:
 
 #: The data scans' position threshold of the rows written before rows recorded it (find_pans' default then).
 UNRECORDED_THRESHOLD = 0.6
+#: A row's fields that belong to its data scan's flagged set (or to the scan alone): what
+#: :func:`at_threshold` replaces or, where ``row["at"]`` does not hold them, drops.
+_SCAN_SET_FIELDS = ("layers", "random_overlap", "info_drop_flagged", "info_drop_random", "at", "single_channel",
+                    "sel", "sel_random", "margin", "info_margin", "drop_flagged", "drop_random", "eta_flagged",
+                    "eta_layer", "eta_margin")
 
 
 def at_threshold(row: dict, threshold: float) -> dict:
@@ -1144,16 +1149,12 @@ def at_threshold(row: dict, threshold: float) -> dict:
         raise ValueError(f"{_key(row)}: the circular twin was scanned at {row['position_threshold']} "
                          f"({row.get('twin_pans')} PANs), which says nothing of it at {threshold}")
     border = (row.get("kinds") or {}).get("border", 0)
-    out = {k: val for k, val in row.items() if k not in ("layers", "random_overlap", "info_drop_flagged",
-                                                         "info_drop_random", "at", "single_channel")}
+    out = {k: val for k, val in row.items() if k not in _SCAN_SET_FIELDS}
     out.update(position_threshold=threshold, pans=v["channels"], frac=v["frac"],
                kinds={"border": border, "position": v["channels"] - border})
-    for k in ("sel", "sel_random", "margin", "info_margin", "drop_flagged", "drop_random", "eta_flagged",
-              "eta_layer", "eta_margin"):
-        out.pop(k, None)
     if v["channels"] and "drop" in v:  # Lite0's rows count flags only: no heads to silence
-        out.update(drop_flagged=v["drop"], drop_random=v["drop_random"], sel=round(v["drop"][1] - v["drop"][0], 4),
-                   sel_random=round(v["drop_random"][1] - v["drop_random"][0], 4), margin=v["margin"],
+        out.update(drop_flagged=v["drop"], drop_random=v["drop_random"], sel=round(selectivity(v["drop"]), 4),
+                   sel_random=round(selectivity(v["drop_random"]), 4), margin=v["margin"],
                    info_margin=v["info_margin"],
                    **{k: v[k] for k in ("eta_flagged", "eta_layer", "eta_margin") if k in v})
     elif "acc_half" in row:

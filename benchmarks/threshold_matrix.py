@@ -86,8 +86,8 @@ def tally(cells: dict[str, dict], threshold: float) -> dict[str, int]:
 
 
 def common(cells: dict[str, dict], thresholds: tuple[float, ...]) -> dict[str, dict]:
-    """The digits cells measured at every one of ``thresholds``: where thresholds compare on the same
-    networks."""
+    """The digits cells measured at every one of ``thresholds`` (all of them for ``()``): where
+    thresholds compare on the same networks."""
     return {k: c for k, c in cells.items() if not k.startswith("lite0") and all(t in c["levels"] for t in thresholds)}
 
 
@@ -117,7 +117,7 @@ def table(cells: dict[str, dict], same: tuple[float, ...] = ()) -> str:
             cols.append(f"{v.get('channels', 0)} ({100 * v.get('frac', 0.0):.1f}%){margin} {verdict(v)}")
         lines.append(f"| {key} | {c['source']} | " + " | ".join(cols) + " |")
     lines += ["", "Every digits cell measured at each threshold:", ""]
-    lines += _tally_lines({k: c for k, c in cells.items() if not k.startswith("lite0")}, thresholds)
+    lines += _tally_lines(common(cells, ()), thresholds)
     if same:
         lines += ["", f"The same networks: the {len(common(cells, same))} digits cells measured at all of "
                   + " / ".join(f"{t:g}" for t in same) + ":", ""]
