@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--std", type=float, nargs="+", help="normalisation std of pixels in [0, 1] (with --mean)")
     scan.add_argument("--border-threshold", type=float, help="default 1.4 on probes, 2.5 with --data")
     scan.add_argument("--position-threshold", type=float,
-                      help="default 0.9 on probes, 0.6 with --data")
+                      help="default 0.9 on probes, 0.5 with --data")
     scan.add_argument("--patterns", type=int, default=8, help="probe textures (default 8)")
     scan.add_argument("--json", help="write the PanReport as JSON to this path")
     scan.add_argument("--plot", help="write a PNG: PANs per layer and border-response maps")
