@@ -24,9 +24,7 @@ from pan_repair.models.pretrained import load_efficientnet_lite0, sample_images
 
 def main() -> None:
     model = load_efficientnet_lite0()
-    photos = sample_images(224)[0]
-    for what, kwargs in (("on 10 photos", dict(data=torch.cat([photos, photos.flip(-1)]))),
-                         ("data-free", dict(input_size=(3, 224, 224)))):
+    for what, kwargs in scans(224):
         print(f"## Lite0 {what}")
         report = find_pans(model, **kwargs)
         scores(report)
@@ -34,10 +32,15 @@ def main() -> None:
     twin = load_efficientnet_lite0()
     convert_padding(twin, "circular")
     for size in (224, 200):
-        photos = sample_images(size)[0]
-        for what, kwargs in (("on 10 photos", dict(data=torch.cat([photos, photos.flip(-1)]))),
-                             ("data-free", dict(input_size=(3, size, size)))):
+        for what, kwargs in scans(size):
             print(f"circular twin at {size} px, {what}: {find_pans(twin, **kwargs)!r}")
+
+
+def scans(size: int) -> tuple[tuple[str, dict], ...]:
+    """``find_pans`` arguments at ``size`` px: on the 5 photos and their mirror images; data-free."""
+    photos = sample_images(size)[0]
+    return (("on 10 photos", dict(data=torch.cat([photos, photos.flip(-1)]))),
+            ("data-free", dict(input_size=(3, size, size))))
 
 
 def scores(report) -> None:
