@@ -56,7 +56,7 @@ def _scan(args: argparse.Namespace) -> int:
         print(f"report: {report.save(args.json)}")
     if args.plot:
         from .detect.plotting import plot_report
-        print(f"plot: {plot_report(report, args.plot, model)}")
+        print(f"plot: {plot_report(report, args.plot, model, data=data)}")
     return 0
 
 

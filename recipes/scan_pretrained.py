@@ -43,7 +43,7 @@ def scan_pretrained(model: str = BUNDLED, weights: str | None = None, size: int 
     report = find_pans(net, None if images is not None else (3, size, size), data=images, n_patterns=n_patterns,
                        progress=True)
     result = stage.record({}, [], report)
-    plot_report(report, stage.dir / "pans.png", net)
+    plot_report(report, stage.dir / "pans.png", net, data=images)
     print(f"{report}\nresults: {stage.dir / 'results.json'}\nplot: {stage.dir / 'pans.png'}")
     return result
 

@@ -74,9 +74,9 @@ class PANMonitorBase(ModelTarget):
     first_seen_epoch), ``pan/per_layer`` (bar chart of PANs per layer; its data is the table
     ``pan/per_layer_table``), ``pan/depth`` (histogram of PANs over layer index), ``pan/timeline``
     (the emergence timeline: per PAN ever seen, first/last seen epoch and step, scans seen,
-    present); and if ``n_maps > 0``: ``pan/maps``, images of the border-response maps (a uniform
-    image's response minus its centre value; blue = lower at the border, red = higher) of the
-    ``n_maps`` strongest border PANs.
+    present); and if ``n_maps > 0``: ``pan/maps``, images of the border-response maps (the
+    padding's own effect on the channel, mean over the calibration sample; blue = lower at the
+    border, red = higher) of the ``n_maps`` strongest border PANs.
 
     **JSON.** After every scan, rank zero writes ``<prefix>_monitor.json`` (default
     ``pan_monitor.json``; atomically) with the settings, the history (:class:`PanHistory`:
@@ -382,7 +382,7 @@ class PANMonitorBase(ModelTarget):
         if strongest:
             from ..detect.plotting import border_response_maps  # matplotlib only when images are wanted
 
-            maps = border_response_maps(module, strongest, report.input_size)
+            maps = border_response_maps(module, strongest, report.input_size, data=self._data())
             out[f"{p}/maps"] = [
                 wandb.Image(_colour(fmap), caption=f"{pan.layer}[{pan.channel}] {'+'.join(pan.sides)} "
                                                    f"b={pan.border_score:.1f}")

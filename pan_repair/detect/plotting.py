@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from ..layers.border_geometry import strip  # noqa: E402
 from ..layers.module_state import device_dtype, eval_mode  # noqa: E402
+from ..layers.padding import PadTracker, effective_weight  # noqa: E402
+from .probes import calibration_images  # noqa: E402
 from .report import Pan, PanReport  # noqa: E402
 
 __all__ = ["border_response_maps", "plot_report"]
@@ -18,36 +23,55 @@ __all__ = ["border_response_maps", "plot_report"]
 
 @torch.no_grad()
 def border_response_maps(model: nn.Module, pans: list[Pan], input_size: tuple[int, int, int],
-                         level: float = 1.0) -> list[torch.Tensor]:
-    """Each PAN's output map for a uniform image of value ``level`` minus the map's centre value.
+                         level: float = 1.0, data: Any = None, max_images: int = 16) -> list[torch.Tensor]:
+    """Each PAN's padding effect over its whole output map (H', W'), in the conv's output units.
 
-    On a uniform input the interior is flat, so what remains is the border response (H', W').
-    The model is left as found (modes restored, hooks removed).
+    ``D = conv(pad_constant(x)) - conv(pad_replicate(x))`` on the layer's own input ``x`` (the
+    quantity the border score measures on the outermost lines; the bias cancels, and ``D`` is 0
+    off the border bands), mean over up to ``max_images`` of ``data`` (a tensor, ``DataLoader`` or
+    ``Dataset``, as :func:`~pan_repair.find_pans` takes it: pass the scan's data, and the maps show
+    what its border scores read); without data, over one uniform image of value ``level``. A
+    layer whose padding makes no border gives zeros. First layer, uniform ``v``: the top line is
+    ``-v * sum(top row of taps)``. The model is left as found (modes restored, hooks removed).
     """
     module_of = dict(model.named_modules())
     wanted = {p.layer for p in pans}
-    outputs: dict[str, torch.Tensor] = {}
-    handles = [module_of[name].register_forward_hook(
-        lambda m, i, o, name=name: outputs.__setitem__(name, o.detach().float()))
-        for name in wanted]
+    effects: dict[str, torch.Tensor] = {}
+    tracker = PadTracker(model)
+
+    def hook(name: str):
+        def record(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
+            if name in effects:  # a conv called several times per forward: its first call
+                return
+            padding, x = tracker.resolve(conv, inputs[0])
+            if not padding.makes_border:
+                effects[name] = torch.zeros(output.shape[1:]).float()
+                return
+            h, w = x.shape[-2:]
+            left, right, top, bottom = padding.pads
+            frame = strip(x, (-top, h + bottom), (-left, w + right), padding)
+            d = F.conv2d(frame, effective_weight(conv), None, conv.stride, 0, conv.dilation, conv.groups)
+            effects[name] = d.float().mean(dim=0).cpu()
+        return record
+
+    handles = [module_of[name].register_forward_hook(hook(name)) for name in wanted]
     device, dtype = device_dtype(model)
+    x = torch.full((1, *input_size), level) if data is None else calibration_images(data, max_images)
     try:
         with eval_mode(model):
-            model(torch.full((1, *input_size), level, device=device, dtype=dtype))
+            model(x.to(device, dtype))
     finally:
         for handle in handles:
             handle.remove()
-    maps = []
-    for pan in pans:
-        fmap = outputs[pan.layer][0, pan.channel]
-        h, w = fmap.shape
-        maps.append((fmap - fmap[h // 2, w // 2]).cpu())
-    return maps
+        tracker.remove()
+    return [effects[pan.layer][pan.channel] for pan in pans]
 
 
-def plot_report(report: PanReport, path: str | Path, model: nn.Module | None = None, n_maps: int = 6) -> Path:
+def plot_report(report: PanReport, path: str | Path, model: nn.Module | None = None, n_maps: int = 6,
+                data: Any = None) -> Path:
     """PNG: PANs per layer (stacked by kind) and, given the ``model``, the border-response maps
-    of the ``n_maps`` strongest border PANs."""
+    (:func:`border_response_maps`, on ``data``: pass the scan's) of the ``n_maps``
+    strongest border PANs."""
     strongest = report.strongest(n_maps, kind="border") if model is not None else []
     fig = plt.figure(figsize=(12, 7 if strongest else 4.5), constrained_layout=True)
     grid = fig.add_gridspec(2 if strongest else 1, max(1, len(strongest)))
@@ -64,7 +88,8 @@ def plot_report(report: PanReport, path: str | Path, model: nn.Module | None = N
     ax.set_title(f"{report.count} PANs in {report.total_filters} filters ({100 * report.fraction:.2f}%)")
     ax.legend()
     if strongest:
-        for i, (pan, fmap) in enumerate(zip(strongest, border_response_maps(model, strongest, report.input_size))):
+        maps = border_response_maps(model, strongest, report.input_size, data=data)
+        for i, (pan, fmap) in enumerate(zip(strongest, maps)):
             sub = fig.add_subplot(grid[1, i])
             lim = float(fmap.abs().max()) or 1.0
             sub.imshow(fmap, cmap="coolwarm", vmin=-lim, vmax=lim)
