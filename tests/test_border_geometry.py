@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pan_repair.layers.border_geometry import border_effects, clean_range
+from pan_repair.layers.border_geometry import border_effects, clean_range, padding_effect
 from pan_repair.layers.padding import Padding
 
 
@@ -45,3 +45,27 @@ def test_border_effects_match_the_full_difference(seed):
                 torch.testing.assert_close(o, e, rtol=0, atol=1e-10)
                 checked += 1
     assert checked > 60
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_padding_effect_is_the_whole_difference_and_zero_off_the_border(seed):
+    gen, checked = torch.Generator().manual_seed(seed), 0
+    for _ in range(20):
+        r = lambda lo, hi: int(torch.randint(lo, hi, (), generator=gen))  # noqa: E731
+        g = r(1, 3)
+        conv = torch.nn.Conv2d(2 * g, 3 * g, (r(1, 6), r(1, 6)), (r(1, 4), r(1, 4)), 0, (r(1, 3), r(1, 3)), g).double()
+        x = torch.randn(2, 2 * g, r(8, 20), r(8, 20), generator=gen, dtype=torch.float64)
+        padding = Padding(tuple(r(0, 4) for _ in range(4)), "zeros", float(torch.randn((), generator=gen)))
+        left, right, top, bottom = padding.pads
+        with_bias = (conv(F.pad(x, padding.pads, value=padding.value))  # the bias cancels
+                     - conv(F.pad(x, padding.pads, mode="replicate")))
+        d = padding_effect(x, conv, padding)
+        assert torch.allclose(d, with_bias)
+        (k0, k1), (s0, s1), (d0, d1) = conv.kernel_size, conv.stride, conv.dilation
+        rows = clean_range(x.shape[-2], k0, s0, d0, top, bottom)
+        cols = clean_range(x.shape[-1], k1, s1, d1, left, right)
+        every_row, every_col = slice(0, d.shape[-2]), slice(0, d.shape[-1])  # also: every window touches
+        if (rows != every_row or not (top or bottom)) and (cols != every_col or not (left or right)):
+            assert torch.count_nonzero(d[:, :, rows, cols]) == 0
+            checked += 1
+    assert checked >= 5

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.border_geometry import padding_effect
 from ..layers.module_state import device_dtype, eval_mode, structural_copy
-from ..layers.padding import PadTracker, conv_layers, effective_weight
+from ..layers.padding import PadTracker, conv_layers
 from ..layers.padding_switch import convert_padding
 from ..metrics.functional import padding_reliance
 from .forward import output_tensors, run_model
@@ -48,10 +49,8 @@ def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple
             padding, xin = pads.resolve(conv, inputs[0])
             if not padding.makes_border:
                 return None
-            xin = xin.detach()
-            frame = F.pad(xin, padding.pads, value=padding.value) - F.pad(xin, padding.pads, mode="replicate")
-            effects[name] = F.conv2d(frame, effective_weight(conv).detach(), None, conv.stride, 0,
-                                     conv.dilation, conv.groups)
+            with torch.no_grad():
+                effects[name] = padding_effect(xin, conv, padding)
             outputs[name] = output
             return output.clone()  # in-place layers downstream must not modify what we differentiate by
         return fn

@@ -9,12 +9,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ..layers.border_geometry import strip  # noqa: E402
+from ..layers.border_geometry import padding_effect  # noqa: E402
 from ..layers.module_state import device_dtype, eval_mode  # noqa: E402
-from ..layers.padding import PadTracker, effective_weight  # noqa: E402
+from ..layers.padding import PadTracker  # noqa: E402
 from .probes import calibration_images  # noqa: E402
 from .report import Pan, PanReport  # noqa: E402
 
@@ -26,13 +25,14 @@ def border_response_maps(model: nn.Module, pans: list[Pan], input_size: tuple[in
                          level: float = 1.0, data: Any = None, max_images: int = 16) -> list[torch.Tensor]:
     """Each PAN's padding effect over its whole output map (H', W'), in the conv's output units.
 
-    ``D = conv(pad_constant(x)) - conv(pad_replicate(x))`` on the layer's own input ``x`` (the
-    quantity the border score measures on the outermost lines; the bias cancels, and ``D`` is 0
-    off the border bands), mean over up to ``max_images`` of ``data`` (a tensor, ``DataLoader`` or
-    ``Dataset``, as :func:`~pan_repair.find_pans` takes it: pass the scan's data, and the maps show
-    what its border scores read); without data, over one uniform image of value ``level``. A
-    layer whose padding makes no border gives zeros. First layer, uniform ``v``: the top line is
-    ``-v * sum(top row of taps)``. The model is left as found (modes restored, hooks removed).
+    ``D = conv(pad_constant(x)) - conv(pad_replicate(x))`` on the layer's own input ``x``
+    (:func:`~pan_repair.layers.border_geometry.padding_effect`: what the border score measures on
+    the outermost lines, 0 off the border bands), mean over up to ``max_images`` of ``data`` (a
+    tensor, ``DataLoader`` or ``Dataset``, as :func:`~pan_repair.find_pans` takes it: pass the
+    scan's data, and the maps show what its border scores read); without data, over one uniform
+    image of value ``level``. A layer whose padding makes no border gives zeros. First layer,
+    uniform ``v``: the top line is ``-v * sum(top row of taps)``. The model is left as found
+    (modes restored, hooks removed).
     """
     module_of = dict(model.named_modules())
     wanted = {p.layer for p in pans}
@@ -47,11 +47,7 @@ def border_response_maps(model: nn.Module, pans: list[Pan], input_size: tuple[in
             if not padding.makes_border:
                 effects[name] = torch.zeros(output.shape[1:]).float()
                 return
-            h, w = x.shape[-2:]
-            left, right, top, bottom = padding.pads
-            frame = strip(x, (-top, h + bottom), (-left, w + right), padding)
-            d = F.conv2d(frame, effective_weight(conv), None, conv.stride, 0, conv.dilation, conv.groups)
-            effects[name] = d.float().mean(dim=0).cpu()
+            effects[name] = padding_effect(x, conv, padding).float().mean(dim=0).cpu()
         return record
 
     handles = [module_of[name].register_forward_hook(hook(name)) for name in wanted]

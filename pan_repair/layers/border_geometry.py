@@ -17,7 +17,7 @@ from torch import nn
 
 from .padding import Padding, effective_weight
 
-__all__ = ["strip", "clean_range", "side_windows", "border_windows", "border_effects", "SIDE_ORDER"]
+__all__ = ["strip", "clean_range", "side_windows", "border_windows", "border_effects", "padding_effect", "SIDE_ORDER"]
 
 #: order of the sides in :func:`border_windows` and in every per-side (4, C) tensor
 SIDE_ORDER = ("top", "bottom", "left", "right")
@@ -102,3 +102,11 @@ def border_effects(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> list[t
         for k, (i, _, (row, col)) in enumerate(members):
             out[i] = d[k * n:(k + 1) * n, :, row, col]
     return out
+
+
+def padding_effect(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> torch.Tensor:
+    """The padding's own effect over the whole output (N, C_out, H', W') of ``conv`` applied to
+    ``x`` padded by ``padding``: ``conv(pad_constant(x)) - conv(pad_replicate(x))`` (the bias
+    cancels; 0 off the border bands). Differentiable in ``x`` and the weights."""
+    frame = F.pad(x, padding.pads, value=padding.value) - F.pad(x, padding.pads, mode="replicate")
+    return F.conv2d(frame, effective_weight(conv), None, conv.stride, 0, conv.dilation, conv.groups)
