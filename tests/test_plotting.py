@@ -1,6 +1,7 @@
 """Border-response maps and the report plot: the padding's own effect, on the scan's data."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -70,3 +71,10 @@ def test_plot_report_with_data_writes_a_png(tmp_path):
     report = find_pans(net, data=images, border_threshold=0.0, n_patterns=2, dependence=False)
     path = plot_report(report, tmp_path / "pans.png", net, n_maps=3, data=images)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_data_of_another_size_is_refused_and_leaves_no_hooks():
+    net = _one_conv()
+    with pytest.raises(ValueError, match=r"the data's images are \(1, 9, 9\), the maps are wanted at \(1, 8, 8\)"):
+        border_response_maps(net, [_pan("0")], (1, 8, 8), data=torch.rand(2, 1, 9, 9))
+    assert not net[0]._forward_hooks and not net._forward_hooks

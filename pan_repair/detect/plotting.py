@@ -34,6 +34,9 @@ def border_response_maps(model: nn.Module, pans: list[Pan], input_size: tuple[in
     uniform ``v``: the top line is ``-v * sum(top row of taps)``. The model is left as found
     (modes restored, hooks removed).
     """
+    x = torch.full((1, *input_size), level) if data is None else calibration_images(data, max_images)
+    if tuple(x.shape[1:]) != tuple(input_size):
+        raise ValueError(f"the data's images are {tuple(x.shape[1:])}, the maps are wanted at {tuple(input_size)}")
     module_of = dict(model.named_modules())
     wanted = {p.layer for p in pans}
     effects: dict[str, torch.Tensor] = {}
@@ -52,7 +55,6 @@ def border_response_maps(model: nn.Module, pans: list[Pan], input_size: tuple[in
 
     handles = [module_of[name].register_forward_hook(hook(name)) for name in wanted]
     device, dtype = device_dtype(model)
-    x = torch.full((1, *input_size), level) if data is None else calibration_images(data, max_images)
     try:
         with eval_mode(model):
             model(x.to(device, dtype))
