@@ -24,16 +24,22 @@ def _reference(x, conv, padding):
             d[:, :, rows, 0] if left else None, d[:, :, rows, -1] if right and last_col else None]
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_border_effects_match_the_full_difference(seed):
+def _cases(seed: int, n: int, min_side: int):
+    """``n`` random (conv, x, padding): kernels, strides, dilations, groups, asymmetric pads and
+    a random constant, in float64."""
     gen = torch.Generator().manual_seed(seed)
-    checked = 0
-    for _ in range(60):
+    for _ in range(n):
         r = lambda lo, hi: int(torch.randint(lo, hi, (), generator=gen))  # noqa: E731
         g = r(1, 3)
         conv = torch.nn.Conv2d(2 * g, 3 * g, (r(1, 6), r(1, 6)), (r(1, 4), r(1, 4)), 0, (r(1, 3), r(1, 3)), g).double()
-        x = torch.randn(2, 2 * g, r(4, 20), r(4, 20), generator=gen, dtype=torch.float64)
-        padding = Padding(tuple(r(0, 4) for _ in range(4)), "zeros", float(torch.randn((), generator=gen)))
+        x = torch.randn(2, 2 * g, r(min_side, 20), r(min_side, 20), generator=gen, dtype=torch.float64)
+        yield conv, x, Padding(tuple(r(0, 4) for _ in range(4)), "zeros", float(torch.randn((), generator=gen)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_border_effects_match_the_full_difference(seed):
+    checked = 0
+    for conv, x, padding in _cases(seed, 60, 4):
         try:
             expected = _reference(x, conv, padding)
         except RuntimeError:  # the kernel does not fit
@@ -49,13 +55,8 @@ def test_border_effects_match_the_full_difference(seed):
 
 @pytest.mark.parametrize("seed", range(2))
 def test_padding_effect_is_the_whole_difference_and_zero_off_the_border(seed):
-    gen, checked = torch.Generator().manual_seed(seed), 0
-    for _ in range(20):
-        r = lambda lo, hi: int(torch.randint(lo, hi, (), generator=gen))  # noqa: E731
-        g = r(1, 3)
-        conv = torch.nn.Conv2d(2 * g, 3 * g, (r(1, 6), r(1, 6)), (r(1, 4), r(1, 4)), 0, (r(1, 3), r(1, 3)), g).double()
-        x = torch.randn(2, 2 * g, r(8, 20), r(8, 20), generator=gen, dtype=torch.float64)
-        padding = Padding(tuple(r(0, 4) for _ in range(4)), "zeros", float(torch.randn((), generator=gen)))
+    checked = 0
+    for conv, x, padding in _cases(seed, 20, 8):
         left, right, top, bottom = padding.pads
         with_bias = (conv(F.pad(x, padding.pads, value=padding.value))  # the bias cancels
                      - conv(F.pad(x, padding.pads, mode="replicate")))
