@@ -46,11 +46,11 @@ def border_response_maps(model: nn.Module, pans: list[Pan], input_size: tuple[in
         def record(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
             if name in effects:  # a conv called several times per forward: its first call
                 return
-            padding, x = tracker.resolve(conv, inputs[0])
+            padding, layer_input = tracker.resolve(conv, inputs[0])
             if not padding.makes_border:
                 effects[name] = torch.zeros(output.shape[1:]).float()
                 return
-            effects[name] = padding_effect(x, conv, padding).float().mean(dim=0).cpu()
+            effects[name] = padding_effect(layer_input, conv, padding).float().mean(dim=0).cpu()
         return record
 
     handles = [module_of[name].register_forward_hook(hook(name)) for name in wanted]
