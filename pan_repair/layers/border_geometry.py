@@ -108,5 +108,7 @@ def padding_effect(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> torch.
     """The padding's own effect over the whole output (N, C_out, H', W') of ``conv`` applied to
     ``x`` padded by ``padding``: ``conv(pad_constant(x)) - conv(pad_replicate(x))`` (the bias
     cancels; 0 off the border bands). Differentiable in ``x`` and the weights."""
-    frame = F.pad(x, padding.pads, value=padding.value) - F.pad(x, padding.pads, mode="replicate")
+    h, w = x.shape[-2:]
+    left, right, top, bottom = padding.pads
+    frame = strip(x, (-top, h + bottom), (-left, w + right), padding)  # the whole input: its padded frame
     return F.conv2d(frame, effective_weight(conv), None, conv.stride, 0, conv.dilation, conv.groups)
