@@ -84,9 +84,10 @@ def _trainer(ns: NS, root: Path, **kwargs):
     return ns.pl.Trainer(**options)
 
 
-def _fit(ns: NS, root: Path, callbacks=(), seed: int = 0, **kwargs):
+def _fit(ns: NS, root: Path, callbacks=(), seed: int = 0, module: type | None = None, **kwargs):
+    """Fit ``module`` (default: the namespace's test net), built after seeding, on the test data."""
     ns.pl.seed_everything(seed, verbose=False)
-    net = ns.net()
+    net = (module or ns.net)()
     trainer = _trainer(ns, root, callbacks=list(callbacks), **kwargs)
     trainer.fit(net, _data(ns))
     return net, trainer

@@ -188,6 +188,11 @@ def _sgd(ns):
     return Plain
 
 
+def _assert_same_weights(expected: nn.Module, actual: nn.Module) -> None:
+    for (key, a), b in zip(expected.state_dict().items(), actual.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=key)
+
+
 def _penalised(ns, every: int):
     """The SGD test net whose training_step adds the PANPenalty to the loss itself, measured on
     the first 16 images of the first batch (the callback's calibration sample)."""
@@ -212,22 +217,13 @@ def test_regularizer_equals_adding_the_penalty_to_the_loss(namespace, accumulate
 
     Plain = _sgd(ns)
 
-    reference = _penalised(ns, every=2)
-    ns.pl.seed_everything(0, verbose=False)
-    manual = reference()
-    _trainer(ns, tmp_path, accumulate_grad_batches=accumulate).fit(manual, _data(ns))
-    ns.pl.seed_everything(0, verbose=False)
-    regularised = Plain()
     callback = ns.callbacks.PANRegularizer(weight=0.5, every=2, border_margin=0.0, model_attr="model")
-    _trainer(ns, tmp_path, callbacks=[callback], accumulate_grad_batches=accumulate).fit(regularised, _data(ns))
-    ns.pl.seed_everything(0, verbose=False)
-    unregularised = Plain()
-    _trainer(ns, tmp_path, accumulate_grad_batches=accumulate).fit(unregularised, _data(ns))
-    for (name, a), b, c in zip(manual.model.state_dict().items(), regularised.model.state_dict().values(),
-                               unregularised.model.state_dict().values()):
-        torch.testing.assert_close(b, a, msg=name)
-    assert not all(torch.equal(b, c) for b, c in zip(regularised.model.state_dict().values(),
-                                                     unregularised.model.state_dict().values()))
+    nets = {name: _fit(ns, tmp_path, callbacks, module=cls, accumulate_grad_batches=accumulate)[0]
+            for name, cls, callbacks in (("manual", _penalised(ns, every=2), []), ("callback", Plain, [callback]),
+                                         ("plain", Plain, []))}
+    _assert_same_weights(nets["manual"].model, nets["callback"].model)
+    assert not all(torch.equal(b, c) for b, c in zip(nets["callback"].model.state_dict().values(),
+                                                     nets["plain"].model.state_dict().values()))
     assert callback.penalty.step == 6  # 2 epochs x 3 batches
 
 
@@ -371,15 +367,10 @@ def test_consistency_regularizer_equals_adding_it_to_the_loss(namespace, every, 
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx) + self.consistency(self.model, batch[0])
 
-    nets = {}
-    for name, cls, callbacks in (("manual", Manual, []), ("plain", Plain, []),
-                                 ("callback", Plain, [ns.callbacks.PaddingConsistencyRegularizer(0.5, every=every,
-                                                                                            model_attr="model")])):
-        ns.pl.seed_everything(0, verbose=False)
-        nets[name] = cls()
-        _trainer(ns, tmp_path, callbacks=callbacks).fit(nets[name], _data(ns))
-    for (key, a), b in zip(nets["manual"].model.state_dict().items(), nets["callback"].model.state_dict().values()):
-        torch.testing.assert_close(b, a, msg=key)
+    callback = ns.callbacks.PaddingConsistencyRegularizer(0.5, every=every, model_attr="model")
+    nets = {name: _fit(ns, tmp_path, callbacks, module=cls)[0]
+            for name, cls, callbacks in (("manual", Manual, []), ("plain", Plain, []), ("callback", Plain, [callback]))}
+    _assert_same_weights(nets["manual"].model, nets["callback"].model)
     assert not torch.equal(nets["callback"].model.features[0].weight, nets["plain"].model.features[0].weight)
     with pytest.raises(ValueError, match="unknown mode"):
         ns.callbacks.PaddingConsistencyRegularizer(mode="zeros")
@@ -407,15 +398,11 @@ def test_consistency_and_penalty_callbacks_compose(tmp_path):
                 self.penalty.set_images(batch[0][:16])  # the callback's calibration sample
             return loss + self.consistency(self.model, batch[0]) + self.penalty(self.model)
 
-    nets = {}
     callbacks = [ns.callbacks.PaddingConsistencyRegularizer(0.5, model_attr="model"),
                  ns.callbacks.PANRegularizer(weight=0.5, every=1, border_margin=0.0, model_attr="model")]
-    for name, cls, cbs in (("manual", Manual, []), ("callbacks", Plain, callbacks)):
-        ns.pl.seed_everything(0, verbose=False)
-        nets[name] = cls()
-        _trainer(ns, tmp_path, callbacks=cbs).fit(nets[name], _data(ns))
-    for (key, a), b in zip(nets["manual"].model.state_dict().items(), nets["callbacks"].model.state_dict().values()):
-        torch.testing.assert_close(b, a, msg=key)
+    nets = {name: _fit(ns, tmp_path, cbs, module=cls)[0]
+            for name, cls, cbs in (("manual", Manual, []), ("callbacks", Plain, callbacks))}
+    _assert_same_weights(nets["manual"].model, nets["callbacks"].model)
     assert callbacks[1].penalty.step == 6 and callbacks[0].consistency.step == 6
 
 
@@ -432,12 +419,9 @@ def test_consistency_regularizer_with_a_full_twin_equals_adding_it_to_the_loss(t
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx) + self.consistency(self.model, batch[0])
 
-    nets, callback = {}, ns.callbacks.PaddingConsistencyRegularizer(0.5, mode="full", model_attr="model")
-    for name, cls, callbacks in (("manual", Manual, []), ("callback", Plain, [callback]), ("plain", Plain, [])):
-        ns.pl.seed_everything(0, verbose=False)
-        nets[name] = cls()
-        _trainer(ns, tmp_path, callbacks=callbacks).fit(nets[name], _data(ns))
-    for (key, a), b in zip(nets["manual"].model.state_dict().items(), nets["callback"].model.state_dict().values()):
-        torch.testing.assert_close(b, a, msg=key)
+    callback = ns.callbacks.PaddingConsistencyRegularizer(0.5, mode="full", model_attr="model")
+    nets = {name: _fit(ns, tmp_path, callbacks, module=cls)[0]
+            for name, cls, callbacks in (("manual", Manual, []), ("callback", Plain, [callback]), ("plain", Plain, []))}
+    _assert_same_weights(nets["manual"].model, nets["callback"].model)
     assert not torch.equal(nets["callback"].model.features[0].weight, nets["plain"].model.features[0].weight)
     assert type(nets["callback"].model.features[0]) is nn.Conv2d  # the model keeps its padding
