@@ -613,8 +613,9 @@ def _half_eta2(model, pairs, report, x, y, chans, batch: int = 200) -> np.ndarra
 
 #: an oracle set is ``scale`` times as many channels per layer as the data scan flags there
 ORACLE_SCALES = (1, 4)
-#: lower data position thresholds (the default is 0.6) whose flags the oracle silences too: what
-#: re-tuning the threshold would give on the same network, fraction of filters included
+#: lower data position thresholds than the oracle scan's (find_pans' default on data) whose flags the
+#: oracle silences too: what re-tuning the threshold would give on the same network, fraction of
+#: filters included
 SWEEP_THRESHOLDS = (0.45, 0.3)
 #: the oracle's silenced sets (keys of a row's ``oracle``), in table order, with their names in prose
 ORACLE_SETS = {"flagged": "the flagged set", **{str(s): f"the oracle x{s}" for s in ORACLE_SCALES},
@@ -662,7 +663,8 @@ def measure_oracle_cell(arch: str, convention: str, size: int, seed: int = 0, de
     model, chans, xte, yte, base, pairs = c.model, c.chans, c.xte, c.yte, c.base, c.pairs
     report = find_pans(model, data=c.sample, dependence=False)
     row = dict(arch=arch, convention=convention, size=size, oracle_seed=seed, oracle_threads=torch.get_num_threads(),
-               oracle_cpu=cpu_name(), oracle_acc=[round(base[0], 4), round(base[1], 4)], oracle_pans=report.count)
+               oracle_cpu=cpu_name(), oracle_acc=[round(base[0], 4), round(base[1], 4)], oracle_pans=report.count,
+               oracle_threshold=report.position_threshold)
     chs = _pans(report)
     if chs:
         half_eta = _half_eta2(model, pairs, report, xte, yte, chans)
@@ -1065,6 +1067,8 @@ def oracle_section(rows: list[dict]) -> str:
     measured = [r for r in rows if "oracle_acc" in r]
     if not measured:
         return ""
+    flagged_at = " / ".join(f"{t:g}" for t in sorted({r.get("oracle_threshold", UNRECORDED_THRESHOLD)
+                                                         for r in measured}))
     lines = ["### Could any set of that size meet the margin? (oracle)", "",
              "The cell's network trained again (same seed; *matrix's* = the matrix row's test accuracies within "
              "1/1600 and its PAN count, else another CPU's rounding trained another network) and scanned on its "
@@ -1074,7 +1078,8 @@ def oracle_section(rows: list[dict]) -> str:
              "that many), each against as many random channels of the same layers (mean of 5); detector x4: 4x "
              "as many ranked by the data scan's position score instead; detector at "
              + " / ".join(map(str, SWEEP_THRESHOLDS)) + ": the data scan's "
-             "own flags at that position threshold (the default is 0.6), with their share of the filters "
+             f"own flags at that position threshold (the flagged set's: {flagged_at}), with their share of the "
+             "filters "
              "(- : not measured in that run). Cells: channels, drop digit / half, random drop digit / half, "
              "margin.", "",
              "| cell | network | acc | flagged | oracle x1 | oracle x4 | detector x4 | "

@@ -175,3 +175,10 @@ def test_at_threshold_refuses_what_the_row_cannot_say():
                    (_row(**_table_fields()), 0.45)):          # a 0.6 row says nothing of 0.45
         with pytest.raises(ValueError, match="resnet18:black:96"):
             bench.at_threshold(row, t)
+
+
+def test_oracle_section_names_the_threshold_its_flagged_sets_were_taken_at():
+    old, new = _oracle_row((0.01, 0.02, 0.4)), _oracle_row((0.01, 0.02, 0.4))
+    new["oracle_threshold"] = 0.5
+    assert "own flags at that position threshold (the flagged set's: 0.6)" in bench.oracle_section([old])
+    assert "(the flagged set's: 0.5 / 0.6)" in bench.oracle_section([new, old])
