@@ -41,11 +41,15 @@ Per cell:
 
 Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] [--device cuda] [--jsonl ...] [--out ...]``;
 ``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell. The
-published table: ``--from-jsonl --extra-jsonl benchmarks/results/detector_validity_carried.jsonl
-benchmarks/results/detector_validity_info.jsonl benchmarks/results/detector_validity_oracle.jsonl --free-from
-benchmarks/results/stem_canvas.jsonl`` (cells rerun for the later columns, same seed and threads: same
-networks, same flags; the data-free columns from
-``benchmarks/stem_canvas.py``'s scans of the same networks with the current probes, see :func:`overlay_free`).
+published table, at the default 0.5: ``--from-jsonl --jsonl benchmarks/results/detector_validity_t045.jsonl
+--extra-jsonl benchmarks/results/detector_validity_oracle_t050.jsonl --at 0.5 --free-from
+benchmarks/results/stem_canvas.jsonl --notes benchmarks/results/detector_validity_notes_050.md``; at 0.6
+(``--out benchmarks/results/detector_validity_060.md``): ``--from-jsonl --extra-jsonl
+benchmarks/results/detector_validity_carried.jsonl benchmarks/results/detector_validity_info.jsonl
+benchmarks/results/detector_validity_oracle.jsonl --free-from benchmarks/results/stem_canvas.jsonl`` (cells
+rerun for the later columns, same seed and threads: same networks, same flags). The data-free columns come
+from ``benchmarks/stem_canvas.py``'s scans of the same networks with the current probes, see
+:func:`overlay_free`.
 """
 from __future__ import annotations
 
@@ -1078,8 +1082,7 @@ def oracle_section(rows: list[dict]) -> str:
              "that many), each against as many random channels of the same layers (mean of 5); detector x4: 4x "
              "as many ranked by the data scan's position score instead; detector at "
              + " / ".join(map(str, SWEEP_THRESHOLDS)) + ": the data scan's "
-             f"own flags at that position threshold (the flagged set's: {flagged_at}), with their share of the "
-             "filters "
+             f"own flags at that position threshold (the flagged set's: {flagged_at}), with their share of the filters "
              "(- : not measured in that run). Cells: channels, drop digit / half, random drop digit / half, "
              "margin.", "",
              "| cell | network | acc | flagged | oracle x1 | oracle x4 | detector x4 | "
