@@ -24,7 +24,9 @@ accuracy 27.4%): fine-tuning the biased model on the same biased data for the or
 at weight 0.5 (training placement 92.4%); with the weight warmed up over the first quarter of the
 steps (``warmup=35``) to 89.6%; with that and the ink-probe placement penalty
 (:class:`pan_repair.repair.regularizer.PANPenalty`, ``probes="placement", style="ink"``) to 91.4%
-(91.8% on the 20 seeds held out while choosing these settings); circular padding itself: 92.1%.
+(91.8% on the 20 seeds held out while choosing these settings); re-run with the code of 2026-12-02
+(same seeds; single seeds differ by floating point): 90.0% warmed up, 90.2% with the penalty;
+circular padding itself: 92.1%.
 Fine-tuning without it: 15.2%. Weights 1 and 2 (3 seeds) gave 89.4% and 86.2%, hence the default
 0.5. Cost: one more forward and backward of the batch, 2.2-2.4x the plain step; 1.6x with
 ``every=2``.
