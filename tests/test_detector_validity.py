@@ -13,7 +13,7 @@ The targets, on the scan ``find_pans(model, data=<16 training images>)``:
 
 Which network one seed trains depends on the CPU's floating point, and so does whether its few
 flagged channels pass the selectivity target (the matrix misses it in 13 of 58 cells at seed 0, 11
-of 55 at seed 1). Measured at the default 0.5: on the Intel Xeon black, white and noisy canvases
+of 58 at seed 1). Measured at the default 0.5: on the Intel Xeon black, white and noisy canvases
 flag 2, 2 and 9 channels, margins +0.12, +0.36, +0.56 (benchmarks/results/detector_validity_t045.jsonl);
 on an AMD EPYC (AVX2) black and white flag 1 channel each at margins +0.04 and -0.003, where
 silencing as many random channels moves the half head by 0.05 and 0.01 (no power), while noisy
