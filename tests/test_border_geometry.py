@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pan_repair.layers.border_geometry import border_effects, clean_range, padding_effect
+from pan_repair.layers.border_geometry import border_effects, clean_range, padding_effect, padding_effect_parts
 from pan_repair.layers.padding import Padding
 
 
@@ -70,3 +70,31 @@ def test_padding_effect_is_the_whole_difference_and_zero_off_the_border(seed):
             assert torch.count_nonzero(d[:, :, rows, cols]) == 0
             checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_padding_effect_parts_rebuild_the_whole_effect(seed):
+    """The pieces, pasted into zeros, are the whole padding effect (they cover every non-zero
+    position, each once), on random geometry and on large maps where the bands are strips."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    cases = list(_cases(seed, 30, 4))
+    for k, s, d in [(3, 1, 1), (7, 2, 1), (3, 2, 2), (5, 1, 1)]:  # large maps: thin bands, computed as strips
+        conv = torch.nn.Conv2d(3, 4, k, s, 0, d).double()
+        x = torch.randn(2, 3, 40, 33, generator=gen, dtype=torch.float64)
+        cases.append((conv, x, Padding((d * (k - 1) // 2 + 1, d * (k - 1) // 2, d * (k - 1) // 2, 1), "zeros", 0.3)))
+    strips = 0
+    for conv, x, padding in cases:
+        try:
+            expected = padding_effect(x, conv, padding)
+        except RuntimeError:  # the kernel does not fit
+            continue
+        parts = padding_effect_parts(x, conv, padding)
+        rebuilt = torch.zeros_like(expected)
+        covered = torch.zeros(expected.shape[-2:], dtype=torch.int64)
+        for rows, cols, piece in parts:
+            rebuilt[..., rows, cols] += piece
+            covered[rows, cols] += 1
+        torch.testing.assert_close(rebuilt, expected, rtol=0, atol=1e-10)
+        assert int(covered.max()) == 1
+        strips += len(parts) > 1
+    assert strips >= 4

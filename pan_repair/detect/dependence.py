@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.border_geometry import padding_effect
+from ..layers.border_geometry import padding_effect_parts
 from ..layers.module_state import device_dtype, eval_mode, structural_copy
 from ..layers.padding import PadTracker, conv_layers
 from ..layers.padding_switch import convert_padding
@@ -32,13 +32,20 @@ class Dependence:
     per_output: list[tuple[float, float | None]] = field(default_factory=list)  # models with several outputs
 
 
+def _tiles(parts: list[tuple[slice, slice, torch.Tensor]], shape: torch.Size) -> bool:
+    """The pieces of a padding effect fit an output of ``shape`` (a conv whose output is what the
+    model returns from it)."""
+    full = torch.empty(shape[-2:], device="meta")
+    return all(d.shape[:2] == shape[:2] and d.shape[-2:] == full[rows, cols].shape for rows, cols, d in parts)
+
+
 def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
                        memory_format: torch.memory_format = torch.contiguous_format) -> Dependence:
     """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
     part of it (see the module docstring)."""
     device, dtype = device_dtype(model)
     x = images.to(device, dtype)
-    effects: dict[str, torch.Tensor] = {}
+    effects: dict[str, list[tuple[slice, slice, torch.Tensor]]] = {}
     outputs: dict[str, torch.Tensor] = {}
     pads = PadTracker(model)
 
@@ -50,7 +57,7 @@ def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple
             if not padding.makes_border:
                 return None
             with torch.no_grad():
-                effects[name] = padding_effect(xin, conv, padding)
+                effects[name] = padding_effect_parts(xin, conv, padding)
             outputs[name] = output
             return output.clone()  # in-place layers downstream must not modify what we differentiate by
         return fn
@@ -69,8 +76,9 @@ def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple
         for handle in handles:
             handle.remove()
         pads.remove()
-    attribution = {n: ((g * effects[n]).sum(dim=(0, 2, 3)).abs() / len(x)).float().cpu()
-                   for n, g in zip(names, grads) if g is not None and g.shape == effects[n].shape}
+    attribution = {n: (sum((g[..., rows, cols] * d).sum(dim=(0, 2, 3)) for rows, cols, d in effects[n]).abs()
+                       / len(x)).float().cpu()
+                   for n, g in zip(names, grads) if g is not None and _tiles(effects[n], g.shape)}
     twin = structural_copy(model)
     convert_padding(twin, "replicate")
     with eval_mode(twin), torch.no_grad():

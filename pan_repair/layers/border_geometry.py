@@ -17,7 +17,8 @@ from torch import nn
 
 from .padding import Padding, effective_weight
 
-__all__ = ["strip", "clean_range", "side_windows", "border_windows", "border_effects", "padding_effect", "SIDE_ORDER"]
+__all__ = ["strip", "clean_range", "side_windows", "border_windows", "border_effects", "padding_effect",
+           "padding_effect_parts", "SIDE_ORDER"]
 
 #: order of the sides in :func:`border_windows` and in every per-side (4, C) tensor
 SIDE_ORDER = ("top", "bottom", "left", "right")
@@ -112,3 +113,39 @@ def padding_effect(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> torch.
     left, right, top, bottom = padding.pads
     frame = strip(x, (-top, h + bottom), (-left, w + right), padding)  # the whole input: its padded frame
     return F.conv2d(frame, effective_weight(conv), None, conv.stride, 0, conv.dilation, conv.groups)
+
+
+#: a strip costs oneDNN about twice as much per output as the whole convolution (session 8), so
+#: the bands are computed as strips only where they are less than this share of the output
+_BAND_SHARE = 0.5
+
+
+def padding_effect_parts(x: torch.Tensor, conv: nn.Conv2d, padding: Padding
+                         ) -> list[tuple[slice, slice, torch.Tensor]]:
+    """:func:`padding_effect` where it can be non-zero, as ``(rows, cols, D)`` pieces of the
+    output (N, C_out, H', W'): the bands of output lines whose windows touch the padding (top and
+    bottom at full width, left and right between them), each the convolution of a strip of the
+    frame just wide enough for it. One piece, the whole output, where the bands are at least half
+    of it (small maps) or a band's window lies wholly in the padding. For any ``g`` of the
+    output's shape, ``sum over pieces of <g[..., rows, cols], D>`` equals ``<g, padding_effect(x)>``."""
+    h, w = x.shape[-2:]
+    left, right, top, bottom = padding.pads
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    n_rows, n_cols = (h + top + bottom - span_h) // sh + 1, (w + left + right - span_w) // sw + 1
+    r0, r1 = -(-top // sh), (h + top - span_h) // sh + 1  # output rows whose windows touch no padding
+    c0, c1 = -(-left // sw), (w + left - span_w) // sw + 1
+    bands = [((0, r0), (0, n_cols)), ((r1, n_rows), (0, n_cols)), ((r0, r1), (0, c0)), ((r0, r1), (c1, n_cols))]
+    bands = [(rb, cb) for rb, cb in bands if rb[0] < rb[1] and cb[0] < cb[1]]
+
+    def window(lines: Window, stride: int, span: int, before: int) -> Window:
+        return lines[0] * stride - before, (lines[1] - 1) * stride - before + span
+
+    windows = [(window(rb, sh, span_h, top), window(cb, sw, span_w, left)) for rb, cb in bands]
+    area = sum((rb[1] - rb[0]) * (cb[1] - cb[0]) for rb, cb in bands)
+    if (r0 >= r1 or c0 >= c1 or area >= _BAND_SHARE * n_rows * n_cols
+            or not all(r[1] > 0 and r[0] < h and c[1] > 0 and c[0] < w for r, c in windows)):
+        return [(slice(None), slice(None), padding_effect(x, conv, padding))]
+    weight = effective_weight(conv)
+    return [(slice(*rb), slice(*cb), F.conv2d(strip(x, r, c, padding), weight, None, conv.stride, 0, conv.dilation,
+                                              conv.groups)) for (rb, cb), (r, c) in zip(bands, windows)]
