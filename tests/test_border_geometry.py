@@ -82,6 +82,8 @@ def test_padding_effect_parts_rebuild_the_whole_effect(seed):
         conv = torch.nn.Conv2d(3, 4, k, s, 0, d).double()
         x = torch.randn(2, 3, 40, 33, generator=gen, dtype=torch.float64)
         cases.append((conv, x, Padding((d * (k - 1) // 2 + 1, d * (k - 1) // 2, d * (k - 1) // 2, 1), "zeros", 0.3)))
+    cases.append((torch.nn.Conv2d(3, 4, 3).double(), torch.randn(2, 3, 30, 30, generator=gen, dtype=torch.float64),
+                  Padding((-1, 2, 1, 1), "zeros", 0.0)))  # a crop: the whole output
     strips = 0
     for conv, x, padding in cases:
         try:
