@@ -84,6 +84,8 @@ def test_padding_effect_parts_rebuild_the_whole_effect(seed):
         cases.append((conv, x, Padding((d * (k - 1) // 2 + 1, d * (k - 1) // 2, d * (k - 1) // 2, 1), "zeros", 0.3)))
     cases.append((torch.nn.Conv2d(3, 4, 3).double(), torch.randn(2, 3, 30, 30, generator=gen, dtype=torch.float64),
                   Padding((-1, 2, 1, 1), "zeros", 0.0)))  # a crop: the whole output
+    cases.append((torch.nn.Conv2d(3, 4, 3, 2).double(), torch.randn(2, 3, 9, 9, generator=gen, dtype=torch.float64),
+                  Padding((0, 1, 0, 0), "zeros", 0.0)))  # no window reaches the padding: D is 0
     strips = 0
     for conv, x, padding in cases:
         try:

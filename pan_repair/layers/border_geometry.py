@@ -126,7 +126,8 @@ def padding_effect_parts(x: torch.Tensor, conv: nn.Conv2d, padding: Padding
     output (N, C_out, H', W'): the bands of output lines whose windows touch the padding (top and
     bottom at full width, left and right between them), each the convolution of a strip of the
     frame just wide enough for it. One piece, the whole output, where the bands are at least half
-    of it (small maps), a band's window lies wholly in the padding or a pad is negative (crops). For any ``g`` of the
+    of it (small maps), a band's window lies wholly in the padding, a pad is negative (crops) or no
+    output line reaches the padding (a stride that skips it). For any ``g`` of the
     output's shape, ``sum over pieces of <g[..., rows, cols], D>`` equals ``<g, padding_effect(x)>``."""
     h, w = x.shape[-2:]
     left, right, top, bottom = padding.pads
@@ -143,7 +144,7 @@ def padding_effect_parts(x: torch.Tensor, conv: nn.Conv2d, padding: Padding
 
     windows = [(window(rb, sh, span_h, top), window(cb, sw, span_w, left)) for rb, cb in bands]
     area = sum((rb[1] - rb[0]) * (cb[1] - cb[0]) for rb, cb in bands)
-    if (min(padding.pads) < 0 or r0 >= r1 or c0 >= c1 or area >= _BAND_SHARE * n_rows * n_cols
+    if (not bands or min(padding.pads) < 0 or r0 >= r1 or c0 >= c1 or area >= _BAND_SHARE * n_rows * n_cols
             or not all(r[1] > 0 and r[0] < h and c[1] > 0 and c[0] < w for r, c in windows)):
         return [(slice(None), slice(None), padding_effect(x, conv, padding))]
     weight = effective_weight(conv)
