@@ -115,8 +115,9 @@ def padding_effect(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> torch.
     return F.conv2d(frame, effective_weight(conv), None, conv.stride, 0, conv.dilation, conv.groups)
 
 
-#: a strip costs oneDNN about twice as much per output as the whole convolution (session 8), so
-#: the bands are computed as strips only where they are less than this share of the output
+#: a strip costs oneDNN about twice as much per output as the whole convolution
+#: (benchmarks/results/scan_speed.md), so the bands are computed as strips only where they are
+#: less than this share of the output
 _BAND_SHARE = 0.5
 
 
