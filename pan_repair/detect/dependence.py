@@ -32,13 +32,6 @@ class Dependence:
     per_output: list[tuple[float, float | None]] = field(default_factory=list)  # models with several outputs
 
 
-def _tiles(parts: list[tuple[slice, slice, torch.Tensor]], shape: torch.Size) -> bool:
-    """The pieces of a padding effect fit an output of ``shape`` (a conv whose output is what the
-    model returns from it)."""
-    full = torch.empty(shape[-2:], device="meta")
-    return all(d.shape[:2] == shape[:2] and d.shape[-2:] == full[rows, cols].shape for rows, cols, d in parts)
-
-
 def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple[int, ...],
                        memory_format: torch.memory_format = torch.contiguous_format) -> Dependence:
     """Output shift / flip rate against the replicate-padded twin, and each channel's first-order
@@ -78,7 +71,8 @@ def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple
         pads.remove()
     attribution = {n: (sum((g[..., rows, cols] * d).sum(dim=(0, 2, 3)) for rows, cols, d in effects[n]).abs()
                        / len(x)).float().cpu()
-                   for n, g in zip(names, grads) if g is not None and _tiles(effects[n], g.shape)}
+                   for n, g in zip(names, grads)
+                   if g is not None and all(g[..., rows, cols].shape == d.shape for rows, cols, d in effects[n])}
     twin = structural_copy(model)
     convert_padding(twin, "replicate")
     with eval_mode(twin), torch.no_grad():

@@ -135,18 +135,20 @@ def padding_effect_parts(x: torch.Tensor, conv: nn.Conv2d, padding: Padding
     (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     n_rows, n_cols = (h + top + bottom - span_h) // sh + 1, (w + left + right - span_w) // sw + 1
-    r0, r1 = -(-top // sh), (h + top - span_h) // sh + 1  # output rows whose windows touch no padding
-    c0, c1 = -(-left // sw), (w + left - span_w) // sw + 1
-    bands = [((0, r0), (0, n_cols)), ((r1, n_rows), (0, n_cols)), ((r0, r1), (0, c0)), ((r0, r1), (c1, n_cols))]
-    bands = [(rb, cb) for rb, cb in bands if rb[0] < rb[1] and cb[0] < cb[1]]
-
-    def window(lines: Window, stride: int, span: int, before: int) -> Window:
-        return lines[0] * stride - before, (lines[1] - 1) * stride - before + span
-
-    windows = [(window(rb, sh, span_h, top), window(cb, sw, span_w, left)) for rb, cb in bands]
-    area = sum((rb[1] - rb[0]) * (cb[1] - cb[0]) for rb, cb in bands)
-    if (not bands or min(padding.pads) < 0 or r0 >= r1 or c0 >= c1 or area >= _BAND_SHARE * n_rows * n_cols
-            or not all(r[1] > 0 and r[0] < h and c[1] > 0 and c[0] < w for r, c in windows)):
+    rows, cols = clean_range(h, kh, sh, dh, top, bottom), clean_range(w, kw, sw, dw, left, right)
+    # every window pads along an axis (clean_range then returns all lines), or a pad crops
+    whole = (min(padding.pads) < 0 or (rows == slice(0, n_rows) and bool(top or bottom))
+             or (cols == slice(0, n_cols) and bool(left or right)))
+    if not whole:
+        (r0, r1), (c0, c1) = (rows.start, rows.stop), (cols.start, cols.stop)
+        bands = [((0, r0), (0, n_cols)), ((r1, n_rows), (0, n_cols)), ((r0, r1), (0, c0)), ((r0, r1), (c1, n_cols))]
+        bands = [(rb, cb) for rb, cb in bands if rb[0] < rb[1] and cb[0] < cb[1]]
+        windows = [((rb[0] * sh - top, (rb[1] - 1) * sh - top + span_h),
+                    (cb[0] * sw - left, (cb[1] - 1) * sw - left + span_w)) for rb, cb in bands]
+        area = sum((rb[1] - rb[0]) * (cb[1] - cb[0]) for rb, cb in bands)
+        whole = (not bands or area >= _BAND_SHARE * n_rows * n_cols
+                 or not all(r[1] > 0 and r[0] < h and c[1] > 0 and c[0] < w for r, c in windows))
+    if whole:
         return [(slice(None), slice(None), padding_effect(x, conv, padding))]
     weight = effective_weight(conv)
     return [(slice(*rb), slice(*cb), F.conv2d(strip(x, r, c, padding), weight, None, conv.stride, 0, conv.dilation,
