@@ -1,6 +1,5 @@
 """The detector on networks whose PANs are known by construction, and its contract."""
 import copy
-import warnings
 
 import pytest
 import timm
@@ -284,6 +283,45 @@ def test_small_inputs_scan_and_name_the_layers_they_cannot_measure():
     assert "layer4.1.conv2" in report.unmeasured and "1x1" in report.unmeasured["layer4.1.conv2"]
     assert "layer1.0.conv1" not in report.unmeasured
     assert any("twin" in a for a in report.assumptions)
+
+
+def placement_net(k: int = 15, level: float = 0.5, threshold: float = 0.01, channels: int = 8) -> nn.Module:
+    """Stride 4 then a wide zero-padded conv over an 'object here' mask (pixels further than ``threshold``
+    from the canvas ``level``, 4x4 means): its pooled response is the object's area weighted by how many
+    windows reach it, which drops only near the border; every channel varies with where the object sits
+    and hardly with what it is."""
+    gen = torch.Generator().manual_seed(0)
+    deviation, mask = nn.Conv2d(3, 2, 4, stride=4), nn.Conv2d(2, 1, 1)
+    wide = nn.Conv2d(1, channels, k, padding=k // 2, bias=False)
+    with torch.no_grad():
+        deviation.weight.zero_()
+        deviation.weight[0], deviation.weight[1] = 1 / 48, -1 / 48
+        deviation.bias.copy_(torch.tensor([-level - threshold, level - threshold]))
+        mask.weight.fill_(1 / threshold)
+        mask.bias.zero_()
+        wide.weight.copy_(0.5 + torch.rand(channels, 1, k, k, generator=gen))
+    return nn.Sequential(deviation, nn.ReLU(), mask, nn.Hardtanh(0, 1), wide).eval()
+
+
+def test_data_free_scan_counts_no_position_pans_in_a_layer_that_varies_with_placement_as_a_whole():
+    from pan_repair.detect.detector import SATURATED_MEDIAN, scan_probes
+
+    net = placement_net()
+    free = find_pans(net, (3, 96, 96), input_range=(0, 1), border_threshold=1e9, dependence=False)
+    assert torch.tensor(free.scores["4"]["position"]).median() >= SATURATED_MEDIAN
+    assert free.count == 0
+    assert "position not resolved" in free.unmeasured["4"] and set(free.unmeasured) == {"4"}
+    # on images the content varies as it does in use: the same layer's channels are counted
+    probes = scan_probes(net, (3, 96, 96), input_range=(0, 1))
+    images = probes.images[probes.n_constants:probes.n_constants + 16]
+    on_data = find_pans(net, data=images, border_threshold=1e9, dependence=False)
+    assert on_data.count > 0 and {p.layer for p in on_data.pans} == {"4"} and not on_data.unmeasured
+    # a layer whose channels vary with placement less than with content keeps its position PANs
+    mixed = find_pans(placement_net(11, threshold=0.03), (3, 96, 96), input_range=(0, 1), border_threshold=1e9,
+                      dependence=False)
+    position = torch.tensor(mixed.scores["4"]["position"])
+    assert position.median() < SATURATED_MEDIAN and not mixed.unmeasured
+    assert mixed.count == int((position >= mixed.position_threshold).sum())
 
 
 def test_padding_dependence_and_shares():

@@ -51,7 +51,11 @@ exactly as found):
 
 **Rule.** A channel is a PAN of kind ``"border"`` if ``b_c >= border_threshold`` (default 1.4 on
 probes, 2.5 on data), else of kind ``"position"`` if ``p_c >= position_threshold`` (default 0.9 on
-probes, 0.5 on data); each channel is counted once. ``sides``: the sides
+probes, 0.5 on data); each channel is counted once. Without data, a layer whose median channel
+scores ``p >= 0.5`` (:data:`SATURATED_MEDIAN`) counts no position PANs: the whole layer varies with
+where the probe texture sits (small maps, every window near the border), so the probes cannot tell
+which channels encode position; ``report.unmeasured`` names the layer and a scan on data resolves
+it. ``sides``: the sides
 with ``rms_s / u_c >= border_threshold`` and at least half the strongest side's (border), or
 the axes with a score ``>= position_threshold`` (top+bottom for rolls along rows). ``sign``: +1 if
 the BatchNorm-scaled response is higher at the border (border kind: mean ``D`` on the strongest
@@ -91,8 +95,9 @@ from .probes import (ProbeBatch, calibration_images, data_canvases, resolve_conv
 from .recorder import LayerStats, inspection
 from .report import SIDES, LayerInfo, Pan, PanReport
 
-__all__ = ["find_pans", "probe_batch", "scan_probes", "total_stride", "DEFAULT_BORDER_THRESHOLD", "DEFAULT_POSITION_THRESHOLD",
-           "DEFAULT_DATA_BORDER_THRESHOLD", "DEFAULT_DATA_POSITION_THRESHOLD"]
+__all__ = ["find_pans", "probe_batch", "scan_probes", "total_stride", "DEFAULT_BORDER_THRESHOLD",
+           "DEFAULT_POSITION_THRESHOLD", "DEFAULT_DATA_BORDER_THRESHOLD", "DEFAULT_DATA_POSITION_THRESHOLD",
+           "SATURATED_MEDIAN"]
 
 #: Default threshold on the border score (units ``u_c``) on synthetic probes: Tukey's far-out
 #: fence (Q3 + 3 IQR) of the pretrained Lite0's data-free border scores (benchmarks/threshold_calibration.py)
@@ -106,6 +111,13 @@ DEFAULT_POSITION_THRESHOLD = 0.9
 #: the validity matrix's 60 digits networks 0.5 meets the causal margin in 45 where 0.6 meets it in 36,
 #: never flagging over 10% of the filters unselectively, benchmarks/results/threshold_matrix.md)
 DEFAULT_DATA_POSITION_THRESHOLD = 0.5
+#: Data-free only: a layer whose median channel has a position score of at least this on the probes
+#: varies with placement as a whole (one texture on a flat canvas: in layer3.1 and layer4 of two digits
+#: resnet18s at 224 px, medians 0.65-0.97 there against at most 0.14 on their images), so the probes
+#: cannot single out channels in it: no position PANs are counted there and ``report.unmeasured``
+#: names it (benchmarks/results/saturated_layers.md). The data threshold: half the layer or more
+#: would be PANs at it.
+SATURATED_MEDIAN = DEFAULT_DATA_POSITION_THRESHOLD
 _SIGMA_FLOOR = 0.05
 
 
@@ -349,14 +361,20 @@ def find_pans(
             eta2 = torch.zeros_like(eta2)
         else:
             eta2 = (eta2 - twin_eta.get(name, torch.zeros_like(eta2))).clamp_min(0)
-        layer_pans, scores[name] = _classify(stat, eta2.max(dim=0).values, eta2, edge,
-                                             border_threshold, position_threshold)
+        position = eta2.max(dim=0).values
+        saturated = images is None and float(position.median()) >= SATURATED_MEDIAN
+        layer_pans, scores[name] = _classify(stat, position, eta2, edge, border_threshold,
+                                             float("inf") if saturated else position_threshold)
         if dep is not None:
             share = dep.attribution.get(name)
             scores[name]["share"] = [0.0] * c if share is None else share.tolist()
         pans += layer_pans
-        if stat.unmeasured:
-            unmeasured[name] = f"border score not measured: {stat.unmeasured}"
+        why = [f"border score not measured: {stat.unmeasured}"] if stat.unmeasured else []
+        if saturated:
+            why.append(f"position not resolved per channel: the median channel scores {float(position.median()):.2f} "
+                       "on the probes (the whole layer varies with placement); scan with data")
+        if why:
+            unmeasured[name] = "; ".join(why)
     if dep is not None:
         total = sum(sum(s["share"]) for s in scores.values()) or 1.0
         for s in scores.values():
