@@ -113,7 +113,7 @@ DEFAULT_POSITION_THRESHOLD = 0.9
 DEFAULT_DATA_POSITION_THRESHOLD = 0.5
 #: Data-free only: a layer whose median channel has a position score of at least this on the probes
 #: varies with placement as a whole (one texture on a flat canvas: in layer3.1 and layer4 of two digits
-#: resnet18s at 224 px, medians 0.65-0.97 there against at most 0.14 on their images), so the probes
+#: resnet18s at 224 px, medians 0.65-0.97 there against at most 0.20 on their images), so the probes
 #: cannot single out channels in it: no position PANs are counted there and ``report.unmeasured``
 #: names it (benchmarks/results/saturated_layers.md). The data threshold: half the layer or more
 #: would be PANs at it.
