@@ -18,8 +18,6 @@ Usage: ``python benchmarks/saturated_layers.py --cells resnet18:white:224 ... [-
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,6 @@ import stem_canvas as sc
 from pan_repair import find_pans
 from pan_repair.layers import conv_bn_pairs
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
@@ -89,25 +86,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cells", nargs="+", default=[])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the cells' data, initialisation and training")
-    ap.add_argument("--cache", type=Path, default=None, help="folder of trained weights (read, and written)")
-    ap.add_argument("--jsonl", type=Path, default=RESULTS / "saturated_layers.jsonl")
-    ap.add_argument("--out", type=Path, default=RESULTS / "saturated_layers.md")
-    ap.add_argument("--from-jsonl", action="store_true")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if not args.from_jsonl:
-        for cell in args.cells:
-            row = measure(cell, args.cache, args.seed)
-            print(json.dumps(row), flush=True)
-            with args.jsonl.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
-    args.out.write_text(table(rows))
-    print(table(rows))
+    sc.run_cells("saturated_layers", __doc__, measure, table, argv)
 
 
 if __name__ == "__main__":

@@ -154,26 +154,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_cells(name: str, doc: str, measure_cell, tabulate, argv=None) -> None:
+    """The command line of a per-cell benchmark ``name``: measure ``--cells`` (rows appended to
+    ``results/<name>.jsonl``) or, with ``--from-jsonl``, only tabulate; write and print the table."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--cells", nargs="+", default=[])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="seed of the cells' data, initialisation and training")
     ap.add_argument("--cache", type=Path, default=None, help="folder of trained weights (read, and written)")
-    ap.add_argument("--jsonl", type=Path, default=RESULTS / "stem_canvas.jsonl")
-    ap.add_argument("--out", type=Path, default=RESULTS / "stem_canvas.md")
+    ap.add_argument("--jsonl", type=Path, default=RESULTS / f"{name}.jsonl")
+    ap.add_argument("--out", type=Path, default=RESULTS / f"{name}.md")
     ap.add_argument("--from-jsonl", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.from_jsonl:
         for cell in args.cells:
-            row = measure(cell, args.cache, args.seed)
+            row = measure_cell(cell, args.cache, args.seed)
             print(json.dumps(row), flush=True)
             with args.jsonl.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
-    args.out.write_text(table(rows))
-    print(table(rows))
+    args.out.write_text(tabulate(rows))
+    print(tabulate(rows))
+
+
+def main(argv=None) -> None:
+    run_cells("stem_canvas", __doc__, measure, table, argv)
 
 
 if __name__ == "__main__":

@@ -362,7 +362,8 @@ def find_pans(
         else:
             eta2 = (eta2 - twin_eta.get(name, torch.zeros_like(eta2))).clamp_min(0)
         position = eta2.max(dim=0).values
-        saturated = images is None and float(position.median()) >= SATURATED_MEDIAN
+        median = float(position.median())
+        saturated = images is None and median >= SATURATED_MEDIAN
         layer_pans, scores[name] = _classify(stat, position, eta2, edge, border_threshold,
                                              float("inf") if saturated else position_threshold)
         if dep is not None:
@@ -371,7 +372,7 @@ def find_pans(
         pans += layer_pans
         why = [f"border score not measured: {stat.unmeasured}"] if stat.unmeasured else []
         if saturated:
-            why.append(f"position not resolved per channel: the median channel scores {float(position.median()):.2f} "
+            why.append(f"position not resolved per channel: the median channel scores {median:.2f} "
                        "on the probes (the whole layer varies with placement); scan with data")
         if why:
             unmeasured[name] = "; ".join(why)
