@@ -1,5 +1,6 @@
 """The detector on networks whose PANs are known by construction, and its contract."""
 import copy
+from unittest import mock
 
 import pytest
 import timm
@@ -514,3 +515,27 @@ def test_scan_layout_is_invisible(monkeypatch):
         for key in ("border", "position", "share"):
             torch.testing.assert_close(torch.tensor(fast.scores[name][key]), torch.tensor(scores[key]),
                                        atol=2e-4, rtol=1e-3)
+
+
+def test_border_score_needs_padding_free_positions_to_compare_the_border_with():
+    """On a map where at most one output position per axis has a window free of padding (3x3
+    maps of a 3x3 kernel, 4x4 maps of a 5x5 kernel), a channel's content response is 0 by
+    construction and its border score is its border deviation over its std alone: unmeasured."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(6, 6, 5, padding=2))
+    with mock.patch("pan_repair.detect.recorder.MIN_INTERIOR", 0):
+        unguarded = find_pans(net, (3, 12, 12), dependence=False)
+    assert any(p.kind == "border" and p.layer == "2" for p in unguarded.pans)  # the 3x3 map's score, kappa = 0
+    small = find_pans(net, (3, 12, 12), dependence=False)
+    assert not [p for p in small.pans if p.kind == "border"]
+    assert set(small.unmeasured) == {"2", "4"}
+    assert "3x3 of a 3x3 kernel has 1 position(s)" in small.unmeasured["2"]
+    assert "3x3 of a 5x5 kernel has 0 position(s)" in small.unmeasured["4"]
+    middle = find_pans(net, (3, 16, 16), dependence=False)  # 4x4 maps: the 3x3 kernel leaves 2x2
+    assert set(middle.unmeasured) == {"4"} and "2" not in middle.unmeasured
+    with mock.patch("pan_repair.detect.recorder.MIN_INTERIOR", 0):
+        unguarded = find_pans(net, (3, 24, 24), dependence=False)
+    large = find_pans(net, (3, 24, 24), dependence=False)  # 6x6 maps: both measured, nothing changes
+    assert not large.unmeasured and large.count == unguarded.count > 0
+    assert large.scores == unguarded.scores

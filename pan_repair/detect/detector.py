@@ -33,7 +33,10 @@ exactly as found):
   (digits on black, in [0, 1]), the first layer's ``D`` is 0: it cannot see the border there.
   First layer, uniform input ``v``: ``D_top = -sum_{taps on the top padding} w * v``, checkable
   by hand. Needs an output of at least
-  3x3; smaller layers are listed in ``report.unmeasured``.
+  3x3 and at least 2 positions per padded axis whose windows touch no padding (``kappa`` is a
+  spread over them: on a 3x3 output of a 3x3 kernel, one position, ``kappa = 0`` by construction
+  and the score would be the deviation over ``sigma`` alone, which at 96 px flagged 437 of
+  resnet18's layer4 channels data-free); other layers are listed in ``report.unmeasured``.
 * *position score* ``p_c`` in [0, 1] (every conv): ``P`` base images (data images or probe
   textures) are rolled circularly to ``Q`` evenly spaced places along rows and along columns
   (:func:`pan_repair.detect.probes.roll_grid`). ``eta2_a`` is the share of the variance of the channel's

@@ -12,7 +12,7 @@ import torch
 from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
-from ..layers.border_geometry import border_effects, clean_range
+from ..layers.border_geometry import border_effects, clean_count, clean_range
 from ..layers.module_state import device_dtype, eval_mode
 from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, untrained_bn
 
@@ -62,16 +62,44 @@ def border_deviation(x: torch.Tensor, conv: nn.Conv2d, padding: Padding) -> tupl
     return rms, mean
 
 
+#: the border score compares the padding's effect with the channel's content response, a spread over
+#: the output positions whose windows touch no padding: it needs at least this many of them along
+#: each padded axis (a 3x3 output of a 3x3 kernel has one; a 4x4 output of a 5x5 kernel none)
+MIN_INTERIOR = 2
+
+
+def interior(size: tuple[int, int], conv: nn.Conv2d, padding: Padding) -> tuple[slice, slice, int]:
+    """Output rows and columns whose windows touch no padding, and the fewest of them along a
+    padded axis."""
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    left, right, top, bottom = padding.pads
+    rows, cols = clean_range(size[0], kh, sh, dh, top, bottom), clean_range(size[1], kw, sw, dw, left, right)
+    counts = [clean_count(size[0], kh, sh, dh, top) if top or bottom else None,
+              clean_count(size[1], kw, sw, dw, left) if left or right else None]
+    return rows, cols, min((n for n in counts if n is not None), default=min(size))
+
+
+def border_unmeasured(size: tuple[int, int], out: tuple[int, int], conv: nn.Conv2d, padding: Padding) -> str | None:
+    """Why the border score cannot be measured on a conv's output ``out`` (H, W) from an input of
+    ``size``, None where it can: it needs a border line with an interior (an output of at least
+    3x3) and a content response (:data:`MIN_INTERIOR` padding-free positions per padded axis)."""
+    if min(out) < 3:
+        return f"output {out[0]}x{out[1]} has no border line with an interior"
+    clean = interior(size, conv, padding)[2]
+    if clean < MIN_INTERIOR:
+        k = "x".join(str(v) for v in conv.kernel_size)
+        return (f"output {out[0]}x{out[1]} of a {k} kernel has {clean} position(s) per axis whose windows touch "
+                "no padding: no content response to compare the border with")
+    return None
+
+
 def content_scale(y: torch.Tensor, index: torch.Tensor, size: tuple[int, int], conv: nn.Conv2d,
                    padding: Padding) -> torch.Tensor | None:
     """Per channel: the mean over the images ``index`` of the strongest interior response,
     ``max |y - mean y|`` over the output positions whose windows touch no padding (None where
-    there are none)."""
-    k, s, d = conv.kernel_size, conv.stride, conv.dilation
-    left, right, top, bottom = padding.pads
-    rows = clean_range(size[0], k[0], s[0], d[0], top, bottom)
-    cols = clean_range(size[1], k[1], s[1], d[1], left, right)
-    if (rows == slice(0, y.shape[-2]) and (top or bottom)) or (cols == slice(0, y.shape[-1]) and (left or right)):
+    there are none; the border score asks for :data:`MIN_INTERIOR` per padded axis)."""
+    rows, cols, clean = interior(size, conv, padding)
+    if clean == 0:
         return None
     inner = y.index_select(0, index.to(y.device))[:, :, rows, cols].flatten(2).float()  # one copy, contiguous
     low, high = torch.aminmax(inner, dim=2)
@@ -188,9 +216,8 @@ class Recorder:
             y = output.detach()
             with one_thread(self.device):
                 if padding.makes_border and self.n_border:
-                    if min(y.shape[-2:]) < 3:
-                        stat.unmeasured = f"output {y.shape[-2]}x{y.shape[-1]} has no border line with an interior"
-                    else:
+                    stat.unmeasured = border_unmeasured(x.shape[-2:], y.shape[-2:], conv, padding)
+                    if stat.unmeasured is None:
                         stat.border_rms, stat.border_mean = border_deviation(x[: self.n_border], conv, padding)
                         stat.content = content_scale(y, self.content, x.shape[-2:], conv, padding)
                 if name not in self.feeds_bn:  # else the BatchNorm hook pools relu(bn(y))

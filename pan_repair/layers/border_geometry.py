@@ -17,7 +17,7 @@ from torch import nn
 
 from .padding import Padding, effective_weight
 
-__all__ = ["strip", "clean_range", "side_windows", "border_windows", "border_effects", "padding_effect",
+__all__ = ["strip", "clean_range", "clean_count", "side_windows", "border_windows", "border_effects", "padding_effect",
            "padding_effect_parts", "SIDE_ORDER"]
 
 #: order of the sides in :func:`border_windows` and in every per-side (4, C) tensor
@@ -35,12 +35,22 @@ def strip(x: torch.Tensor, rows: Window, cols: Window, padding: Padding) -> torc
     return F.pad(part, pads, value=padding.value) - F.pad(part, pads, mode="replicate")
 
 
+def _clean_bounds(size: int, kernel: int, stride: int, dilation: int, before: int) -> tuple[int, int]:
+    span = dilation * (kernel - 1) + 1
+    return -(-before // stride), (size + before - span) // stride
+
+
 def clean_range(size: int, kernel: int, stride: int, dilation: int, before: int, after: int) -> slice:
     """Output indices along one axis whose windows touch no padding (all of them if none do)."""
-    span = dilation * (kernel - 1) + 1
-    n_out = (size + before + after - span) // stride + 1
-    first, last = -(-before // stride), (size + before - span) // stride
+    first, last = _clean_bounds(size, kernel, stride, dilation, before)
+    n_out = (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
     return slice(first, last + 1) if first <= last else slice(0, n_out)
+
+
+def clean_count(size: int, kernel: int, stride: int, dilation: int, before: int) -> int:
+    """How many output indices along one axis have windows that touch no padding (0 if none)."""
+    first, last = _clean_bounds(size, kernel, stride, dilation, before)
+    return max(0, last - first + 1)
 
 
 def side_windows(size: int, kernel: int, stride: int, dilation: int, before: int, after: int

@@ -71,7 +71,7 @@ from ..detect.detector import (DEFAULT_BORDER_THRESHOLD, DEFAULT_DATA_BORDER_THR
 from ..detect.forward import Prepass, prepass, total_stride
 from ..detect.implied import stem_level
 from ..detect.probes import ProbeBatch, data_canvases, resolve_convention, roll_grid
-from ..detect.recorder import content_scale
+from ..detect.recorder import border_unmeasured, content_scale
 from ..layers.border_geometry import border_effects
 from ..layers.module_state import device_dtype, eval_mode
 from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, untrained_bn
@@ -308,8 +308,8 @@ class _DetectorCapture:
             if not self.border:
                 return
             padding, x = self._pads.resolve(module, inputs[0])
-            if padding.makes_border:
-                self.d2[name] = _border_d2(x[: self.n_constants], module, padding)
+            if padding.makes_border and border_unmeasured(x.shape[-2:], output.shape[-2:], module, padding) is None:
+                self.d2[name] = _border_d2(x[: self.n_constants], module, padding)  # as the detector measures
                 self.content[name] = content_scale(output.detach(), self.content_index,
                                                    tuple(x.shape[-2:]), module, padding)
         return hook
