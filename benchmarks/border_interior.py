@@ -59,7 +59,7 @@ def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     arch, convention, size = cell.split(":")
     t0 = time.perf_counter()
     row = dict(arch=arch, convention=convention, size=int(size), seed=seed, threads=torch.get_num_threads(),
-               cpu=dv.cpu_name())
+               cpu=dv.cpu_name(), date=time.strftime("%Y-%m-%d"), torch=torch.__version__.split("+")[0])
     if arch == "lite0":
         from pan_repair.models.pretrained import load_efficientnet_lite0
 
@@ -100,6 +100,9 @@ def table(rows: list[dict]) -> str:
              "score measured on every output of at least 3x3; *after*: only where each padded axis has at least 2 "
              "output positions whose windows touch no padding (*named*: layers the rule leaves unmeasured, of all). "
              "*free*: data-free; *data*: on 16 training images (Lite0: 16 photos).", "",
+             f"Measured {', '.join(sorted({r.get('date', '?') for r in rows}))}, torch "
+             f"{', '.join(sorted({r.get('torch', '?') for r in rows}))}; {len(rows)} cells, "
+             f"{sum(r['cell_s'] for r in rows):,.0f} s (training included where not cached).", "",
              "| cell | seed, threads | CPU | scan | before | after | named |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         for key in ("free", "data"):
