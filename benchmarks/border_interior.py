@@ -110,12 +110,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['arch']} {r['convention']} {r['size']} px | {r.get('seed', 0)}, {r['threads']} | "
                          f"{r['cpu']} | {key} | {_scan(s['before'])} | {_scan(s['after'])} | "
                          f"{s['named']} of {s['layers']} |")
-    digits = [r[k] for r in rows if r["arch"] != "lite0" for k in ("free", "data")]
-    over = [sum(sc._over(s[w]) for s in digits) for w in ("before", "after")]
-    met = [sum((s[w].get("margin") or 0.0) >= dv.MARGIN_TARGET for s in digits) for w in ("before", "after")]
-    return "\n".join(lines + ["", f"Digits scans over {dv.FRACTION_TARGET:.0%} flagged without a margin of "
-                                  f"{dv.MARGIN_TARGET}: {over[0]} of {len(digits)} before, {over[1]} after; margin "
-                                  f"met in {met[0]} before, {met[1]} after.", ""])
+    digits = [(r[k]["before"], r[k]["after"]) for r in rows if r["arch"] != "lite0" for k in ("free", "data")]
+    return "\n".join(lines + ["", sc.summary(digits, "Digits scans over", ""), ""])
 
 
 def main(argv=None) -> None:

@@ -78,11 +78,7 @@ def table(rows: list[dict]) -> str:
                      f"{r['cpu']} | {r['acc_digit']:.2f} / {r['acc_half']:.2f} | {sc._scan(r['before'])} | "
                      f"{sc._scan(r['after'])} | {len(r['saturated'])} of {r['layers']} | {sc._pct(r['data_frac'])} | "
                      f"{shared} |")
-    met = [sum((s.get("margin") or 0.0) >= dv.MARGIN_TARGET for s in (r[k] for r in rows)) for k in ("before", "after")]
-    return "\n".join(lines + ["", f"Over {dv.FRACTION_TARGET:.0%} flagged without a margin of {dv.MARGIN_TARGET}: "
-                                  f"{sum(sc._over(r['before']) for r in rows)} of {len(rows)} cells before, "
-                                  f"{sum(sc._over(r['after']) for r in rows)} after; margin met in {met[0]} before, "
-                                  f"{met[1]} after.", ""])
+    return "\n".join(lines + ["", sc.summary([(r["before"], r["after"]) for r in rows]), ""])
 
 
 def main(argv=None) -> None:

@@ -116,6 +116,14 @@ def _over(scan: dict) -> bool:
     return scan["frac"] > dv.FRACTION_TARGET and (scan.get("margin") or 0.0) < dv.MARGIN_TARGET
 
 
+def summary(pairs: list[tuple[dict, dict]], lead: str = "Over", unit: str = " cells") -> str:
+    """How many (before, after) scans flag over the fraction target without the margin, and meet the margin."""
+    over = [sum(_over(p[i]) for p in pairs) for i in (0, 1)]
+    met = [sum((p[i].get("margin") or 0.0) >= dv.MARGIN_TARGET for p in pairs) for i in (0, 1)]
+    return (f"{lead} {dv.FRACTION_TARGET:.0%} flagged without a margin of {dv.MARGIN_TARGET}: {over[0]} of "
+            f"{len(pairs)}{unit} before, {over[1]} after; margin met in {met[0]} before, {met[1]} after.")
+
+
 def _section(rows: list[dict]) -> list[str]:
     lines = ["| cell | digit / half acc | implied level | before | after | data | shared |",
              "|---|---|---|---|---|---|---|"]

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,3 +24,13 @@ def load_script(path: Path, name: str) -> ModuleType:
 def benchmark(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as module ``<name>_bench``."""
     return load_script(ROOT / "benchmarks" / f"{name}.py", f"{name}_bench")
+
+
+def measure_one_thread(bench: ModuleType, *args):
+    """``bench.measure(*args)`` at one torch thread (the benchmarks' figures are per thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return bench.measure(*args)
+    finally:
+        torch.set_num_threads(threads)

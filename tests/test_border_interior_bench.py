@@ -4,9 +4,8 @@ axis keeps padding-free positions, so the rule changes nothing), its trained wei
 from __future__ import annotations
 
 import pytest
-import torch
 
-from _scripts import benchmark
+from _scripts import benchmark, measure_one_thread
 
 pytestmark = pytest.mark.slow
 
@@ -14,12 +13,7 @@ bench = benchmark("border_interior")
 
 
 def test_a_cell_is_scanned_with_and_without_the_rule(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        row = bench.measure("smallcnn:black:32", tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    row = measure_one_thread(bench, "smallcnn:black:32", tmp_path)
     assert (tmp_path / "smallcnn_black_32.pt").exists()
     assert row["acc_half"] >= 0.9
     for key in ("free", "data"):

@@ -3,9 +3,8 @@ validity-matrix cell (SmallCNN, digits on a noisy background, 32 px), its traine
 from __future__ import annotations
 
 import pytest
-import torch
 
-from _scripts import benchmark
+from _scripts import benchmark, measure_one_thread
 
 pytestmark = pytest.mark.slow
 
@@ -13,12 +12,7 @@ bench = benchmark("saturated_layers")
 
 
 def test_a_cell_is_scanned_with_and_without_the_rule(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        row = bench.measure("smallcnn:noisy:32", tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    row = measure_one_thread(bench, "smallcnn:noisy:32", tmp_path)
     assert (tmp_path / "smallcnn_noisy_32.pt").exists()
     assert row["acc_half"] >= 0.9 and row["layers"] == 5
     # the rule only takes position PANs away, in the layers it names

@@ -3,9 +3,8 @@ on a validity-matrix cell (SmallCNN, [0, 1] digits on white, 32 px), its trained
 from __future__ import annotations
 
 import pytest
-import torch
 
-from _scripts import benchmark
+from _scripts import benchmark, measure_one_thread
 
 pytestmark = pytest.mark.slow
 
@@ -13,13 +12,8 @@ bench = benchmark("stem_canvas")
 
 
 def test_a_cell_is_scanned_before_and_after_and_its_weights_cached(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        row = bench.measure("smallcnn:white:32", tmp_path)
-        again = bench.measure("smallcnn:white:32", tmp_path)  # from the cache: the same network
-    finally:
-        torch.set_num_threads(threads)
+    row = measure_one_thread(bench, "smallcnn:white:32", tmp_path)
+    again = measure_one_thread(bench, "smallcnn:white:32", tmp_path)  # from the cache: the same network
     assert (tmp_path / "smallcnn_white_32.pt").exists()
     assert row["acc_half"] >= 0.9 and float(row["level"]) > 0.9  # white background: about 0.96
     for key in ("acc_digit", "acc_half", "before", "after", "data_frac"):
