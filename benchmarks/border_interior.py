@@ -8,13 +8,12 @@ only where each padded axis has at least ``MIN_INTERIOR`` (2) such positions and
 layers in ``report.unmeasured``; *before*: the same call with the rule off (``MIN_INTERIOR`` = 0,
 the detector otherwise unchanged). Applies to scans on data and data-free alike.
 
-Cells: digits cells of the validity matrix (``benchmarks/detector_validity.py``: same data, networks,
-training, seed and selectivity; trained as ``benchmarks/stem_canvas.py`` trains them, ``--cache DIR``
-keeps the weights) and ``lite0:photos:SIZE`` (the pretrained Lite0 on the matrix's 16 photos; no heads,
-so no margin). Per cell and scan (data-free; on 16 training images or photos): fraction flagged,
-border PANs, causal margin (half-head minus digit-head drop when the flagged channels are silenced,
-minus the same for as many random channels of the same layers, mean of 5 draws), and how many layers
-the rule names.
+Cells: digits cells of the validity matrix (``benchmarks/detector_validity.py``: same data,
+networks, training, seed and selectivity; ``--cache DIR`` keeps the trained weights) and
+``lite0:photos:SIZE`` (the pretrained Lite0 on the matrix's 16 photos; no heads, so no margin). Per
+cell and scan (data-free; on 16 training images or photos): fraction flagged, border PANs, causal
+margin (half-head minus digit-head drop when the flagged channels are silenced, minus the same for
+as many random channels of the same layers, mean of 5 draws), and how many layers the rule names.
 
 Usage: ``python benchmarks/border_interior.py --cells resnet18:black:96 lite0:photos:96 ... [--threads N]
 [--cache DIR]``; ``--from-jsonl`` tabulates an earlier run.
@@ -33,7 +32,6 @@ import detector_validity as dv
 import stem_canvas as sc
 
 from pan_repair import find_pans
-from pan_repair.layers import conv_bn_pairs
 
 RULE = "content response"  # the words of the rule's reasons in report.unmeasured
 
@@ -68,17 +66,13 @@ def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
             before, after = _scans(model, tuple(sample.shape[1:]), free_conv, data)
             row[key] = dict(before=_counts(before), after=_counts(after), named=_named(after), layers=len(after.layers))
     else:
-        model, chans, xtr, xte, yte, free_conv = sc.trained(arch, convention, int(size), cache, seed)
-        base = dv.evaluate(model, xte, yte, chans)
-        sample = dv._chans(xtr[:dv.SAMPLE], chans)
-        pairs = conv_bn_pairs(model, tuple(sample.shape[1:]))
-        row.update(acc_digit=round(float(base[0]), 4), acc_half=round(float(base[1]), 4))
-        for key, data in (("free", None), ("data", sample)):
-            before, after = _scans(model, tuple(sample.shape[1:]), free_conv, data)
-            scanned = sc.scan_row(model, before, pairs, xte, yte, chans, base)
+        cell = dv.trained_cell(arch, convention, int(size), seed, cache=cache)
+        row.update(acc_digit=round(float(cell.base[0]), 4), acc_half=round(float(cell.base[1]), 4))
+        for key, data in (("free", None), ("data", cell.sample)):
+            before, after = _scans(cell.model, tuple(cell.sample.shape[1:]), cell.free_conv, data)
+            scanned = sc.scan_row(cell, before)
             same = dv._pans(before) == dv._pans(after)
-            row[key] = dict(before=scanned, after=scanned if same else sc.scan_row(model, after, pairs, xte, yte,
-                                                                                  chans, base),
+            row[key] = dict(before=scanned, after=scanned if same else sc.scan_row(cell, after),
                             named=_named(after), layers=len(after.layers))
     row["cell_s"] = round(time.perf_counter() - t0, 1)
     return row

@@ -409,13 +409,24 @@ class TrainedCell:
     pairs: dict[str, str]
 
 
-def trained_cell(arch: str, convention: str, size: int, seed: int = 0, device: str = "cpu") -> TrainedCell:
-    """:class:`TrainedCell` of ``arch`` on ``convention`` canvases of ``size`` px."""
+def trained_cell(arch: str, convention: str, size: int, seed: int = 0, device: str = "cpu",
+                 cache: Path | None = None) -> TrainedCell:
+    """:class:`TrainedCell` of ``arch`` on ``convention`` canvases of ``size`` px; with ``cache`` (a
+    folder) its weights are loaded from ``<arch>_<convention>_<size>[_seed<s>].pt`` there when present
+    (``t_train`` 0), else trained and saved there."""
     epochs, lr, batch, copies = budget(arch, size)
     xtr, ytr, xte, yte, free_conv = dataset(size, convention, copies, seed)
     model, chans = build(arch, size, seed)
     model.to(device)
-    _, t_train = _timed(train, model, xtr, ytr, chans, epochs, lr, batch, seed)
+    path = None if cache is None else cache / f"{arch}_{convention}_{size}{'' if seed == 0 else f'_seed{seed}'}.pt"
+    if path is not None and path.exists():
+        model.load_state_dict(torch.load(path, map_location=device))
+        t_train = 0.0
+    else:
+        _, t_train = _timed(train, model, xtr, ytr, chans, epochs, lr, batch, seed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
     sample = _chans(xtr[:SAMPLE], chans)
     return TrainedCell(model, chans, xtr, xte, yte, free_conv, epochs, t_train, evaluate(model, xte, yte, chans),
                        sample, conv_bn_pairs(model, tuple(sample.shape[1:])))

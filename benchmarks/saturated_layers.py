@@ -6,12 +6,12 @@ texture sits and the probes cannot single out channels (:mod:`pan_repair.detect.
 *Before*: the same call with the rule off (``SATURATED_MEDIAN`` = inf), the detector otherwise
 unchanged; data scans are not affected.
 
-Cells: digits cells of the validity matrix (``benchmarks/detector_validity.py``: same data, networks,
-training, seed and selectivity; trained as ``benchmarks/stem_canvas.py`` trains them, ``--cache DIR``
-keeps the weights). Per cell: fraction flagged and causal margin (half-head minus digit-head drop
-when the flagged channels are silenced, minus the same for as many random channels of the same
-layers, mean of 5 draws) before and after, the layers the rule names, and the data scan's fraction
-(16 training images) with the share of the after-flags it flags too.
+Cells: digits cells of the validity matrix (``benchmarks/detector_validity.py``: same data,
+networks, training, seed and selectivity; ``--cache DIR`` keeps the trained weights). Per cell:
+fraction flagged and causal margin (half-head minus digit-head drop when the flagged channels are
+silenced, minus the same for as many random channels of the same layers, mean of 5 draws) before and
+after, the layers the rule names, and the data scan's fraction (16 training images) with the share
+of the after-flags it flags too.
 
 Usage: ``python benchmarks/saturated_layers.py --cells resnet18:white:224 ... [--threads N] [--cache DIR]``;
 ``--from-jsonl`` tabulates an earlier run.
@@ -30,18 +30,14 @@ import detector_validity as dv
 import stem_canvas as sc
 
 from pan_repair import find_pans
-from pan_repair.layers import conv_bn_pairs
-
 
 
 def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     arch, convention, size = cell.split(":")
     t0 = time.perf_counter()
-    model, chans, xtr, xte, yte, free_conv = sc.trained(arch, convention, int(size), cache, seed)
-    base = dv.evaluate(model, xte, yte, chans)
-    sample = dv._chans(xtr[:dv.SAMPLE], chans)
+    cell = dv.trained_cell(arch, convention, int(size), seed, cache=cache)
+    model, sample, free_conv, base = cell.model, cell.sample, cell.free_conv, cell.base
     input_size = tuple(sample.shape[1:])
-    pairs = conv_bn_pairs(model, input_size)
     with mock.patch("pan_repair.detect.detector.SATURATED_MEDIAN", float("inf")):
         before = find_pans(model, input_size, dependence=False, **free_conv)
     after = find_pans(model, input_size, dependence=False, **free_conv)
@@ -51,8 +47,7 @@ def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     saturated = [name for name, why in after.unmeasured.items() if "position not resolved" in why]
     row = dict(arch=arch, convention=convention, size=int(size), seed=seed, threads=torch.get_num_threads(),
                cpu=dv.cpu_name(), acc_digit=round(float(base[0]), 4), acc_half=round(float(base[1]), 4),
-               before=sc.scan_row(model, before, pairs, xte, yte, chans, base),
-               after=sc.scan_row(model, after, pairs, xte, yte, chans, base),
+               before=sc.scan_row(cell, before), after=sc.scan_row(cell, after),
                saturated=saturated, layers=len(after.layers), data_frac=round(data.fraction, 4),
                after_on_data=round(sum(c in on_data for c in flagged) / len(flagged), 3) if flagged else None)
     row["cell_s"] = round(time.perf_counter() - t0, 1)

@@ -35,27 +35,9 @@ from pan_repair import find_pans
 from pan_repair.detect.forward import prepass
 from pan_repair.detect.implied import stem_level
 from pan_repair.detect.probes import resolve_convention
-from pan_repair.layers import conv_bn_pairs
 from pan_repair.layers.module_state import device_dtype
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def trained(arch: str, convention: str, size: int, cache: Path | None, seed: int = 0):
-    """The matrix cell's network, trained as the matrix trains it (or loaded from ``cache``), and its data."""
-    epochs, lr, batch, copies = dv.budget(arch, size)
-    xtr, ytr, xte, yte, free_conv = dv.dataset(size, convention, copies, seed)
-    model, chans = dv.build(arch, size, seed)
-    suffix = "" if seed == 0 else f"_seed{seed}"
-    path = None if cache is None else cache / f"{arch}_{convention}_{size}{suffix}.pt"
-    if path is not None and path.exists():
-        model.load_state_dict(torch.load(path))
-    else:
-        dv.train(model, xtr, ytr, chans, epochs, lr, batch, seed)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), path)
-    return model.eval(), chans, xtr, xte, yte, free_conv
 
 
 def probe_level(model, input_size: tuple[int, int, int], convention: dict) -> str | None:
@@ -66,12 +48,14 @@ def probe_level(model, input_size: tuple[int, int, int], convention: dict) -> st
     return None if found is None else f"{found[0]:.2f}"
 
 
-def scan_row(model, report, pairs, xte, yte, chans, base) -> dict:
+def scan_row(cell: "dv.TrainedCell", report) -> dict:
+    """Fraction and kinds of ``report``'s PANs on ``cell``'s network, and their causal margin."""
     chs = dv._pans(report)
     row = dict(frac=round(report.fraction, 4), kinds=dv._kinds(report))
     if chs:
-        d = dv.drops(model, pairs, chs, xte, yte, chans, base)
-        r, _ = dv.random_drops(model, pairs, chs, xte, yte, chans, base)
+        args = (cell.model, cell.pairs, chs, cell.xte, cell.yte, cell.chans, cell.base)
+        d = dv.drops(*args)
+        r, _ = dv.random_drops(*args)
         row.update(margin=round(dv.selectivity(d) - dv.selectivity(r), 4),
                    drop_flagged=[round(float(v), 4) for v in d[:2]], drop_random=[round(float(v), 4) for v in r[:2]])
     return row
@@ -80,11 +64,9 @@ def scan_row(model, report, pairs, xte, yte, chans, base) -> dict:
 def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     arch, convention, size = cell.split(":")
     t0 = time.perf_counter()
-    model, chans, xtr, xte, yte, free_conv = trained(arch, convention, int(size), cache, seed)
-    base = dv.evaluate(model, xte, yte, chans)
-    sample = dv._chans(xtr[:dv.SAMPLE], chans)
+    cell = dv.trained_cell(arch, convention, int(size), seed, cache=cache)
+    model, sample, free_conv = cell.model, cell.sample, cell.free_conv
     input_size = tuple(sample.shape[1:])
-    pairs = conv_bn_pairs(model, input_size)
     with mock.patch("pan_repair.detect.detector.stem_level", return_value=None):
         before = find_pans(model, input_size, dependence=False, **free_conv)
     after = find_pans(model, input_size, dependence=False, **free_conv)
@@ -92,10 +74,9 @@ def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     on_data = set(dv._pans(data))
     flagged = dv._pans(after)
     row = dict(arch=arch, convention=convention, size=int(size), seed=seed, threads=torch.get_num_threads(),
-               acc_digit=round(float(base[0]), 4), acc_half=round(float(base[1]), 4),
+               acc_digit=round(float(cell.base[0]), 4), acc_half=round(float(cell.base[1]), 4),
                level=probe_level(model, input_size, free_conv),
-               before=scan_row(model, before, pairs, xte, yte, chans, base),
-               after=scan_row(model, after, pairs, xte, yte, chans, base),
+               before=scan_row(cell, before), after=scan_row(cell, after),
                data_frac=round(data.fraction, 4),
                after_on_data=round(sum(c in on_data for c in flagged) / len(flagged), 3) if flagged else None)
     row["cell_s"] = round(time.perf_counter() - t0, 1)
