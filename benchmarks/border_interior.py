@@ -66,13 +66,13 @@ def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
             before, after = _scans(model, tuple(sample.shape[1:]), free_conv, data)
             row[key] = dict(before=_counts(before), after=_counts(after), named=_named(after), layers=len(after.layers))
     else:
-        cell = dv.trained_cell(arch, convention, int(size), seed, cache=cache)
-        row.update(acc_digit=round(float(cell.base[0]), 4), acc_half=round(float(cell.base[1]), 4))
-        for key, data in (("free", None), ("data", cell.sample)):
-            before, after = _scans(cell.model, tuple(cell.sample.shape[1:]), cell.free_conv, data)
-            scanned = sc.scan_row(cell, before)
+        trained = dv.trained_cell(arch, convention, int(size), seed, cache=cache)
+        row.update(acc_digit=round(float(trained.base[0]), 4), acc_half=round(float(trained.base[1]), 4))
+        for key, data in (("free", None), ("data", trained.sample)):
+            before, after = _scans(trained.model, tuple(trained.sample.shape[1:]), trained.free_conv, data)
+            scanned = sc.scan_row(trained, before)
             same = dv._pans(before) == dv._pans(after)
-            row[key] = dict(before=scanned, after=scanned if same else sc.scan_row(cell, after),
+            row[key] = dict(before=scanned, after=scanned if same else sc.scan_row(trained, after),
                             named=_named(after), layers=len(after.layers))
     row["cell_s"] = round(time.perf_counter() - t0, 1)
     return row

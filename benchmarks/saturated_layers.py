@@ -35,8 +35,8 @@ from pan_repair import find_pans
 def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     arch, convention, size = cell.split(":")
     t0 = time.perf_counter()
-    cell = dv.trained_cell(arch, convention, int(size), seed, cache=cache)
-    model, sample, free_conv, base = cell.model, cell.sample, cell.free_conv, cell.base
+    trained = dv.trained_cell(arch, convention, int(size), seed, cache=cache)
+    model, sample, free_conv, base = trained.model, trained.sample, trained.free_conv, trained.base
     input_size = tuple(sample.shape[1:])
     with mock.patch("pan_repair.detect.detector.SATURATED_MEDIAN", float("inf")):
         before = find_pans(model, input_size, dependence=False, **free_conv)
@@ -47,7 +47,7 @@ def measure(cell: str, cache: Path | None, seed: int = 0) -> dict:
     saturated = [name for name, why in after.unmeasured.items() if "position not resolved" in why]
     row = dict(arch=arch, convention=convention, size=int(size), seed=seed, threads=torch.get_num_threads(),
                cpu=dv.cpu_name(), acc_digit=round(float(base[0]), 4), acc_half=round(float(base[1]), 4),
-               before=sc.scan_row(cell, before), after=sc.scan_row(cell, after),
+               before=sc.scan_row(trained, before), after=sc.scan_row(trained, after),
                saturated=saturated, layers=len(after.layers), data_frac=round(data.fraction, 4),
                after_on_data=round(sum(c in on_data for c in flagged) / len(flagged), 3) if flagged else None)
     row["cell_s"] = round(time.perf_counter() - t0, 1)
