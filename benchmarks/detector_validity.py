@@ -822,9 +822,13 @@ def table(rows: list[dict], header: str = "") -> str:
             "### Two-head digits cells",
             "",
             "acc = test accuracy digit / half; PANs = data scan (16 training images) count / filters (fraction, "
-            "kinds b=border p=position); free = data-free scan in the convention, its textures on a canvas at the "
-            "mean pixel level the stem's BatchNorm implies (what find_pans does now; benchmarks/stem_canvas.py's scan "
-            "of the same network; (g): the earlier mid-grey probes); twin = circular twin's PANs "
+            "kinds b=border p=position; (i): the scan under the interior rule, benchmarks/border_interior.py's of "
+            "the same network, where the rule changed it, with its drops and margin; half eta2 and information, "
+            "measured on the earlier flags, left out); free = data-free scan in the convention, its textures on a "
+            "canvas at the mean pixel level the stem's BatchNorm implies (what find_pans does now: "
+            "benchmarks/border_interior.py's or saturated_layers.py's scan of the same network; (pre): before the "
+            "saturated-layer and interior rules, benchmarks/stem_canvas.py's scan or the row's own; (g): the earlier "
+            "mid-grey probes); twin = circular twin's PANs "
             "(data / data-free; the data-free twin scanned with the probes of the row's own run: mid-grey in the cells "
             "of the earlier sessions); drop = accuracy drop digit / half when silenced (flagged; random same-layer mean "
             "of 5); sel = half drop - digit drop; margin = sel(flagged) - sel(random); dep = find_pans "
@@ -848,8 +852,9 @@ def table(rows: list[dict], header: str = "") -> str:
             t = r["targets"]
             lines.append(
                 f"| {r['arch']} | {r['convention']} | {r['size']} | {r['acc_digit']:.2f} / {r['acc_half']:.2f} "
-                f"| {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} ({r['free_frac']:.1%}, "
-                f"{fkinds}){' (g)' if r.get('mid_grey') else ''} | {r['twin_pans']} / {r['twin_free_pans']} "
+                f"| {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}){' (i)' if r.get('interior') else ''} "
+                f"| {r['free_pans']} ({r['free_frac']:.1%}, "
+                f"{fkinds}){_free_mark(r)} | {r['twin_pans']} / {r['twin_free_pans']} "
                 f"| {_pair(r.get('drop_flagged'))} | {_pair(r.get('drop_random'))}{' (ovl)' if r.get('random_overlap') else ''} "
                 f"| {_f(r.get('sel'), 3)} | {_f(r.get('margin'), 3)} | {_f(r.get('info_margin'), 3)} "
                 f"| {_f(r.get('eta_flagged'), 3)} / {_f(r.get('eta_layer'), 3)} | {_f(r.get('free_margin'), 3)} "
@@ -870,11 +875,14 @@ def table(rows: list[dict], header: str = "") -> str:
             kinds = _kind_counts(r.get("kinds"))
             dep = r.get("dep") or {}
             lines.append(
-                f"| {r['size']} | {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds}) | {r['free_pans']} "
-                f"({r['free_frac']:.1%}) | {r['twin_pans']} / {r['twin_free_pans']} "
+                f"| {r['size']} | {r['pans']}/{r['filters']} ({r['frac']:.1%}, {kinds})"
+                f"{' (i)' if r.get('interior') else ''} "
+                f"| {r['free_pans']} "
+                f"({r['free_frac']:.1%}){_free_mark(r)} | {r['twin_pans']} / {r['twin_free_pans']} "
                 f"| {_f(dep.get('output_shift'), 3)} / {_f(dep.get('flip_rate'), 3)} "
                 f"| {r['scan_s']:.2f} ({r['scan_s'] / r['fwd16_s']:.0f}x, {r['scan_s'] / r['fwd_scanbatch_s']:.1f}x) "
-                f"| {len(r['unmeasured'])} | {_ok(r['targets']['twin0'])} / {_ok(r['targets']['frac'])} |")
+                f"| {len(r['unmeasured']) + r.get('interior_named', 0)} "
+                f"| {_ok(r['targets']['twin0'])} / {_ok(r['targets']['frac'])} |")
         lines.append("")
     singles = [r for r in rows if r.get("single_channel")]
     for r in singles:
@@ -975,9 +983,12 @@ def main(argv=None) -> None:
     p.add_argument("--at", type=float, default=None,
                    help="tabulate every cell as flagged at this position threshold (at_threshold: its "
                         "own scan or its --compare figures); a cell not measured there is an error")
-    p.add_argument("--free-from", default=None,
-                   help="benchmarks/stem_canvas.py rows whose data-free scan (after) replaces the free columns "
-                        "of the same networks")
+    p.add_argument("--free-from", nargs="*", default=[],
+                   help="rows of benchmarks/stem_canvas.py, saturated_layers.py or border_interior.py whose "
+                        "data-free scan replaces the free columns of the same networks (a later file's wins)")
+    p.add_argument("--data-from", default=None,
+                   help="benchmarks/border_interior.py rows whose data scan under the interior rule replaces the "
+                        "data columns of the same networks where the rule changed it")
     p.add_argument("--notes", default="benchmarks/results/detector_validity_notes.md",
                    help="appended to the results when it exists")
     a = p.parse_args(argv)
@@ -1030,7 +1041,9 @@ def main(argv=None) -> None:
         rows = promoted
         header += f"; data scans tabulated at position threshold {a.at:g}"
     if a.free_from:
-        overlay_free(rows, [json.loads(line) for line in Path(a.free_from).read_text().splitlines()])
+        overlay_free(rows, [json.loads(line) for f in a.free_from for line in Path(f).read_text().splitlines()])
+    if a.data_from:
+        overlay_data(rows, [json.loads(line) for line in Path(a.data_from).read_text().splitlines()])
     devices = sorted({r["device"] for r in rows.values() if r.get("device")})
     if devices:  # the machine above only tabulated them
         header = header.replace("Machine: ", f"Cells trained and scanned on {', '.join(devices)} (the rows' "
@@ -1052,25 +1065,69 @@ def _same_accuracies(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return max(abs(a[0] - b[0]), abs(a[1] - b[1])) < 1 / 1600
 
 
-def overlay_free(rows: dict[str, dict], canvas_rows: list[dict]) -> None:
-    """Give each digits row the data-free scan ``find_pans`` makes now (canvas at the level the stem
-    implies), from the ``benchmarks/stem_canvas.py`` row of the same network: same cell, seed and
-    threads, and the same test accuracies (within half a test image, 1/1600: the files round
-    differently), the proof that training reproduced it. Rows without one keep the mid-grey scan they
-    were measured with and are marked ``mid_grey``; rows whose own data-free scan already probed at
-    the implied level (its assumptions say where the canvas is) stay as they are."""
-    same = {(_key(c), c.get("seed", 0), c["threads"]): c for c in canvas_rows}
+def _free_mark(r: dict) -> str:
+    """The free column's marks: (g) mid-grey probes, (pre) before the saturated-layer and interior rules."""
+    return (" (g)" if r.get("mid_grey") else "") + (" (pre)" if r.get("pre_rules") and not r.get("mid_grey") else "")
+
+
+def free_scan(row: dict) -> tuple[dict, bool]:
+    """The data-free scan a results row holds and whether it has every data-free rule of ``find_pans``
+    now: ``benchmarks/border_interior.py``'s (``free`` after) and ``benchmarks/saturated_layers.py``'s
+    (``after``, with ``saturated``) do; ``benchmarks/stem_canvas.py``'s (``after``) predate the
+    saturated-layer and interior rules."""
+    if "free" in row:
+        return row["free"]["after"], True
+    return row["after"], "saturated" in row
+
+
+def overlay_free(rows: dict[str, dict], scan_rows: list[dict]) -> None:
+    """Give each row the data-free scan of the same network from the per-cell benchmarks' rows
+    (:func:`free_scan`; a later row replaces an earlier one): same cell, seed and threads and, for a
+    digits cell, the same test accuracies (within half a test image, 1/1600: the files round
+    differently), the proof that training reproduced it. A row whose data-free scan predates the
+    saturated-layer and interior rules (its own, or a ``stem_canvas.py`` row's) is marked
+    ``pre_rules``; one whose own scan probed a mid-grey canvas and got no later one, ``mid_grey``."""
     for key, r in rows.items():
-        if r["arch"] == "lite0" or any(CANVAS_NOTE in a for a in r.get("free_assumptions") or []):
+        canvas = r["arch"] == "lite0" or any(CANVAS_NOTE in a for a in r.get("free_assumptions") or [])
+        same = [c for c in scan_rows if (_key(c), c.get("seed") or 0, c["threads"]) == (key, r.get("seed") or 0,
+                                                                                          r.get("threads") or 1)
+                and (r["arch"] == "lite0" or _same_accuracies((c["acc_digit"], c["acc_half"]),
+                                                              (r["acc_digit"], r["acc_half"])))]
+        after, current = free_scan(same[-1]) if same else (None, False)
+        r.update(pre_rules=not current, mid_grey=not canvas and after is None)
+        if current or (after is not None and not canvas):
+            r.update(free_pans=sum(after["kinds"].values()), free_frac=after["frac"], free_kinds=after["kinds"],
+                     free_margin=after.get("margin"))
+
+
+def overlay_data(rows: dict[str, dict], interior_rows: list[dict]) -> None:
+    """Give each row the data scan ``find_pans`` makes now where the interior rule (border scores need
+    2 interior output positions per padded axis) changed it: from the ``benchmarks/border_interior.py``
+    row of the same network (as :func:`overlay_free`; its scan without the rule must be the row's
+    own: the same flag count and fraction), the flags, fraction, silencing drops and margin, and the
+    targets again; figures measured on the old flags (half eta2, information) are dropped. Such rows
+    are marked ``interior``; ``interior_named`` counts the layers the rule leaves unmeasured (none of
+    them among the row's own ``unmeasured``, which are outputs under 3x3)."""
+    for key, r in rows.items():
+        same = [c for c in interior_rows if "data" in c
+                and (_key(c), c.get("seed") or 0, c["threads"]) == (key, r.get("seed") or 0, r.get("threads") or 1)
+                and (r["arch"] == "lite0" or _same_accuracies((c["acc_digit"], c["acc_half"]),
+                                                              (r["acc_digit"], r["acc_half"])))
+                and (sum(c["data"]["before"]["kinds"].values()), c["data"]["before"]["frac"]) == (r["pans"], r["frac"])]
+        if not same or same[-1]["data"]["after"] == same[-1]["data"]["before"]:
             continue
-        c = same.get((key, r.get("seed") or 0, r.get("threads") or 1))
-        after = None if c is None or not _same_accuracies((c["acc_digit"], c["acc_half"]),
-                                                          (r["acc_digit"], r["acc_half"])) else c["after"]
-        if after is None:
-            r["mid_grey"] = True
-            continue
-        r.update(free_pans=sum(after["kinds"].values()), free_frac=after["frac"], free_kinds=after["kinds"],
-                 free_margin=after.get("margin"), mid_grey=False)
+        after = same[-1]["data"]["after"]
+        for k in _SCAN_SET_FIELDS:
+            r.pop(k, None)
+        r.update(pans=sum(after["kinds"].values()), frac=after["frac"], kinds=after["kinds"], interior=True,
+                 interior_named=same[-1]["data"]["named"])
+        if "drop_flagged" in after:
+            r.update(drop_flagged=after["drop_flagged"], drop_random=after["drop_random"], margin=after["margin"],
+                     sel=round(selectivity(after["drop_flagged"]), 4),
+                     sel_random=round(selectivity(after["drop_random"]), 4))
+        elif "acc_half" in r:
+            r["sel"] = None
+        r["targets"] = targets(r)
 
 
 def oracle_section(rows: list[dict]) -> str:
@@ -1227,7 +1284,14 @@ def summary(rows: list[dict]) -> str:
     free_frac = [_key(r) for r in rows if r.get("free_frac", 0) > FRACTION_TARGET
                  and not (r.get("free_margin") is not None and r["free_margin"] >= MARGIN_TARGET)]
     grey = sum(1 for r in rows if r.get("mid_grey"))
-    lines += ["", f"Data-free scans (second column, not the targets' scan{f'; {grey} cells on mid-grey probes' if grey else ''}): margin >= +0.10 in "
+    pre = sum(1 for r in rows if r.get("pre_rules") and not r.get("mid_grey"))
+    interior = [_key(r) for r in rows if r.get("interior")]
+    if interior:
+        lines += ["", f"Data scans under the interior rule where it changed them, (i): {len(interior)} cells "
+                  f"({', '.join(interior)})."]
+    grey_text = f"; {grey} cells on mid-grey probes" if grey else ""
+    lines += ["", f"Data-free scans (second column, not the targets' scan{grey_text}"
+              f"{f'; {pre} cells before the saturated-layer and interior rules' if pre else ''}): margin >= +0.10 in "
               f"{len(free_met_margin)} of {len(free_met_margin) + len(free_missed_margin)} cells with flags; "
               f"> 10% flagged without selectivity in {len(free_frac)} cells ({', '.join(free_frac) or '-'})."]
     free_twin = [_key(r) for r in rows if r.get("twin_free_pans")]

@@ -40,13 +40,97 @@ def test_another_network_keeps_its_mid_grey_scan_and_is_marked():
         assert "(g)" in bench.table([{**rows["resnet18:black:96"], **_table_fields()}])
 
 
-def test_rows_already_probed_at_the_implied_level_and_lite0_are_left_alone():
+def test_rows_already_probed_at_the_implied_level_and_lite0_keep_their_scan_marked_before_the_rules():
     current = _row(free_assumptions=[f"... {bench.CANVAS_NOTE} 0.04 and the border score ..."])
     lite = _row(arch="lite0", convention="photos [-1,1]")
     rows = {"resnet18:black:96": current, "lite0:photos:96": lite}
     before = copy.deepcopy(rows)
     bench.overlay_free(rows, [_canvas()])
-    assert rows == before
+    for key, r in rows.items():
+        assert {k: v for k, v in r.items() if k not in ("pre_rules", "mid_grey")} == before[key]
+        assert (r["pre_rules"], r["mid_grey"]) == (True, False)
+        assert "(pre)" in _table_line({**r, **_table_fields(), "unmeasured": []})
+
+
+def _table_line(row: dict) -> str:
+    """The table's line of ``row`` (its header describes the marks too)."""
+    return next(line for line in bench.table([row]).splitlines() if line.startswith(("| resnet18 |", "| 96 |")))
+
+
+def _interior(acc_digit=0.9313, free_after=None, data_before=None, data_after=None, arch="resnet18") -> dict:
+    """A benchmarks/border_interior.py row: data-free and data scans without and with the interior rule."""
+    free_after = free_after or {"frac": 0.0063, "kinds": {"border": 2, "position": 28}, "margin": 0.004}
+    data_before = data_before or {"frac": 0.0573, "kinds": {"position": 275}, "margin": 0.12,
+                                  "drop_flagged": [0.1, 0.3], "drop_random": [0.05, 0.13]}
+    return dict(arch=arch, convention="black", size=96, seed=0, threads=1, cpu="Intel(R) Xeon(R) Processor @ 2.80GHz",
+                acc_digit=acc_digit, acc_half=0.9988,
+                free={"before": {"frac": 0.0852, "kinds": {"border": 400, "position": 9}}, "after": free_after,
+                      "named": 3, "layers": 20},
+                data={"before": data_before, "after": data_after or data_before, "named": 3, "layers": 20})
+
+
+def test_a_scan_under_every_rule_replaces_any_earlier_one_and_is_not_marked():
+    canvas_probed = _row(free_assumptions=[f"... {bench.CANVAS_NOTE} 0.04 ..."])
+    for row in (_row(), canvas_probed):
+        rows = {"resnet18:black:96": row}
+        bench.overlay_free(rows, [_interior(), _canvas()])  # the later row wins: here an earlier scan's
+        r = rows["resnet18:black:96"]
+        assert r["free_pans"] == (2130 if row is canvas_probed else 409) and r["pre_rules"] is True
+        bench.overlay_free(rows, [_canvas(), _interior()])
+        assert (r["free_pans"], r["free_frac"], r["free_kinds"], r["free_margin"]) == (
+            30, 0.0063, {"border": 2, "position": 28}, 0.004)
+        assert (r["pre_rules"], r["mid_grey"]) == (False, False)
+        assert "(pre)" not in _table_line({**r, **_table_fields()})
+
+
+def test_another_cpus_network_under_the_rules_is_not_taken():
+    rows = {"resnet18:black:96": _row()}
+    bench.overlay_free(rows, [_canvas(), _interior(acc_digit=0.9425)])
+    assert rows["resnet18:black:96"]["free_pans"] == 409 and rows["resnet18:black:96"]["pre_rules"] is True
+
+
+def test_a_saturated_layers_row_counts_as_under_the_rules():
+    sat = {**_canvas(), "saturated": ["layer4.1.conv2"], "after": {"frac": 0.0138, "kinds": {"position": 66},
+                                                                    "margin": 0.05}}
+    rows = {"resnet18:black:96": _row()}
+    bench.overlay_free(rows, [sat])
+    assert (rows["resnet18:black:96"]["free_pans"], rows["resnet18:black:96"]["pre_rules"]) == (66, False)
+
+
+def _data_row(**extra) -> dict:
+    return {**_row(), **_table_fields(), "drop_flagged": [0.1, 0.3], "drop_random": [0.05, 0.13], "sel": 0.2,
+            "sel_random": 0.08, "margin": 0.12, "info_margin": 0.4, "eta_flagged": 0.4, "eta_layer": 0.1,
+            "eta_margin": 0.3, **extra}
+
+
+def test_a_data_scan_the_interior_rule_changed_replaces_the_rows_flags_and_verdicts():
+    after = {"frac": 0.0563, "kinds": {"position": 270}, "margin": 0.05, "drop_flagged": [0.1, 0.2],
+             "drop_random": [0.05, 0.1]}
+    rows = {"resnet18:black:96": _data_row()}
+    bench.overlay_data(rows, [_interior(data_after=after)])
+    r = rows["resnet18:black:96"]
+    assert (r["pans"], r["frac"], r["kinds"], r["margin"], r["sel"], r["sel_random"]) == (
+        270, 0.0563, {"position": 270}, 0.05, 0.1, 0.05)
+    assert r["targets"]["margin"] is False and r["interior"] is True and r["interior_named"] == 3
+    assert not {"info_margin", "eta_flagged", "eta_layer", "eta_margin"} & set(r)  # measured on the old flags
+    assert "270/4800 (5.6%, 0b/270p) (i)" in _table_line(r)
+    assert "(i): 1 cells (resnet18:black:96)" in bench.summary([r])
+    none = {"resnet18:black:96": _data_row()}
+    bench.overlay_data(none, [_interior(data_after={"frac": 0.0, "kinds": {}})])
+    assert none["resnet18:black:96"]["pans"] == 0 and none["resnet18:black:96"]["targets"]["margin"] is None
+
+
+def test_a_data_scan_is_kept_where_the_rule_changed_nothing_or_the_scan_is_not_the_rows_own():
+    after = {"frac": 0.0563, "kinds": {"position": 270}, "margin": 0.05, "drop_flagged": [0.1, 0.2],
+             "drop_random": [0.05, 0.1]}
+    other = {"frac": 0.06, "kinds": {"position": 288}, "margin": 0.12, "drop_flagged": [0.1, 0.3],
+             "drop_random": [0.05, 0.13]}
+    for interior in (_interior(), _interior(data_before=other, data_after=after), _interior(acc_digit=0.95,
+                                                                                            data_after=after)):
+        rows = {"resnet18:black:96": _data_row()}
+        before = copy.deepcopy(rows)
+        bench.overlay_data(rows, [interior])
+        assert rows == before
 
 
 def test_cpus_used_names_the_cells_each_recorded_cpu_measured():
