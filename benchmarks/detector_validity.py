@@ -1106,7 +1106,7 @@ def overlay_data(rows: dict[str, dict], interior_rows: list[dict]) -> None:
     row of the same network (as :func:`overlay_free`; its scan without the rule must be the row's
     own: the same flag count and fraction), the flags, fraction, silencing drops and margin, and the
     targets again; figures measured on the old flags (half eta2, information) are dropped. Such rows
-    are marked ``interior``; ``interior_named`` counts the layers the rule leaves unmeasured (none of
+    are marked ``interior`` (``pans_before_interior``: the count before); ``interior_named`` counts the layers the rule leaves unmeasured (none of
     them among the row's own ``unmeasured``, which are outputs under 3x3)."""
     for key, r in rows.items():
         same = [c for c in interior_rows if "data" in c
@@ -1120,7 +1120,7 @@ def overlay_data(rows: dict[str, dict], interior_rows: list[dict]) -> None:
         for k in _SCAN_SET_FIELDS:
             r.pop(k, None)
         r.update(pans=sum(after["kinds"].values()), frac=after["frac"], kinds=after["kinds"], interior=True,
-                 interior_named=same[-1]["data"]["named"])
+                 interior_named=same[-1]["data"]["named"], pans_before_interior=r["pans"])
         if "drop_flagged" in after:
             r.update(drop_flagged=after["drop_flagged"], drop_random=after["drop_random"], margin=after["margin"],
                      sel=round(selectivity(after["drop_flagged"]), 4),
@@ -1159,9 +1159,10 @@ def oracle_section(rows: list[dict]) -> str:
              + " / ".join(f"at {t}" for t in SWEEP_THRESHOLDS) + " |",
              "|---" * (8 + len(SWEEP_THRESHOLDS)) + "|"]
     for r in measured:
-        same = (r.get("acc_digit") is not None and r["oracle_pans"] == r.get("pans")
+        same = (r.get("acc_digit") is not None and r["oracle_pans"] == r.get("pans_before_interior", r.get("pans"))
                 and _same_accuracies(r["oracle_acc"], (r["acc_digit"], r["acc_half"])))
-        o, net = r.get("oracle"), "matrix's" if same else "another"
+        o = r.get("oracle")
+        net = ("another" if not same else "matrix's, flags before (i)" if r.get("interior") else "matrix's")
         if not o:
             lines.append(f"| {_key(r)} | {net} | {_pair(r['oracle_acc'])} | nothing flagged |"
                          + " - |" * (3 + len(SWEEP_THRESHOLDS)) + " n/a |")

@@ -266,3 +266,14 @@ def test_oracle_section_names_the_threshold_its_flagged_sets_were_taken_at():
     new["oracle_threshold"] = 0.5
     assert "own flags at that position threshold (the flagged set's: 0.6)" in bench.oracle_section([old])
     assert "(the flagged set's: 0.5 / 0.6)" in bench.oracle_section([new, old])
+
+
+def test_the_oracle_still_knows_the_network_whose_data_scan_the_interior_rule_changed():
+    row = {**_data_row(), "oracle_acc": [0.9312, 0.9988], "oracle_pans": 275,
+           "oracle": {"flagged": dict(channels=275, drop=[0.1, 0.3], drop_random=[0.05, 0.13], margin=0.12)}}
+    after = {"frac": 0.0563, "kinds": {"position": 270}, "margin": 0.05, "drop_flagged": [0.1, 0.2],
+             "drop_random": [0.05, 0.1]}
+    rows = {"resnet18:black:96": row}
+    bench.overlay_data(rows, [_interior(data_after=after)])
+    assert "| resnet18:black:96 | matrix's, flags before (i) |" in bench.oracle_section([row])
+    assert "| resnet18:black:96 | another |" in bench.oracle_section([{**row, "oracle_pans": 270}])
