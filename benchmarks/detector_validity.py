@@ -1106,8 +1106,9 @@ def overlay_data(rows: dict[str, dict], interior_rows: list[dict]) -> None:
     row of the same network (as :func:`overlay_free`; its scan without the rule must be the row's
     own: the same flag count and fraction), the flags, fraction, silencing drops and margin, and the
     targets again; figures measured on the old flags (half eta2, information) are dropped. Such rows
-    are marked ``interior`` (``pans_before_interior``: the count before); ``interior_named`` counts the layers the rule leaves unmeasured (none of
-    them among the row's own ``unmeasured``, which are outputs under 3x3)."""
+    are marked ``interior`` (``pans_before_interior``: the count before); ``interior_named`` counts
+    the layers the rule leaves unmeasured (none of them among the row's own ``unmeasured``, which are
+    outputs under 3x3)."""
     for key, r in rows.items():
         same = [c for c in interior_rows if "data" in c
                 and (_key(c), c.get("seed") or 0, c["threads"]) == (key, r.get("seed") or 0, r.get("threads") or 1)
@@ -1159,7 +1160,8 @@ def oracle_section(rows: list[dict]) -> str:
              + " / ".join(f"at {t}" for t in SWEEP_THRESHOLDS) + " |",
              "|---" * (8 + len(SWEEP_THRESHOLDS)) + "|"]
     for r in measured:
-        same = (r.get("acc_digit") is not None and r["oracle_pans"] == r.get("pans_before_interior", r.get("pans"))
+        pans = r.get("pans_before_interior", r.get("pans"))
+        same = (r.get("acc_digit") is not None and r["oracle_pans"] == pans
                 and _same_accuracies(r["oracle_acc"], (r["acc_digit"], r["acc_half"])))
         o = r.get("oracle")
         net = ("another" if not same else "matrix's, flags before (i)" if r.get("interior") else "matrix's")
