@@ -43,13 +43,16 @@ Usage: ``python benchmarks/detector_validity.py [--cells smallcnn:black:32 ...] 
 ``--from-jsonl`` tabulates an earlier run. Results are appended to the JSON-lines file cell by cell. The
 published table, at the default 0.5: ``--from-jsonl --jsonl benchmarks/results/detector_validity_t045.jsonl
 --extra-jsonl benchmarks/results/detector_validity_oracle_t050.jsonl --at 0.5 --free-from
-benchmarks/results/stem_canvas.jsonl --notes benchmarks/results/detector_validity_notes_050.md``; at 0.6
-(``--out benchmarks/results/detector_validity_060.md``): ``--from-jsonl --extra-jsonl
+benchmarks/results/stem_canvas.jsonl benchmarks/results/saturated_layers.jsonl
+benchmarks/results/border_interior.jsonl --data-from benchmarks/results/border_interior.jsonl --notes
+benchmarks/results/detector_validity_notes_050.md``; at 0.6 (``--out
+benchmarks/results/detector_validity_060.md``): ``--from-jsonl --extra-jsonl
 benchmarks/results/detector_validity_carried.jsonl benchmarks/results/detector_validity_info.jsonl
 benchmarks/results/detector_validity_oracle.jsonl --free-from benchmarks/results/stem_canvas.jsonl`` (cells
 rerun for the later columns, same seed and threads: same networks, same flags). The data-free columns come
-from ``benchmarks/stem_canvas.py``'s scans of the same networks with the current probes, see
-:func:`overlay_free`.
+from the per-cell benchmarks' scans of the same networks with the current probes and rules, and the data
+scans the interior rule changed from ``benchmarks/border_interior.py``'s, see :func:`overlay_free` and
+:func:`overlay_data`.
 """
 from __future__ import annotations
 
