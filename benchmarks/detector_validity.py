@@ -1068,6 +1068,14 @@ def _same_accuracies(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return max(abs(a[0] - b[0]), abs(a[1] - b[1])) < 1 / 1600
 
 
+def _same_network(c: dict, r: dict) -> bool:
+    """Whether results row ``c`` measured matrix row ``r``'s network: same cell, seed and threads and,
+    for a digits cell, the same test accuracies (:func:`_same_accuracies`; Lite0 is pretrained)."""
+    return ((_key(c), c.get("seed") or 0, c["threads"]) == (_key(r), r.get("seed") or 0, r.get("threads") or 1)
+            and (r["arch"] == "lite0" or _same_accuracies((c["acc_digit"], c["acc_half"]),
+                                                          (r["acc_digit"], r["acc_half"]))))
+
+
 def _free_mark(r: dict) -> str:
     """The free column's marks: (g) mid-grey probes, (pre) before the saturated-layer and interior rules."""
     return (" (g)" if r.get("mid_grey") else "") + (" (pre)" if r.get("pre_rules") and not r.get("mid_grey") else "")
@@ -1090,12 +1098,9 @@ def overlay_free(rows: dict[str, dict], scan_rows: list[dict]) -> None:
     differently), the proof that training reproduced it. A row whose data-free scan predates the
     saturated-layer and interior rules (its own, or a ``stem_canvas.py`` row's) is marked
     ``pre_rules``; one whose own scan probed a mid-grey canvas and got no later one, ``mid_grey``."""
-    for key, r in rows.items():
+    for r in rows.values():
         canvas = r["arch"] == "lite0" or any(CANVAS_NOTE in a for a in r.get("free_assumptions") or [])
-        same = [c for c in scan_rows if (_key(c), c.get("seed") or 0, c["threads"]) == (key, r.get("seed") or 0,
-                                                                                          r.get("threads") or 1)
-                and (r["arch"] == "lite0" or _same_accuracies((c["acc_digit"], c["acc_half"]),
-                                                              (r["acc_digit"], r["acc_half"])))]
+        same = [c for c in scan_rows if _same_network(c, r)]
         after, current = free_scan(same[-1]) if same else (None, False)
         r.update(pre_rules=not current, mid_grey=not canvas and after is None)
         if current or (after is not None and not canvas):
@@ -1112,26 +1117,16 @@ def overlay_data(rows: dict[str, dict], interior_rows: list[dict]) -> None:
     are marked ``interior`` (``pans_before_interior``: the count before); ``interior_named`` counts
     the layers the rule leaves unmeasured (none of them among the row's own ``unmeasured``, which are
     outputs under 3x3)."""
-    for key, r in rows.items():
-        same = [c for c in interior_rows if "data" in c
-                and (_key(c), c.get("seed") or 0, c["threads"]) == (key, r.get("seed") or 0, r.get("threads") or 1)
-                and (r["arch"] == "lite0" or _same_accuracies((c["acc_digit"], c["acc_half"]),
-                                                              (r["acc_digit"], r["acc_half"])))
+    for r in rows.values():
+        same = [c for c in interior_rows if "data" in c and _same_network(c, r)
                 and (sum(c["data"]["before"]["kinds"].values()), c["data"]["before"]["frac"]) == (r["pans"], r["frac"])]
         if not same or same[-1]["data"]["after"] == same[-1]["data"]["before"]:
             continue
         after = same[-1]["data"]["after"]
-        for k in _SCAN_SET_FIELDS:
-            r.pop(k, None)
-        r.update(pans=sum(after["kinds"].values()), frac=after["frac"], kinds=after["kinds"], interior=True,
-                 interior_named=same[-1]["data"]["named"], pans_before_interior=r["pans"])
-        if "drop_flagged" in after:
-            r.update(drop_flagged=after["drop_flagged"], drop_random=after["drop_random"], margin=after["margin"],
-                     sel=round(selectivity(after["drop_flagged"]), 4),
-                     sel_random=round(selectivity(after["drop_random"]), 4))
-        elif "acc_half" in r:
-            r["sel"] = None
-        r["targets"] = targets(r)
+        r.update(interior=True, interior_named=same[-1]["data"]["named"], pans_before_interior=r["pans"])
+        _set_flags(r, sum(after["kinds"].values()), after["frac"], after["kinds"],
+                   **({"drop": after["drop_flagged"], "drop_random": after["drop_random"], "margin": after["margin"]}
+                      if "drop_flagged" in after else {}))
 
 
 def oracle_section(rows: list[dict]) -> str:
@@ -1231,18 +1226,29 @@ def at_threshold(row: dict, threshold: float) -> dict:
         raise ValueError(f"{_key(row)}: the circular twin was scanned at {row['position_threshold']} "
                          f"({row.get('twin_pans')} PANs), which says nothing of it at {threshold}")
     border = (row.get("kinds") or {}).get("border", 0)
-    out = {k: val for k, val in row.items() if k not in _SCAN_SET_FIELDS}
-    out.update(position_threshold=threshold, pans=v["channels"], frac=v["frac"],
-               kinds={"border": border, "position": v["channels"] - border})
-    if v["channels"] and "drop" in v:  # Lite0's rows count flags only: no heads to silence
-        out.update(drop_flagged=v["drop"], drop_random=v["drop_random"], sel=round(selectivity(v["drop"]), 4),
-                   sel_random=round(selectivity(v["drop_random"]), 4), margin=v["margin"],
-                   info_margin=v["info_margin"],
-                   **{k: v[k] for k in ("eta_flagged", "eta_layer", "eta_margin") if k in v})
-    elif "acc_half" in row:
-        out["sel"] = None
-    out["targets"] = targets(out)
+    out = {**row, "position_threshold": threshold}
+    silenced = v["channels"] and "drop" in v  # Lite0's rows count flags only: no heads to silence
+    _set_flags(out, v["channels"], v["frac"], {"border": border, "position": v["channels"] - border},
+               **({k: v[k] for k in ("drop", "drop_random", "margin", "info_margin", "eta_flagged", "eta_layer",
+                                     "eta_margin") if k in v} if silenced else {}))
     return out
+
+
+def _set_flags(row: dict, pans: int, frac: float, kinds: dict, drop: list[float] | None = None,
+               drop_random: list[float] | None = None, **figures: float) -> None:
+    """Give ``row`` another flagged set: its count, fraction and kinds, and, where it was silenced,
+    the accuracy drops (digit, half) of it and of random channels with their selectivities and
+    ``figures`` (margin, ...); every figure of the earlier set (:data:`_SCAN_SET_FIELDS`) goes; the
+    targets again."""
+    for k in _SCAN_SET_FIELDS:
+        row.pop(k, None)
+    row.update(pans=pans, frac=frac, kinds=kinds)
+    if drop is not None:
+        row.update(drop_flagged=drop, drop_random=drop_random, sel=round(selectivity(drop), 4),
+                   sel_random=round(selectivity(drop_random), 4), **figures)
+    elif "acc_half" in row:
+        row["sel"] = None
+    row["targets"] = targets(row)
 
 
 def _key(r: dict) -> str:
