@@ -445,6 +445,38 @@ def test_chunked_pooling_equals_full_size_statistics():
     torch.testing.assert_close(square, y.pow(2).mean(dim=(2, 3)), rtol=1e-6, atol=1e-7)
 
 
+def test_batched_statistics_equal_their_one_at_a_time_forms():
+    """The scan reads its statistics all layers at once (one device-to-host copy, one eta^2 call):
+    each layer's figures are those it has on its own, the flat-channel floor included."""
+    from pan_repair.detect.position import layer_eta2, roll_eta2
+    from pan_repair.detect.probes import roll_grid
+    from pan_repair.detect.recorder import to_host
+    from pan_repair.layers.padding import trained_bns, untrained_bn
+
+    grid = roll_grid(torch.randn(3, 3, 40, 40), 5, (4, 4))
+    n = grid.n_patterns * 2 * grid.n_positions
+    gen = torch.Generator().manual_seed(0)
+    # channels that move by 1e-9: not flat in a layer of their own, flat beside channels that move by 100
+    loud, quiet = 100 * torch.randn(n, 6, generator=gen), 1e-9 * torch.randn(n, 4, generator=gen)
+    responses = {"loud": loud, "quiet": quiet, "mixed": torch.cat([loud[:, :2], quiet[:, :1]], dim=1)}
+    batched = layer_eta2(responses, grid)
+    for name, r in responses.items():
+        for got, want in zip(batched[name], roll_eta2(r, grid)):
+            assert torch.equal(got, want), name
+    assert batched["mixed"][0][:, 2].eq(0).all()  # flat next to the loud channels of its layer
+    assert batched["quiet"][0].gt(0).any()        # the same values in a layer of their own are not
+
+    bns = [nn.BatchNorm2d(c) for c in (3, 5, 2)]
+    bns[1].running_mean[4] = 0.5
+    bns[2].running_var[0] = 2.0
+    untracked = nn.BatchNorm2d(4, track_running_stats=False)
+    assert trained_bns(bns + [untracked]) == {id(b) for b in bns if not untrained_bn(b)} == {id(bns[1]), id(bns[2])}
+    assert trained_bns([]) == set()
+
+    parts = [torch.randn(2, 3), torch.arange(4.0), torch.randn(5, dtype=torch.float64)]
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(to_host(parts), parts))
+
+
 def test_scan_restores_the_thread_count():
     net, _ = planted_net()
     threads = torch.get_num_threads()

@@ -14,6 +14,7 @@ from ..layers.padding import PadTracker, conv_layers
 from ..layers.padding_switch import convert_padding
 from ..metrics.functional import padding_reliance
 from .forward import output_tensors, run_model
+from .recorder import to_host
 
 #: images of the padding-dependence pass (it runs forward and backward)
 DEPENDENCE_IMAGES = 8
@@ -70,9 +71,10 @@ def padding_dependence(model: nn.Module, images: torch.Tensor, input_size: tuple
             handle.remove()
         pads.remove()
     attribution = {n: (sum((g[..., rows, cols] * d).sum(dim=(0, 2, 3)) for rows, cols, d in effects[n]).abs()
-                       / len(x)).float().cpu()
+                       / len(x)).float()
                    for n, g in zip(names, grads)
                    if g is not None and all(g[..., rows, cols].shape == d.shape for rows, cols, d in effects[n])}
+    attribution = dict(zip(attribution, to_host(list(attribution.values()))))
     twin = structural_copy(model)
     convert_padding(twin, "replicate")
     with eval_mode(twin), torch.no_grad():

@@ -88,7 +88,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers.module_state import device_dtype
-from ..layers.padding import conv_layers, untrained_bn, unsupported_layers
+from ..layers.padding import conv_layers, unsupported_layers
 from .dependence import DEPENDENCE_IMAGES, padding_dependence
 from .forward import Prepass, check_input, prepass, run_model, scan_memory_format, total_stride
 from .implied import stem_level
@@ -137,11 +137,8 @@ def _channel_scale(stat: LayerStats) -> torch.Tensor:
 
 
 def _channel_sigma(stat: LayerStats) -> torch.Tensor:
-    bn = stat.bn
-    if stat.sq_sum is None:  # not gathered: the BatchNorm found in the blank pass is trained
-        bn = stat.scale_bn
-    if bn is not None and bn.running_var is not None and not untrained_bn(bn):
-        sigma = (bn.running_var.float() + bn.eps).sqrt()
+    if stat.running_std is not None:  # the conv feeds a trained BatchNorm
+        sigma = stat.running_std
     else:
         mean = stat.sum / stat.count
         sigma = (stat.sq_sum / stat.count - mean.pow(2)).clamp_min(0).sqrt()
@@ -149,22 +146,14 @@ def _channel_sigma(stat: LayerStats) -> torch.Tensor:
     return sigma.clamp_min(floor)
 
 
-def _bn_sign(stat: LayerStats) -> torch.Tensor:
-    bn = stat.bn
-    if bn is not None and bn.weight is not None:
-        return torch.where(bn.weight.detach().float() < 0, -1.0, 1.0)
-    return torch.ones(stat.conv.out_channels)
-
-
-
 def _classify(stat: LayerStats, position: torch.Tensor, eta2: torch.Tensor, edge: torch.Tensor,
               tb: float, tp: float) -> tuple[list[Pan], dict[str, list[float]]]:
     """PANs of one layer from its border statistics and its padding-caused position scores
     ``eta2`` (2, C) (``position`` = their max over the axes)."""
     c = stat.conv.out_channels
-    bn_sign = _bn_sign(stat).cpu()
+    bn_sign = stat.bn_sign if stat.bn_sign is not None else torch.ones(c)
     if stat.border_rms is not None:
-        per_side = (stat.border_rms / _channel_scale(stat)).cpu()  # (4, C)
+        per_side = stat.border_rms / _channel_scale(stat)  # (4, C)
         border = per_side.max(dim=0).values
     else:
         per_side, border = torch.zeros(4, c), torch.zeros(c)
@@ -172,7 +161,7 @@ def _classify(stat: LayerStats, position: torch.Tensor, eta2: torch.Tensor, edge
     per_side_l, eta2_l = per_side.T.tolist(), eta2.T.tolist()
     border_l, position_l, bn_sign_l = border.tolist(), position.tolist(), bn_sign.tolist()
     # the border-mean of each channel's strongest side, the edge difference of its strongest axis
-    border_raw = (stat.border_mean.cpu().gather(0, per_side.argmax(dim=0, keepdim=True))[0].tolist()
+    border_raw = (stat.border_mean.gather(0, per_side.argmax(dim=0, keepdim=True))[0].tolist()
                   if stat.border_rms is not None else [0.0] * c)
     edge_raw = edge.gather(0, eta2.argmax(dim=0, keepdim=True))[0].tolist()
     pans = []

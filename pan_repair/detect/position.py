@@ -17,16 +17,21 @@ from .recorder import inspection
 _INVARIANT = 1e-3
 
 
-def roll_eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch.Tensor]:
+def roll_eta2(pooled: torch.Tensor, grid: RollGrid, layers: list[int] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """eta^2 per axis (2, C) of the roll, and the mean response with the object nearest an edge
     minus centred, per axis (2, C). A channel whose responses vary by less than ``1e-6`` of the
-    layer's most varying channel is flat (rounding noise): eta^2 = 0."""
+    layer's most varying channel is flat (rounding noise): eta^2 = 0. ``layers``: the widths of
+    the layers whose channels ``pooled`` holds side by side (default: one layer)."""
     g = grid.grid(pooled.detach().cpu()).double()     # (P, 2, Q, C), scores live on the CPU
     grand = g.mean(dim=(0, 2), keepdim=True)
     total = (g - grand).pow(2).sum(dim=(0, 2))        # (2, C)
     by_position = g.mean(dim=0)                       # (2, Q, C)
     between = grid.n_patterns * (by_position - grand[0]).pow(2).sum(dim=1)
-    flat = total <= 1e-12 * total.amax().clamp_min(1e-300)
+    peak = total.amax(dim=0)                          # (C,) -> its layer's largest
+    layer = torch.arange(len(layers or [0])).repeat_interleave(torch.tensor(layers or [len(peak)]))
+    peak = peak.new_zeros(int(layer[-1]) + 1).scatter_reduce(0, layer, peak, "amax")[layer]
+    flat = total <= 1e-12 * peak.clamp_min(1e-300)
     eta2 = torch.where(flat, 0.0, between / total.clamp_min(1e-300))
     d = grid.distances
     near, far = d == d.min(), d == d.max()
@@ -35,9 +40,13 @@ def roll_eta2(pooled: torch.Tensor, grid: RollGrid) -> tuple[torch.Tensor, torch
 
 
 def layer_eta2(responses: dict[str, torch.Tensor], grid: RollGrid) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`roll_eta2` of every layer's pooled responses (N, C) (a layer at a time: the temporaries
-    stay in cache)."""
-    return {name: roll_eta2(r, grid) for name, r in responses.items()}
+    """:func:`roll_eta2` of every layer's pooled responses (N, C), all layers in one call (each
+    channel's figures are its own; only the flat-channel floor is per layer)."""
+    if not responses:
+        return {}
+    widths = [r.shape[1] for r in responses.values()]
+    eta2, edge = roll_eta2(torch.cat([r.detach().cpu() for r in responses.values()], dim=1), grid, widths)
+    return dict(zip(responses, zip(eta2.split(widths, dim=1), edge.split(widths, dim=1))))
 
 
 def _invariant(pooled: torch.Tensor, n_positions: int, scale: torch.Tensor) -> bool:

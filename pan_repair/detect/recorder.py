@@ -14,12 +14,31 @@ from torch import nn
 
 from ..layers.border_geometry import border_effects, clean_count, clean_range
 from ..layers.module_state import device_dtype, eval_mode
-from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, untrained_bn
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, trained_bns
 
 #: elementwise temporaries of the statistics (relu, square) are made this many bytes at a time, in
 #: one reused buffer: a full-size temporary of a large activation costs more (fresh memory, page
 #: faults) than the reduction itself
 _CHUNK_BYTES = 4 << 20
+
+
+_TENSORS = ("border_rms", "border_mean", "pooled", "pooled_act", "sq_sum", "sum", "content", "running_std",
+            "bn_sign")
+
+
+def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` on the CPU, one device-to-host copy per device and dtype: on a GPU one
+    synchronisation for all, not one per tensor. CPU tensors are returned as they are."""
+    out = list(tensors)
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(out):
+        if t.device.type != "cpu":
+            groups.setdefault((t.device, t.dtype), []).append(i)
+    for idx in groups.values():
+        flat = torch.cat([out[i].detach().reshape(-1) for i in idx]).cpu()
+        for i, part in zip(idx, flat.split([out[i].numel() for i in idx])):
+            out[i] = part.view(out[i].shape)
+    return out
 
 
 @dataclass
@@ -39,8 +58,15 @@ class LayerStats:
     content: torch.Tensor | None = None  # (C,) mean over the content images of max interior |y - mean|
     bn: nn.modules.batchnorm._BatchNorm | None = None
     # the trained BatchNorm the blank pre-pass found this conv feeding: its running std is the
-    # channel scale, so the scale statistics above are not gathered
+    # channel scale, so the scale statistics above are not gathered (or the trained BatchNorm the
+    # forward found it feeding: :meth:`Recorder.collect`)
     scale_bn: nn.modules.batchnorm._BatchNorm | None = None
+    running_std: torch.Tensor | None = None  # (C,) sqrt(running_var + eps) of ``scale_bn``, float32
+    bn_sign: torch.Tensor | None = None      # (C,) -1 where the BatchNorm's weight is negative, else +1
+
+    def tensors(self) -> list[str]:
+        """Names of the statistics that hold tensors."""
+        return [k for k in _TENSORS if getattr(self, k) is not None]
 
     def response(self) -> torch.Tensor | None:
         """(N, C) pooled response the position score reads."""
@@ -183,14 +209,18 @@ class Recorder:
                  feeds_bn: dict[str, nn.Module] | None = None, n_scale: int | None = None,
                  content: torch.Tensor | None = None):
         self.n_border, self.progress, self.n_scale = n_border, progress, n_scale
-        self.content = content  # indices of the images whose interior response is the content scale
         # convs whose response is read after their BatchNorm (from the blank pre-pass)
         self.feeds_bn = feeds_bn or {}
         self.device = device_dtype(model)[0]
+        # indices of the images whose interior response is the content scale
+        self.content = None if content is None else content.to(self.device)
         self.stats = {name: LayerStats(name, conv) for name, conv in conv_layers(model)}
-        for name, bn in self.feeds_bn.items():
-            if name in self.stats and bn.running_var is not None and not untrained_bn(bn):
-                self.stats[name].scale_bn = bn
+        if n_scale != 0:
+            paired = {name: bn for name, bn in self.feeds_bn.items() if name in self.stats}
+            trained = trained_bns(paired.values())
+            for name, bn in paired.items():
+                if id(bn) in trained:
+                    self.stats[name].scale_bn = bn
         self._pads = PadTracker(model)
         self._pool = Pooler()
         self._handles = [stat.conv.register_forward_hook(self._conv_hook(name)) for name, stat in self.stats.items()]
@@ -231,6 +261,25 @@ class Recorder:
                 self.progress.update()
         return hook
 
+    def collect(self) -> None:
+        """After the forward: where the channel scale is gathered, the trained BatchNorms the forward
+        paired (:attr:`LayerStats.scale_bn`, their running std) and the BatchNorms' signs; then
+        every statistic on the CPU, in one device-to-host copy."""
+        if self.n_scale != 0:  # not in the twins' passes, which only read the pooled responses
+            found = {name: s.bn for name, s in self.stats.items() if s.scale_bn is None and s.bn is not None}
+            trained = trained_bns(found.values())
+            for name, bn in found.items():
+                if id(bn) in trained:
+                    self.stats[name].scale_bn = bn
+            for stat in self.stats.values():
+                if stat.scale_bn is not None:
+                    stat.running_std = (stat.scale_bn.running_var.detach().float() + stat.scale_bn.eps).sqrt()
+                if stat.bn is not None and stat.bn.weight is not None:
+                    stat.bn_sign = torch.where(stat.bn.weight.detach().float() < 0, -1.0, 1.0)
+        fields = [(stat, k) for stat in self.stats.values() for k in stat.tensors()]
+        for (stat, k), t in zip(fields, to_host([getattr(stat, k) for stat, k in fields])):
+            setattr(stat, k, t)
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -240,11 +289,13 @@ class Recorder:
 
 @contextlib.contextmanager
 def inspection(model: nn.Module, **recorder: Any) -> Iterator[Recorder]:
-    """Eval mode and hooks for the duration; every module's mode restored and hooks removed after."""
+    """Eval mode and hooks for the duration; every module's mode restored and hooks removed after,
+    the statistics collected on the CPU (:meth:`Recorder.collect`)."""
     rec = Recorder(model, **recorder)
     try:
         with eval_mode(model), torch.no_grad():
             yield rec
+        rec.collect()
     finally:
         rec.remove()
 

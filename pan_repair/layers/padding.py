@@ -46,6 +46,7 @@ __all__ = [
     "pad_module_padding",
     "pool_padding",
     "unsupported_layers",
+    "trained_bns",
     "untrained_bn",
     "BORDER_MODES",
 ]
@@ -223,6 +224,21 @@ BatchNorm = nn.modules.batchnorm._BatchNorm
 def untrained_bn(bn: BatchNorm) -> bool:
     """Running statistics still at their initial values (mean 0, var 1): they say nothing."""
     return bool((bn.running_var == 1).all() and (bn.running_mean == 0).all())
+
+
+def trained_bns(bns: Iterable[BatchNorm]) -> set[int]:
+    """The ``id`` of each of the BatchNorms among ``bns`` with running statistics that are not
+    :func:`untrained_bn`, read with one device-to-host copy (on a GPU, one synchronisation for all)."""
+    bns = [bn for bn in bns if bn.running_mean is not None and bn.running_var is not None]
+    if not bns:
+        return set()
+    device = bns[0].running_var.device
+    var = torch.cat([bn.running_var.detach().reshape(-1).to(device, torch.float32) for bn in bns])
+    mean = torch.cat([bn.running_mean.detach().reshape(-1).to(device, torch.float32) for bn in bns])
+    owner = torch.arange(len(bns)).repeat_interleave(torch.tensor([bn.running_var.numel() for bn in bns]))
+    moved = ((var != 1) | (mean != 0)).float()  # per element: off its initial value
+    changed = torch.zeros(len(bns), device=device).index_add_(0, owner.to(device), moved).tolist()
+    return {id(bn) for bn, n in zip(bns, changed) if n > 0}
 
 
 class BatchNormPairing:
