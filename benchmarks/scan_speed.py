@@ -12,7 +12,8 @@ users call it (contiguous images), and the last column sets the scan against a c
 forward too.
 Run: ``.venv/bin/python benchmarks/scan_speed.py [--size 224] [--models resnet18 ...] [--data] [--threads N]
 [--device cuda] [--profile]``; ``--profile`` then prints where one scan's time goes (``torch.profiler``: the
-operations' host time, and on a GPU the kernels launched and their device time).
+operations' host time, and on a GPU the host-device synchronisations, the kernels launched and their
+device time).
 """
 from __future__ import annotations
 
@@ -106,13 +107,28 @@ def main() -> None:
         print(line)
 
 
+def synchronisations(scan) -> int:
+    """Host-device synchronisations in one scan: the warnings of ``torch.cuda.set_sync_debug_mode``."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scan()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def profile(scan) -> str:
     """One scan under ``torch.profiler``: host time of the operations, the CUDA kernels and their
-    device time, the operations of most host time."""
+    device time, the operations of most host time; on a GPU first the synchronisations of one scan."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     cuda = torch.cuda.is_available()
+    syncs = f"{synchronisations(scan)} host-device synchronisations; " if cuda else ""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with torch_profile(activities=activities) as prof:
         scan()
@@ -124,9 +140,12 @@ def profile(scan) -> str:
     kernels = sum(e.count for e in on_device)
     device = sum(e.self_device_time_total for e in on_device) / 1e3
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
-    return (f"host {host:.1f} ms in {sum(e.count for e in events)} operations"
-            + (f"; {kernels} CUDA kernels, {device:.1f} ms of device time" if cuda else "")
-            + "; most host time: " + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e3:.1f} ms ({e.count})" for e in top))
+    launches = sum(e.count for e in events if e.key == "cudaLaunchKernel")
+    return (syncs + f"host {host:.1f} ms in {sum(e.count for e in events)} operations"
+            + (f"; {launches} kernel launches, {kernels} CUDA device events, {device:.1f} ms of device time"
+               if cuda else "")
+            + "; most host time: "
+            + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e3:.1f} ms ({e.count})" for e in top))
 
 
 if __name__ == "__main__":
