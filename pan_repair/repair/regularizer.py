@@ -74,7 +74,7 @@ from ..detect.probes import ProbeBatch, data_canvases, resolve_convention, roll_
 from ..detect.recorder import border_unmeasured, content_scale
 from ..layers.border_geometry import border_effects
 from ..layers.module_state import device_dtype, eval_mode
-from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, untrained_bn
+from ..layers.padding import BatchNormPairing, Padding, PadTracker, conv_layers, trained_bns
 from .placement_probes import N_CONSTANTS, STYLES, PlacementProbes, make_placement_probes, roll_axes
 
 __all__ = ["pan_penalty", "detector_penalty", "PANPenalty"]
@@ -191,9 +191,10 @@ def _last_conv(model: nn.Module) -> list[str]:
     return convs[-1:]
 
 
-def _channel_sigma(bn, sigma_probe: torch.Tensor) -> torch.Tensor:
-    """The detector's channel scale: running std of a trained BatchNorm, else the probe std."""
-    if bn is not None and bn.running_var is not None and not untrained_bn(bn):
+def _channel_sigma(bn, sigma_probe: torch.Tensor, trained: set[int]) -> torch.Tensor:
+    """The detector's channel scale: running std of a trained BatchNorm (``id`` in ``trained``,
+    :func:`~pan_repair.layers.padding.trained_bns`), else the probe std."""
+    if bn is not None and id(bn) in trained:
         sigma = (bn.running_var.detach().float() + bn.eps).sqrt()
     else:
         sigma = sigma_probe
@@ -269,7 +270,8 @@ def pan_penalty(model: nn.Module, probes: PlacementProbes | None = None, *,
                  for n in position_layers]
         total = total + weight * torch.stack(terms).mean()
     if border:
-        terms = [(capture.border[n] / _channel_sigma(capture.bn.get(n), capture.sigma_probe[n]).pow(2)).mean()
+        trained = trained_bns(capture.bn.values())
+        terms = [(capture.border[n] / _channel_sigma(capture.bn.get(n), capture.sigma_probe[n], trained).pow(2)).mean()
                  for n in border if capture.border.get(n) is not None]
         if terms:
             total = total + border_weight * torch.stack(terms).mean()
@@ -399,6 +401,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
         capture.remove()
     grid_probes = ProbeBatch(place, 0, probes.n_patterns, probes.n_positions, probes.distances)
     border_terms, position_terms, n_channels = [], [], 0
+    trained = trained_bns(capture.pairing.bns.values())
     for name in convs:
         if name not in capture.outputs:
             continue  # never executed
@@ -406,7 +409,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
         n_channels += y.shape[1]
         bn = capture.pairing.bns.get(name)
         if name in capture.d2:
-            sigma = _channel_sigma(bn, y.detach().float().transpose(0, 1).flatten(1).std(dim=1))
+            sigma = _channel_sigma(bn, y.detach().float().transpose(0, 1).flatten(1).std(dim=1), trained)
             unit = border_unit(sigma, capture.content.get(name))
             score = (capture.d2[name] / unit.pow(2) + 1e-12).sqrt()  # (4, C)
             border_terms.append(_hinge(score, border_margin).sum())
