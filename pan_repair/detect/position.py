@@ -28,10 +28,10 @@ def roll_eta2(pooled: torch.Tensor, grid: RollGrid, layers: list[int] | None = N
     total = (g - grand).pow(2).sum(dim=(0, 2))        # (2, C)
     by_position = g.mean(dim=0)                       # (2, Q, C)
     between = grid.n_patterns * (by_position - grand[0]).pow(2).sum(dim=1)
-    peak = total.amax(dim=0)                          # (C,) -> its layer's largest
-    layer = torch.arange(len(layers or [0])).repeat_interleave(torch.tensor(layers or [len(peak)]))
-    peak = peak.new_zeros(int(layer[-1]) + 1).scatter_reduce(0, layer, peak, "amax")[layer]
-    flat = total <= 1e-12 * peak.clamp_min(1e-300)
+    widths = torch.tensor(layers or [total.shape[1]])
+    owner = torch.arange(len(widths)).repeat_interleave(widths)  # each channel's layer
+    layer_peak = total.new_zeros(len(widths)).scatter_reduce(0, owner, total.amax(dim=0), "amax")
+    flat = total <= 1e-12 * layer_peak[owner].clamp_min(1e-300)
     eta2 = torch.where(flat, 0.0, between / total.clamp_min(1e-300))
     d = grid.distances
     near, far = d == d.min(), d == d.max()
