@@ -4,6 +4,6 @@ padded convolution's border lies (:mod:`.border_geometry`) and switching a model
 (:mod:`.padding_switch`). Imports nothing else of pan_repair; re-exports :mod:`.padding`'s names."""
 from .padding import (BORDER_MODES, BatchNormPairing, Padding, PadTracker, blank_forward, conv_bn_pairs, conv_layers,
                       conv_padding, effective_weight, layer_padding, pad_module_padding, pool_padding,
-                      unsupported_layers, untrained_bn)
+                      trained_bns, unsupported_layers, untrained_bn)
 
 from .padding import __all__  # the same names
