@@ -222,8 +222,9 @@ BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
 def untrained_bn(bn: BatchNorm) -> bool:
-    """Running statistics still at their initial values (mean 0, var 1): they say nothing."""
-    return bool((bn.running_var == 1).all() and (bn.running_mean == 0).all())
+    """Running statistics still at their initial values (mean 0, var 1), or none: they say nothing
+    (:func:`trained_bns` of one)."""
+    return id(bn) not in trained_bns([bn])
 
 
 def trained_bns(bns: Iterable[BatchNorm]) -> set[int]:

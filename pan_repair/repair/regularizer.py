@@ -401,7 +401,7 @@ def detector_penalty(model: nn.Module, probes: ProbeBatch | None = None, *,
         capture.remove()
     grid_probes = ProbeBatch(place, 0, probes.n_patterns, probes.n_positions, probes.distances)
     border_terms, position_terms, n_channels = [], [], 0
-    trained = trained_bns(capture.pairing.bns.values())
+    trained = trained_bns(capture.pairing.bns[n] for n in capture.d2 if n in capture.pairing.bns)  # border layers'
     for name in convs:
         if name not in capture.outputs:
             continue  # never executed
